@@ -95,6 +95,26 @@ func (c *Chunk) check() error {
 	if c.Timestamp < 0 {
 		return fmt.Errorf("%w: negative timestamp", ErrBadChunk)
 	}
+	// Everything ParseChunk checks, so that a station never signs a chunk
+	// its listeners must reject.
+	if c.Flags&^(FlagDiscontinuity|FlagMetadata) != 0 {
+		return fmt.Errorf("%w: unknown flags %#x", ErrBadChunk, c.Flags)
+	}
+	if c.Flags&FlagMetadata == 0 && c.Title != "" {
+		return fmt.Errorf("%w: title without metadata flag", ErrBadChunk)
+	}
+	for i, f := range c.Frames {
+		g, err := ParseFrame(f)
+		if err != nil {
+			return fmt.Errorf("%w: frame %d: %w", ErrBadChunk, i, err)
+		}
+		if len(g) != len(f) {
+			return fmt.Errorf("%w: frame %d is %d bytes, its header says %d", ErrBadChunk, i, len(f), len(g))
+		}
+		if i > 0 && f.Format() != c.Frames[0].Format() {
+			return fmt.Errorf("%w: frame %d changes format", ErrBadChunk, i)
+		}
+	}
 	return nil
 }
 
