@@ -1,0 +1,77 @@
+// Package cli holds what the example programs share: opening an input from
+// a command-line argument and printing a status line that updates in place
+// on a terminal and prints plain lines otherwise.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/p2pradio/p2pradio/input"
+)
+
+// OpenInput opens what arg names: "-" for standard input, an http(s) URL
+// for an Icecast/SHOUTcast stream, anything else a file (paced in real
+// time, looped if loop is set).
+func OpenInput(ctx context.Context, arg string, loop bool) (input.Source, error) {
+	switch {
+	case arg == "-":
+		return input.NewReader(os.Stdin), nil
+	case strings.HasPrefix(arg, "http://") || strings.HasPrefix(arg, "https://"):
+		return input.OpenURL(ctx, arg, input.HTTPConfig{})
+	default:
+		return input.OpenFile(arg, input.FileConfig{Loop: loop})
+	}
+}
+
+// Status prints a status line to w: in place when w is a terminal, else as
+// a plain line at most every interval.
+type Status struct {
+	w        io.Writer
+	tty      bool
+	interval time.Duration
+	last     time.Time
+	width    int
+}
+
+// NewStatus returns a Status writing to w.
+func NewStatus(w *os.File, interval time.Duration) *Status {
+	fi, err := w.Stat()
+	tty := err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return &Status{w: w, tty: tty, interval: interval}
+}
+
+// Print shows line.
+func (s *Status) Print(line string) {
+	if s.tty {
+		pad := ""
+		if n := s.width - len(line); n > 0 {
+			pad = strings.Repeat(" ", n)
+		}
+		s.width = len(line)
+		fmt.Fprintf(s.w, "\r%s%s", line, pad)
+		return
+	}
+	if time.Since(s.last) < s.interval {
+		return
+	}
+	s.last = time.Now()
+	fmt.Fprintln(s.w, line)
+}
+
+// Done ends the status line.
+func (s *Status) Done() {
+	if s.tty && s.width > 0 {
+		fmt.Fprintln(s.w)
+	}
+}
+
+// Duration formats d as m:ss.
+func Duration(d time.Duration) string {
+	d = d.Round(time.Second)
+	return fmt.Sprintf("%d:%02d", int(d.Minutes()), int(d.Seconds())%60)
+}

@@ -1,0 +1,499 @@
+package p2pradio
+
+import (
+	"cmp"
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/p2pradio/p2pradio/control"
+)
+
+const (
+	tick           = 100 * time.Millisecond
+	registerEvery  = 2 * time.Second
+	dialTimeout    = 2 * time.Second
+	answerTimeout  = time.Second
+	maxCandidates  = 4 // dialed at once when looking for a parent
+	maxKnownPeers  = 64
+	backupInterval = time.Second // between attempts to find a backup
+)
+
+// acceptLoop takes incoming links: rendezvous sessions (at a broadcaster
+// with the embedded tracker) and peers.
+func (n *Node) acceptLoop(ctx context.Context) {
+	for {
+		c, err := n.tr.Accept(ctx)
+		if err != nil {
+			return
+		}
+		n.goFunc(func() { n.serveIncoming(ctx, c) })
+	}
+}
+
+// serveIncoming reads an incoming link's first message to tell what it is.
+func (n *Node) serveIncoming(ctx context.Context, c control.Conn) {
+	fctx, cancel := context.WithTimeout(ctx, answerTimeout*3)
+	b, err := c.Receive(fctx)
+	cancel()
+	if err != nil {
+		c.Close(codeBadMessage, "no first message")
+		return
+	}
+	m, err := control.ParseMessage(b)
+	if err != nil {
+		c.Close(codeBadMessage, err.Error())
+		return
+	}
+	switch m := m.(type) {
+	case *control.Register:
+		if n.tracker == nil {
+			c.Close(codeBadMessage, "no rendezvous here")
+			return
+		}
+		n.tracker.Serve(ctx, c, m)
+	case *control.Hello:
+		p := n.newPeer(c)
+		if !n.startPeer(ctx, p) {
+			return
+		}
+		if err := n.handle(ctx, p, m); err != nil {
+			n.kick(p, codeBadMessage, err)
+		}
+	default:
+		c.Close(codeBadMessage, "unexpected first message")
+	}
+}
+
+// statusLoop tells every neighbour this node's depth and free slots once a
+// second, so that children learn their depth and backups stay warm.
+func (n *Node) statusLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.broadcastStatus(ctx)
+	}
+}
+
+func (n *Node) broadcastStatus(ctx context.Context) {
+	st := control.AppendMessage(nil, n.status())
+	n.mu.Lock()
+	peers := make([]*peer, 0, len(n.peers))
+	for p := range n.peers {
+		peers = append(peers, p)
+	}
+	n.mu.Unlock()
+	for _, p := range peers {
+		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		p.conn.Send(sctx, st)
+		cancel()
+	}
+}
+
+// candidate is a node that may become our parent.
+type candidate struct {
+	info control.PeerInfo
+}
+
+// maintain keeps a listener joined: a pushing parent, a warm backup, fresh
+// rendezvous registration; it replaces a dead or stalled parent.
+func (n *Node) maintain(ctx context.Context) {
+	rv := &rendezvous{n: n}
+	defer rv.close()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var lastBackupTry time.Time
+	for {
+		n.mu.Lock()
+		parent, backup := n.parent, n.backup
+		n.mu.Unlock()
+		now := time.Now()
+		if parent != nil && now.Sub(time.Unix(0, parent.lastData.Load())) > n.cfg.StallTimeout {
+			n.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
+			parent.conn.Close(codeGoodbye, "stalled")
+			n.dropPeer(parent)
+			parent = nil
+		}
+		if parent == nil {
+			n.parentSince.Store(now.UnixNano())
+			if backup != nil && n.promote(ctx, backup) {
+				parent, backup = backup, nil
+			} else if p := n.join(ctx, rv); p != nil {
+				parent = p
+			}
+		}
+		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval {
+			lastBackupTry = now
+			n.findBackup(ctx, rv)
+		}
+		rv.maybeRegister(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// promote makes the backup our pushing parent.
+func (n *Node) promote(ctx context.Context, b *peer) bool {
+	from := uint64(max(n.newest.Load()+1, 0))
+	if !n.subscribeTo(ctx, b, from) {
+		b.conn.Close(codeGoodbye, "refused")
+		return false
+	}
+	n.mu.Lock()
+	if n.backup == b {
+		n.backup = nil
+	}
+	n.parent = b
+	n.mu.Unlock()
+	n.adoptPath(b)
+	n.log.Info("backup promoted", "addr", b.conn.RemoteAddr())
+	return true
+}
+
+// subscribeTo asks p to push to us and waits for its answer.
+func (n *Node) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
+	select {
+	case <-p.welcome:
+	default:
+	}
+	if n.send(ctx, p, &control.Subscribe{From: from}) != nil {
+		return false
+	}
+	t := time.NewTimer(answerTimeout)
+	defer t.Stop()
+	select {
+	case ok := <-p.welcome:
+		if ok {
+			p.lastData.Store(time.Now().UnixNano())
+		}
+		return ok
+	case <-t.C:
+	case <-ctx.Done():
+	case <-p.conn.Done():
+	}
+	return false
+}
+
+// adoptPath takes depth and path from our parent and tells our children.
+func (n *Node) adoptPath(parent *peer) {
+	parent.mu.Lock()
+	depth, ppath := parent.depth, slices.Clone(parent.path)
+	parent.mu.Unlock()
+	if depth < 0 {
+		return
+	}
+	self := n.id()
+	if slices.Contains(ppath, self) {
+		n.log.Warn("loop detected: dropping parent", "addr", parent.conn.RemoteAddr())
+		parent.conn.Close(codeGoodbye, "loop")
+		return
+	}
+	n.mu.Lock()
+	if n.parent != parent {
+		n.mu.Unlock()
+		return
+	}
+	changed := n.depth != depth+1 || len(n.path) != len(ppath)+1
+	n.depth = depth + 1
+	n.path = append(ppath, parent.id)
+	n.mu.Unlock()
+	if changed {
+		n.goFunc(func() { n.broadcastStatus(context.Background()) })
+	}
+}
+
+// dialPeer connects to a candidate and exchanges Hellos.
+func (n *Node) dialPeer(runCtx context.Context, info control.PeerInfo) (*peer, time.Duration) {
+	ctx, cancel := context.WithTimeout(runCtx, dialTimeout)
+	defer cancel()
+	start := time.Now()
+	c, err := n.tr.Dial(ctx, info.Addr, info.ID.Key())
+	if err != nil {
+		return nil, 0
+	}
+	p := n.newPeer(c)
+	p.dialedFlag = true
+	if !n.startPeer(runCtx, p) {
+		return nil, 0
+	}
+	if n.send(ctx, p, n.hello()) != nil {
+		c.Close(codeGoodbye, "")
+		return nil, 0
+	}
+	select {
+	case <-p.helloed:
+	case <-ctx.Done():
+		c.Close(codeGoodbye, "no hello")
+		return nil, 0
+	}
+	rtt := c.RTT()
+	if rtt <= 0 {
+		rtt = time.Since(start) / 2
+	}
+	return p, rtt
+}
+
+type ranked struct {
+	p   *peer
+	rtt time.Duration
+}
+
+// probe dials up to maxCandidates candidates at once and returns those that
+// answered and could take us, best first: shallow, then near.
+func (n *Node) probe(ctx context.Context, cands []control.PeerInfo) []ranked {
+	self := n.id()
+	n.mu.Lock()
+	for _, p := range []*peer{n.parent, n.backup} {
+		if p != nil {
+			cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool { return c.ID == p.id })
+		}
+	}
+	n.mu.Unlock()
+	cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool { return c.ID == self || c.FreeSlots <= 0 })
+	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	slices.SortStableFunc(cands, func(a, b control.PeerInfo) int { return cmp.Compare(a.Depth, b.Depth) })
+	cands = cands[:min(len(cands), maxCandidates)]
+	var (
+		mu  sync.Mutex
+		out []ranked
+		wg  sync.WaitGroup
+	)
+	for _, c := range cands {
+		wg.Go(func() {
+			p, rtt := n.dialPeer(ctx, c)
+			if p == nil {
+				return
+			}
+			p.mu.Lock()
+			ok := p.depth >= 0 && p.freeSlots > 0 && !slices.Contains(p.path, self)
+			p.mu.Unlock()
+			if !ok {
+				p.conn.Close(codeGoodbye, "")
+				return
+			}
+			mu.Lock()
+			out = append(out, ranked{p, rtt})
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(out, func(a, b ranked) int {
+		if c := cmp.Compare(a.p.depth, b.p.depth); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.rtt, b.rtt)
+	})
+	return out
+}
+
+// join finds a parent through the rendezvous and subscribes to it; the
+// runner-up becomes the backup.
+func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
+	cands := rv.candidates(ctx)
+	if len(cands) == 0 {
+		return nil
+	}
+	found := n.probe(ctx, cands)
+	var parent *peer
+	for _, r := range found {
+		switch {
+		case parent == nil && n.subscribeTo(ctx, r.p, 0):
+			parent = r.p
+			n.mu.Lock()
+			n.parent = parent
+			n.mu.Unlock()
+			n.adoptPath(parent)
+			n.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", parent.depth+1)
+		case parent != nil && n.backup == nil:
+			n.mu.Lock()
+			n.backup = r.p
+			n.mu.Unlock()
+		default:
+			r.p.conn.Close(codeGoodbye, "")
+		}
+	}
+	if parent == nil {
+		rv.refresh()
+	}
+	return parent
+}
+
+// findBackup connects to one more candidate, kept warm for a fast switch.
+func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
+	cands := rv.known()
+	found := n.probe(ctx, cands)
+	for i, r := range found {
+		n.mu.Lock()
+		if i == 0 && n.backup == nil {
+			n.backup = r.p
+			n.mu.Unlock()
+			continue
+		}
+		n.mu.Unlock()
+		r.p.conn.Close(codeGoodbye, "")
+	}
+}
+
+// learn adds peers heard of from neighbours to the candidates.
+func (n *Node) learn(peers []control.PeerInfo) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.heard = append(n.heard, peers...)
+	if len(n.heard) > maxKnownPeers {
+		n.heard = n.heard[len(n.heard)-maxKnownPeers:]
+	}
+}
+
+// rendezvous is a listener's session with the station's tracker.
+type rendezvous struct {
+	n        *Node
+	mu       sync.Mutex
+	conn     control.Conn
+	cands    []control.PeerInfo
+	got      chan struct{}
+	lastReg  time.Time
+	regDepth int // the depth last registered
+	regFree  int // the free slots last registered
+}
+
+func (r *rendezvous) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn != nil {
+		r.conn.Close(codeGoodbye, "")
+	}
+}
+
+// connect dials the tracker if not connected.
+func (r *rendezvous) connect(ctx context.Context) control.Conn {
+	r.mu.Lock()
+	c := r.conn
+	r.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			return c
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := r.n.tr.Dial(dctx, r.n.addr.Rendezvous, nil)
+	if err != nil {
+		r.n.log.Debug("rendezvous unreachable", "addr", r.n.addr.Rendezvous, "err", err)
+		return nil
+	}
+	r.mu.Lock()
+	r.conn = c
+	r.got = make(chan struct{}, 1)
+	got := r.got
+	r.mu.Unlock()
+	r.n.goFunc(func() {
+		for {
+			b, err := c.Receive(ctx)
+			if err != nil {
+				return
+			}
+			m, err := control.ParseMessage(b)
+			if err != nil {
+				c.Close(codeBadMessage, err.Error())
+				return
+			}
+			if cs, ok := m.(*control.Candidates); ok {
+				r.mu.Lock()
+				r.cands = cs.Peers
+				r.mu.Unlock()
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+			}
+		}
+	})
+	return c
+}
+
+func (r *rendezvous) register(ctx context.Context) chan struct{} {
+	c := r.connect(ctx)
+	if c == nil {
+		return nil
+	}
+	n := r.n
+	n.mu.Lock()
+	reg := &control.Register{
+		ListenAddr: n.tr.Addr(),
+		UploadKbps: n.cfg.UploadKbps,
+		Depth:      n.depth,
+		FreeSlots:  n.freeSlots(),
+	}
+	if n.parent != nil {
+		reg.Parent = n.parent.id
+	}
+	n.mu.Unlock()
+	r.mu.Lock()
+	got := r.got
+	r.lastReg = time.Now()
+	r.regDepth, r.regFree = reg.Depth, reg.FreeSlots
+	r.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, answerTimeout)
+	defer cancel()
+	if c.Send(sctx, control.AppendMessage(nil, reg)) != nil {
+		return nil
+	}
+	return got
+}
+
+func (r *rendezvous) maybeRegister(ctx context.Context) {
+	r.n.mu.Lock()
+	depth := r.n.depth
+	r.n.mu.Unlock()
+	free := r.n.freeSlots()
+	r.mu.Lock()
+	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0)
+	r.mu.Unlock()
+	if due {
+		r.register(ctx)
+	}
+}
+
+// candidates registers and waits briefly for a fresh candidate list.
+func (r *rendezvous) candidates(ctx context.Context) []control.PeerInfo {
+	if got := r.register(ctx); got != nil {
+		t := time.NewTimer(answerTimeout)
+		select {
+		case <-got:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	return r.known()
+}
+
+// known is the last candidate list plus peers heard of from neighbours.
+func (r *rendezvous) known() []control.PeerInfo {
+	r.mu.Lock()
+	out := slices.Clone(r.cands)
+	r.mu.Unlock()
+	r.n.mu.Lock()
+	out = append(out, r.n.heard...)
+	r.n.mu.Unlock()
+	return out
+}
+
+// refresh forces the next maintain tick to register again.
+func (r *rendezvous) refresh() {
+	r.mu.Lock()
+	r.lastReg = time.Time{}
+	r.mu.Unlock()
+}

@@ -1,0 +1,125 @@
+// Package p2pradio is live MP3 radio relayed peer to peer over QUIC.
+//
+// A broadcaster's Node reads an MP3 stream from an input.Source, cuts it
+// into chunks signed with the station's ed25519 key and feeds a few
+// listeners; every listener's Node plays the stream and relays it to others,
+// so one small uplink serves many. The station's identity is its public key,
+// carried in its Address (p2pradio://<key>@host:port): only audio signed by
+// that key is ever played or relayed.
+//
+// A Node composes five blocks, each a package with small interfaces and
+// default implementations: input (where MP3 bytes come from), mux (MP3
+// framing, signed chunks, reassembly), playout (decoder, sinks, the playout
+// clock), output (fan-out to children, the recent window) and control (the
+// transport seam, wire protocol and rendezvous).
+package p2pradio
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/output"
+	"github.com/p2pradio/p2pradio/playout"
+)
+
+// Config configures a Node. Set Source for a broadcaster or Station for a
+// listener; every other zero field means its documented default.
+type Config struct {
+	// Source makes the node a broadcaster of the MP3 stream it reads.
+	Source input.Source
+	// Station makes the node a listener of the station at this address
+	// (see Address).
+	Station string
+
+	// Key is the node's identity; a broadcaster's key is the station's.
+	// Nil means a new random key.
+	Key ed25519.PrivateKey
+	// Transport carries the node's links. Nil means QUIC on one UDP socket
+	// bound to ListenAddr; the Node then owns and closes it.
+	Transport control.Transport
+	// ListenAddr is where the default QUIC transport listens. Empty means
+	// "127.0.0.1:0" (loopback, any free port).
+	ListenAddr string
+	// UploadKbps is the upload budget for relaying to children. The number
+	// of child slots is the budget divided by the stream's bitrate; a node
+	// with less than one slot is a leaf. Zero means 512 for a broadcaster
+	// and 400 for a listener; negative means no children at all.
+	UploadKbps int
+
+	// Sink is where the node plays the stream. Nil means a listener plays
+	// into playout.Discard (the figures are still counted) and a
+	// broadcaster does not decode at all.
+	Sink playout.Sink
+	// Playout tunes the player (its Sink field is ignored: use Sink). The
+	// zero value starts after 1 s of audio.
+	Playout playout.Config
+	// Outputs also receive every verified chunk (for example an HTTP
+	// stream for ordinary players).
+	Outputs []output.Output
+
+	// ChunkDuration is the broadcaster's chunk length. Zero means 100 ms.
+	ChunkDuration time.Duration
+	// Window is how many recent chunks a node keeps for joiners and
+	// repair. Zero means 50 (about 5 s).
+	Window int
+	// Burst is how many chunks from its window a parent sends a new child
+	// at once, so it starts fast with its bit reservoir. Zero means 14
+	// (about 1.4 s, a little more than the default playout target).
+	Burst int
+	// StallTimeout is how long without a chunk from the parent before the
+	// node switches to its backup. Zero means 1 s.
+	StallTimeout time.Duration
+	// NoTracker keeps a broadcaster from running the embedded rendezvous
+	// (it must then register with an external one, see Rendezvous).
+	NoTracker bool
+	// Rendezvous is the tracker a broadcaster registers with when
+	// NoTracker is set. A listener uses the one in its station address.
+	Rendezvous string
+
+	// Logger receives structured logs. Nil means silent.
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if (c.Source == nil) == (c.Station == "") {
+		return fmt.Errorf("%w: set exactly one of Source (broadcaster) and Station (listener)", ErrBadConfig)
+	}
+	if c.Key != nil && len(c.Key) != ed25519.PrivateKeySize {
+		return fmt.Errorf("%w: Key of %d bytes", ErrBadConfig, len(c.Key))
+	}
+	if c.NoTracker && c.Source != nil && c.Rendezvous == "" {
+		return fmt.Errorf("%w: NoTracker needs Rendezvous", ErrBadConfig)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.ListenAddr == "" {
+		c.ListenAddr = "127.0.0.1:0"
+	}
+	if c.UploadKbps == 0 {
+		c.UploadKbps = 400
+		if c.Source != nil {
+			c.UploadKbps = 512
+		}
+	}
+	if c.ChunkDuration <= 0 {
+		c.ChunkDuration = 100 * time.Millisecond
+	}
+	if c.Window <= 0 {
+		c.Window = 50
+	}
+	if c.Burst <= 0 {
+		c.Burst = 14
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}

@@ -1,0 +1,284 @@
+package p2pradio
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/mux"
+	"github.com/p2pradio/p2pradio/output"
+)
+
+// peer is one link to another node, dialed or accepted.
+type peer struct {
+	n    *Node
+	conn control.Conn
+	id   control.NodeID
+
+	// What the peer told us of itself (Hello and Status).
+	mu        sync.Mutex
+	depth     int
+	freeSlots int
+	path      []control.NodeID
+	listen    string
+	helloed   chan struct{} // closed when its Hello arrived
+	welcome   chan bool     // the answer to our Subscribe
+
+	dialedFlag bool // we dialed it (a parent or candidate), set before start
+
+	child    atomic.Bool  // it subscribed to us: it is in the fanout
+	lastData atomic.Int64 // unix nanos of the last chunk it sent
+}
+
+func (n *Node) newPeer(c control.Conn) *peer {
+	p := &peer{
+		n:       n,
+		conn:    c,
+		id:      control.IDOf(c.RemoteKey()),
+		depth:   -1,
+		helloed: make(chan struct{}),
+		welcome: make(chan bool, 1),
+	}
+	p.lastData.Store(time.Now().UnixNano())
+	return p
+}
+
+// start registers the peer and runs its readers until the link closes.
+func (n *Node) startPeer(ctx context.Context, p *peer) bool {
+	n.mu.Lock()
+	if n.closed || ctx.Err() != nil {
+		n.mu.Unlock()
+		p.conn.Close(codeGoodbye, "leaving")
+		return false
+	}
+	n.peers[p] = struct{}{}
+	n.mu.Unlock()
+	n.goFunc(func() { n.readControl(ctx, p) })
+	n.goFunc(func() { n.readData(ctx, p) })
+	return true
+}
+
+// dropPeer forgets a closed peer.
+func (n *Node) dropPeer(p *peer) {
+	n.fanout.Remove(p.conn)
+	n.mu.Lock()
+	delete(n.peers, p)
+	lost := n.parent == p
+	if lost {
+		n.parent = nil
+	}
+	if n.backup == p {
+		n.backup = nil
+	}
+	n.mu.Unlock()
+	if lost {
+		n.log.Info("parent lost", "addr", p.conn.RemoteAddr(), "err", p.conn.Err())
+	}
+}
+
+// kick disconnects a misbehaving peer.
+func (n *Node) kick(p *peer, code uint64, why error) {
+	n.log.Warn("disconnecting peer", "addr", p.conn.RemoteAddr(), "why", why)
+	p.conn.Close(code, why.Error())
+}
+
+func (n *Node) dropSlowChild(c output.Peer) {
+	if conn, ok := c.(control.Conn); ok {
+		n.log.Info("dropping slow child", "addr", conn.RemoteAddr())
+		conn.Close(codeSlow, output.ErrSlow.Error())
+	}
+}
+
+// readData verifies and accepts the chunks a peer sends.
+func (n *Node) readData(ctx context.Context, p *peer) {
+	for {
+		b, err := p.conn.ReceiveData(ctx)
+		if err != nil {
+			return
+		}
+		arrived := time.Now()
+		p.lastData.Store(arrived.UnixNano())
+		c, err := n.checkChunk(b)
+		if err != nil {
+			n.badChunks.Add(1)
+			n.kick(p, codeBadChunk, err)
+			return
+		}
+		if c != nil {
+			n.accept(c, arrived)
+		}
+	}
+}
+
+// send sends one control message, giving up after a few seconds.
+func (n *Node) send(ctx context.Context, p *peer, m control.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return p.conn.Send(ctx, control.AppendMessage(nil, m))
+}
+
+// hello is what this node says of itself.
+func (n *Node) hello() *control.Hello {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return &control.Hello{
+		Station:    control.IDOf(n.station),
+		Depth:      n.depth,
+		FreeSlots:  n.freeSlots(),
+		UploadKbps: n.cfg.UploadKbps,
+		ListenAddr: n.tr.Addr(),
+		Path:       n.path,
+	}
+}
+
+// readControl handles a peer's control messages until the link closes.
+func (n *Node) readControl(ctx context.Context, p *peer) {
+	defer n.dropPeer(p)
+	defer p.conn.Close(codeGoodbye, "")
+	for {
+		b, err := p.conn.Receive(ctx)
+		if err != nil {
+			return
+		}
+		m, err := control.ParseMessage(b)
+		if err != nil {
+			n.kick(p, codeBadMessage, err)
+			return
+		}
+		if err := n.handle(ctx, p, m); err != nil {
+			n.kick(p, codeBadMessage, err)
+			return
+		}
+	}
+}
+
+var errWrongStation = errors.New("p2pradio: peer is on another station")
+
+func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
+	switch m := m.(type) {
+	case *control.Hello:
+		if m.Station != control.IDOf(n.station) {
+			p.conn.Close(codeWrongStation, errWrongStation.Error())
+			return nil
+		}
+		p.update(m.Depth, m.FreeSlots, m.Path)
+		p.mu.Lock()
+		p.listen = m.ListenAddr
+		first := false
+		select {
+		case <-p.helloed:
+		default:
+			close(p.helloed)
+			first = true
+		}
+		p.mu.Unlock()
+		if first && !p.dialed() {
+			return n.send(ctx, p, n.hello())
+		}
+	case *control.Status:
+		p.update(m.Depth, m.FreeSlots, m.Path)
+		n.mu.Lock()
+		isParent := n.parent == p
+		n.mu.Unlock()
+		if isParent {
+			n.adoptPath(p)
+		}
+	case *control.Subscribe:
+		return n.subscribe(ctx, p, m)
+	case *control.Unsubscribe:
+		n.fanout.Remove(p.conn)
+		p.child.Store(false)
+	case *control.Welcome:
+		select {
+		case p.welcome <- true:
+		default:
+		}
+	case *control.Refuse:
+		select {
+		case p.welcome <- false:
+		default:
+		}
+	case *control.Request:
+		for _, seq := range m.Seqs {
+			if c := n.window.Get(seq); c != nil {
+				output.Send(p.conn, c)
+			}
+		}
+	case *control.PeerList:
+		// Candidates learned from neighbours; kept for rejoining.
+		n.learn(m.Peers)
+	default:
+		return errors.New("unexpected message")
+	}
+	return nil
+}
+
+// dialed reports whether we dialed the peer (it is a parent or candidate).
+func (p *peer) dialed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dialedFlag
+}
+
+func (p *peer) update(depth, free int, path []control.NodeID) {
+	p.mu.Lock()
+	p.depth, p.freeSlots, p.path = depth, free, path
+	p.mu.Unlock()
+}
+
+// subscribe answers a peer that wants to become our child.
+func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) error {
+	if p.child.Load() {
+		return nil
+	}
+	n.mu.Lock()
+	depth := n.depth
+	inPath := false
+	for _, id := range n.path {
+		if id == p.id {
+			inPath = true
+		}
+	}
+	n.mu.Unlock()
+	switch {
+	case depth < 0:
+		return n.send(ctx, p, &control.Refuse{Reason: "not joined"})
+	case inPath:
+		return n.send(ctx, p, &control.Refuse{Reason: "loop: you are my ancestor"})
+	case n.freeSlots() == 0:
+		return n.send(ctx, p, &control.Refuse{Reason: "no free slot"})
+	}
+	if err := n.send(ctx, p, &control.Welcome{}); err != nil {
+		return err
+	}
+	if err := n.send(ctx, p, n.status()); err != nil {
+		return err
+	}
+	// The burst: recent chunks so the child starts at once, with its bit
+	// reservoir; then everything live.
+	n.acceptMu.Lock()
+	var burst []*mux.Chunk
+	if m.From > 0 {
+		burst = n.window.Since(m.From)
+	} else {
+		burst = n.window.Last(n.cfg.Burst)
+	}
+	for _, c := range burst {
+		output.Send(p.conn, c)
+	}
+	n.fanout.Add(p.conn)
+	p.child.Store(true)
+	n.acceptMu.Unlock()
+	n.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", len(burst))
+	return nil
+}
+
+// status is this node's current Status message.
+func (n *Node) status() *control.Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return &control.Status{Depth: n.depth, FreeSlots: n.freeSlots(), Path: n.path}
+}
