@@ -56,7 +56,7 @@ type Node struct {
 	path    []control.NodeID // root first, parent last
 	title   string
 	heard   []control.PeerInfo // peers learned from neighbours
-	started time.Time // Run was called
+	started time.Time          // Run was called
 	closed  bool
 
 	// figures

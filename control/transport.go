@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"crypto/ed25519"
+	"sync/atomic"
 	"time"
 )
 
@@ -60,4 +61,36 @@ type Conn interface {
 	// Close closes the connection with an application error code and
 	// reason that the peer sees; it is idempotent.
 	Close(code uint64, reason string) error
+}
+
+// ConnStats counts one connection's data messages. QUICConn and MemConn
+// return it from their Stats methods.
+type ConnStats struct {
+	// DataSent counts data messages handed to the network.
+	DataSent uint64
+	// DataReceived counts data messages queued for ReceiveData.
+	DataReceived uint64
+	// SendDropped counts data messages refused with ErrQueueFull.
+	SendDropped uint64
+	// ReceiveDropped counts data messages that arrived to a full receive
+	// queue and were dropped.
+	ReceiveDropped uint64
+	// DataFailed counts data messages abandoned on the way: not written or
+	// not read within the data timeout, or reset by the other end.
+	DataFailed uint64
+}
+
+// connCounters are the live counters behind ConnStats.
+type connCounters struct {
+	dataSent, dataReceived, sendDropped, receiveDropped, dataFailed atomic.Uint64
+}
+
+func (c *connCounters) snapshot() ConnStats {
+	return ConnStats{
+		DataSent:       c.dataSent.Load(),
+		DataReceived:   c.dataReceived.Load(),
+		SendDropped:    c.sendDropped.Load(),
+		ReceiveDropped: c.receiveDropped.Load(),
+		DataFailed:     c.dataFailed.Load(),
+	}
 }

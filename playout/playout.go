@@ -23,16 +23,43 @@ type Frames interface {
 	Ready() <-chan struct{}
 }
 
+// EndedFrames is a Frames that can also tell, without moving its playhead,
+// that its stream has ended: no more audio will arrive. It is optional.
+// Before playback starts the Player does not call Next (the first Next fixes
+// the playhead), so it can only learn that a stream ended before Target was
+// buffered through Ended; with a Frames that lacks it, such a stream waits
+// for Target until Run's context is done.
+type EndedFrames interface {
+	Frames
+	// Ended reports whether the stream has ended. It may be called from any
+	// goroutine and must not block.
+	Ended() bool
+}
+
 // Sink takes PCM from a Player: 16-bit little-endian interleaved stereo
 // (mono streams are duplicated) at the stream's sample rate.
 //
-// One goroutine, the Player's, calls a Sink's methods. WritePCM may block
-// (a device applying back-pressure by its clock) but must return once Close
-// is called; it must not keep pcm after it returns.
+// One goroutine, the Player's, calls WritePCM and, when Run returns, Close.
+// The one exception: Close may be called from another goroutine while
+// WritePCM blocks, and WritePCM must then return promptly (ErrClosed).
+// WritePCM may block (a device applying back-pressure by its clock) but must
+// not keep pcm after it returns. Close is idempotent.
 type Sink interface {
 	// WritePCM hands the sink len(pcm)/4 sample frames at sampleRate Hz. A
-	// change of sampleRate between calls is allowed.
+	// change of sampleRate between calls is allowed; a sink that cannot
+	// follow it returns an error wrapping ErrFormat.
 	WritePCM(pcm []byte, sampleRate int) error
 	// Close flushes and releases the sink.
 	Close() error
+}
+
+// ClockedSink is a Sink that plays by its own clock, a sound card's. A
+// Player paces itself by such a sink's Queued instead of the system clock,
+// so that the device's clock, not the network's or the host's, drives
+// playback.
+type ClockedSink interface {
+	Sink
+	// Queued is the playing time handed to WritePCM and not yet played. It
+	// may be called from any goroutine and must not block.
+	Queued() time.Duration
 }
