@@ -22,6 +22,7 @@ func (n *Node) broadcast(ctx context.Context) error {
 	}
 	d := mux.NewDemuxer(src)
 	ch := mux.NewChunker(mux.ChunkerConfig{Duration: n.cfg.ChunkDuration, Key: n.key})
+	var lastChunk time.Time
 	for {
 		f, err := d.Next()
 		if err != nil {
@@ -43,6 +44,10 @@ func (n *Node) broadcast(ctx context.Context) error {
 			return err
 		}
 		if c != nil {
+			if gap := time.Since(lastChunk); gap > 300*time.Millisecond && c.Seq > 0 {
+				n.log.Warn("source was late", "gap", gap, "seq", c.Seq)
+			}
+			lastChunk = time.Now()
 			n.accept(c, time.Time{})
 			if n.tracker != nil && c.Seq%10 == 0 {
 				n.tracker.SetSelf(n.selfEntry())

@@ -79,6 +79,11 @@ func (n *Node) statusLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		n.broadcastStatus(ctx)
+		if n.player != nil {
+			if st := n.player.Stats(); st.Playing && st.Lag > 0 {
+				n.lag.Record(st.Lag)
+			}
+		}
 	}
 }
 
@@ -110,12 +115,13 @@ func (n *Node) maintain(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastBackupTry time.Time
+	asked := make(map[uint64]time.Time) // repair requests in flight
 	for {
 		n.mu.Lock()
 		parent, backup := n.parent, n.backup
 		n.mu.Unlock()
 		now := time.Now()
-		if parent != nil && now.Sub(time.Unix(0, parent.lastData.Load())) > n.cfg.StallTimeout {
+		if parent != nil && n.stalled(ctx, parent, backup, now) {
 			n.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
 			parent.conn.Close(codeGoodbye, "stalled")
 			n.dropPeer(parent)
@@ -129,6 +135,9 @@ func (n *Node) maintain(ctx context.Context) {
 				parent = p
 			}
 		}
+		if parent != nil {
+			n.repair(ctx, parent, backup, now, asked)
+		}
 		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval {
 			lastBackupTry = now
 			n.findBackup(ctx, rv)
@@ -140,6 +149,93 @@ func (n *Node) maintain(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// stalled tells a dead or stalled parent from a stream that is late at the
+// source. When the parent has been silent for half the stall timeout, the
+// backup is asked for the chunks after our newest; the parent is stalled
+// once it has been silent for the stall timeout and the backup had audio
+// it did not (or it has been silent for four times that: rejoin).
+func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time) bool {
+	last := time.Unix(0, parent.lastData.Load())
+	silent := now.Sub(last)
+	if silent < n.cfg.StallTimeout/2 {
+		return false
+	}
+	select {
+	case <-parent.conn.Done():
+		return true
+	default:
+	}
+	if backup == nil {
+		return silent > n.cfg.StallTimeout
+	}
+	newest := n.newest.Load()
+	req := &control.Request{}
+	for i := int64(1); i <= 4; i++ {
+		req.Seqs = append(req.Seqs, uint64(newest+i))
+	}
+	n.send(ctx, backup, req)
+	if silent < n.cfg.StallTimeout {
+		return false
+	}
+	return backup.lastNew.Load() > last.UnixNano() || silent > 4*n.cfg.StallTimeout
+}
+
+// repairLag is how long a chunk may be missing behind the newest before it
+// is requested from a neighbour; repairAgain is how long before asking again.
+const (
+	repairLag   = 300 * time.Millisecond
+	repairAgain = 400 * time.Millisecond
+	repairSpan  = 30 // chunks behind the newest that are checked
+)
+
+// repair asks the backup (or, without one, the parent) for the chunks
+// missing behind the newest one received, well before their playout
+// deadline: a chunk lost on the way or dropped by a busy parent is pulled.
+func (n *Node) repair(ctx context.Context, parent, backup *peer, now time.Time, asked map[uint64]time.Time) {
+	newest := n.newest.Load()
+	if newest < 1 {
+		return
+	}
+	from := max(newest-repairSpan, 0)
+	req := &control.Request{}
+	for seq := from; seq < newest; seq++ {
+		if n.window.Get(uint64(seq)) != nil {
+			delete(asked, uint64(seq))
+			continue
+		}
+		// Skip what came before we joined (the window starts at our first).
+		if seq < n.firstSeq.Load() {
+			continue
+		}
+		if t, ok := asked[uint64(seq)]; ok && now.Sub(t) < repairAgain {
+			continue
+		}
+		// A chunk is missing only once a later one is here for repairLag.
+		if now.Sub(time.Unix(0, n.seenAt(uint64(seq+1)))) < repairLag {
+			continue
+		}
+		asked[uint64(seq)] = now
+		req.Seqs = append(req.Seqs, uint64(seq))
+		if len(req.Seqs) == control.MaxRequest {
+			break
+		}
+	}
+	for seq := range asked {
+		if int64(seq) < from {
+			delete(asked, seq)
+		}
+	}
+	if len(req.Seqs) == 0 {
+		return
+	}
+	to := backup
+	if to == nil {
+		to = parent
+	}
+	n.repairs.Add(int64(len(req.Seqs)))
+	n.send(ctx, to, req)
 }
 
 // promote makes the backup our pushing parent.

@@ -45,7 +45,10 @@ type Node struct {
 	tracker *control.Tracker
 
 	acceptMu sync.Mutex // serialises accept: window, fanout and outputs see one chunk at a time
+	arrivals [arrivalRing]arrival // guarded by acceptMu
 	newest   atomic.Int64
+	firstSeq atomic.Int64 // the first chunk accepted
+	repairs  atomic.Int64 // chunks requested from neighbours
 	kbps     atomic.Int64 // the stream's bitrate in kbit/s, measured
 
 	mu      sync.Mutex
@@ -60,7 +63,7 @@ type Node struct {
 	closed  bool
 
 	// figures
-	chunksIn, chunksOut, bytesIn, badChunks atomic.Int64
+	chunksIn, bytesIn, bytesOut, badChunks atomic.Int64
 	lag, hop                                stats.Histogram
 	recovery                                stats.Histogram
 	parentSince                             atomic.Int64 // unix nanos of the last parent change
@@ -307,6 +310,10 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 	if !arrived.IsZero() && n.fanout.Len() > 0 {
 		n.hop.Record(time.Since(arrived))
 	}
+	n.arrivals[c.Seq%arrivalRing] = arrival{c.Seq, time.Now().UnixNano()}
+	if n.chunksIn.Load() == 0 {
+		n.firstSeq.Store(int64(c.Seq))
+	}
 	n.acceptMu.Unlock()
 	if int64(c.Seq) > n.newest.Load() {
 		n.newest.Store(int64(c.Seq))
@@ -327,6 +334,27 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 	if n.player != nil {
 		n.reasm.Push(c)
 	}
+}
+
+const arrivalRing = 64
+
+type arrival struct {
+	seq uint64
+	at  int64 // unix nanos
+}
+
+// seenAt is when the first chunk from seq on that we hold was accepted (0
+// if none is known).
+func (n *Node) seenAt(seq uint64) int64 {
+	newest := n.newest.Load()
+	n.acceptMu.Lock()
+	defer n.acceptMu.Unlock()
+	for s := seq; int64(s) <= newest && s < seq+arrivalRing; s++ {
+		if a := n.arrivals[s%arrivalRing]; a.seq == s && a.at != 0 {
+			return a.at
+		}
+	}
+	return time.Now().UnixNano()
 }
 
 // checkChunk parses and verifies a data message from a peer. It returns
@@ -370,7 +398,9 @@ type Stats struct {
 	ChunksForwarded int64 // sent to children
 	ChunksDropped   int64 // not sent to a child whose queue was full
 	BytesReceived   int64
+	BytesSent       int64 // chunk bytes sent to other nodes
 	BadChunks       int64 // malformed or forged; their senders were cut off
+	Repairs         int64 // chunks requested from neighbours to fill gaps
 
 	Playout playout.Stats
 	// Continuity is frames played from received audio / frames due since
@@ -417,7 +447,9 @@ func (n *Node) Stats() Stats {
 	s.Children, s.Slots = fs.Children, n.slots()
 	s.ChunksForwarded, s.ChunksDropped = fs.Sent, fs.Dropped
 	s.ChunksReceived, s.BytesReceived = n.chunksIn.Load(), n.bytesIn.Load()
+	s.BytesSent = fs.SentBytes + n.bytesOut.Load()
 	s.BadChunks = n.badChunks.Load()
+	s.Repairs = n.repairs.Load()
 	if n.player != nil {
 		s.Playout = n.player.Stats()
 		s.Continuity = s.Playout.Continuity()

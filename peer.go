@@ -31,6 +31,7 @@ type peer struct {
 
 	child    atomic.Bool  // it subscribed to us: it is in the fanout
 	lastData atomic.Int64 // unix nanos of the last chunk it sent
+	lastNew  atomic.Int64 // unix nanos of the last chunk it sent that we did not have
 }
 
 func (n *Node) newPeer(c control.Conn) *peer {
@@ -108,6 +109,7 @@ func (n *Node) readData(ctx context.Context, p *peer) {
 			return
 		}
 		if c != nil {
+			p.lastNew.Store(arrived.UnixNano())
 			n.accept(c, arrived)
 		}
 	}
@@ -204,7 +206,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 	case *control.Request:
 		for _, seq := range m.Seqs {
 			if c := n.window.Get(seq); c != nil {
-				output.Send(p.conn, c)
+				n.sendChunk(p, c)
 			}
 		}
 	case *control.PeerList:
@@ -267,13 +269,20 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 		burst = n.window.Last(n.cfg.Burst)
 	}
 	for _, c := range burst {
-		output.Send(p.conn, c)
+		n.sendChunk(p, c)
 	}
 	n.fanout.Add(p.conn)
 	p.child.Store(true)
 	n.acceptMu.Unlock()
 	n.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", len(burst))
 	return nil
+}
+
+// sendChunk sends one chunk outside the fan-out (burst, repair).
+func (n *Node) sendChunk(p *peer, c *mux.Chunk) {
+	if output.Send(p.conn, c) {
+		n.bytesOut.Add(int64(len(c.Bytes())))
+	}
 }
 
 // status is this node's current Status message.

@@ -34,7 +34,7 @@ type Fanout struct {
 	mu       sync.Mutex
 	children map[Peer]*child
 
-	sent, dropped atomic.Int64
+	sent, dropped, bytes atomic.Int64
 }
 
 type child struct {
@@ -94,6 +94,7 @@ func (f *Fanout) WriteChunk(c *mux.Chunk) {
 		}
 		ch.drops = 0
 		f.sent.Add(1)
+		f.bytes.Add(int64(len(b)))
 	}
 	f.mu.Unlock()
 	if f.cfg.OnSlow != nil {
@@ -106,12 +107,13 @@ func (f *Fanout) WriteChunk(c *mux.Chunk) {
 // FanoutStats counts chunks sent and dropped across all children.
 type FanoutStats struct {
 	Children      int
-	Sent, Dropped int64
+	Sent, Dropped int64 // chunks
+	SentBytes     int64
 }
 
 // Stats returns the counters.
 func (f *Fanout) Stats() FanoutStats {
-	return FanoutStats{Children: f.Len(), Sent: f.sent.Load(), Dropped: f.dropped.Load()}
+	return FanoutStats{Children: f.Len(), Sent: f.sent.Load(), Dropped: f.dropped.Load(), SentBytes: f.bytes.Load()}
 }
 
 // ErrSlow is the reason a node gives a child it disconnects for not keeping

@@ -60,3 +60,10 @@ PY
 head -c $(( $(stat -c %s cbr128.mp3) * 2 / 3 + 123 )) cbr128.mp3 > truncated.mp3
 
 ls -l *.mp3
+
+# 7. The station's built-in demo audio (embedded by internal/testaudio): 30 s of a
+#    slowly changing chord with tremolo, 128k CBR stereo, so that a looped stream
+#    has some music-like variety and the encoder uses its bit reservoir.
+demo='sine=frequency=220:sample_rate=44100:duration=30[a];sine=frequency=277.18:sample_rate=44100:duration=30[b];sine=frequency=329.63:sample_rate=44100:duration=30[c];sine=frequency=440:sample_rate=44100:duration=30,tremolo=f=0.5:d=0.9[d];[a][b][c][d]amix=inputs=4,tremolo=f=2:d=0.4,aecho=0.8:0.7:60:0.3,afade=t=in:d=0.5,aformat=channel_layouts=stereo'
+ffmpeg -nostdin -loglevel error -y -filter_complex "$demo" -c:a libmp3lame -b:a 128k \
+  -id3v2_version 3 -metadata title="p2pradio demo tone" -write_xing 0 ../internal/testaudio/demo.mp3

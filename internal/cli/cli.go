@@ -4,21 +4,31 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/internal/testaudio"
 )
 
-// OpenInput opens what arg names: "-" for standard input, an http(s) URL
-// for an Icecast/SHOUTcast stream, anything else a file (paced in real
-// time, looped if loop is set).
+// OpenInput opens what arg names: "" for the built-in demo audio, "-" for
+// standard input, an http(s) URL for an Icecast/SHOUTcast stream, anything
+// else a file (paced in real time, looped if loop is set).
 func OpenInput(ctx context.Context, arg string, loop bool) (input.Source, error) {
 	switch {
+	case arg == "":
+		path, err := DemoFile()
+		if err != nil {
+			return nil, err
+		}
+		return input.OpenFile(path, input.FileConfig{Loop: loop})
 	case arg == "-":
 		return input.NewReader(os.Stdin), nil
 	case strings.HasPrefix(arg, "http://") || strings.HasPrefix(arg, "https://"):
@@ -74,4 +84,27 @@ func (s *Status) Done() {
 func Duration(d time.Duration) string {
 	d = d.Round(time.Second)
 	return fmt.Sprintf("%d:%02d", int(d.Minutes()), int(d.Seconds())%60)
+}
+
+// DemoFile writes the built-in demo audio to a file in the temporary folder
+// (once per content) and returns its path.
+func DemoFile() (string, error) {
+	sum := sha256.Sum256(testaudio.Demo)
+	path := filepath.Join(os.TempDir(), fmt.Sprintf("p2pradio-demo-%x.mp3", sum[:6]))
+	if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, testaudio.Demo) {
+		return path, nil
+	}
+	tmp, err := os.CreateTemp(os.TempDir(), "p2pradio-demo-*.mp3")
+	if err != nil {
+		return "", err
+	}
+	if _, err := tmp.Write(testaudio.Demo); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	return path, os.Rename(tmp.Name(), path)
 }

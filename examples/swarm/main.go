@@ -1,0 +1,523 @@
+// Command swarm runs a whole station in one process: a broadcaster on the
+// built-in demo audio (or -in) plus N listeners, all over real QUIC on
+// loopback (or the in-memory transport), and reports the figures that
+// DESIGN.md defines: continuity, startup, lag, source upload ratio, depth,
+// per-hop delay, recovery, CPU and memory.
+//
+//	go run ./examples/swarm -listeners 100 -duration 60s -json
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/p2pradio/p2pradio"
+	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/internal/cli"
+	"github.com/p2pradio/p2pradio/internal/stats"
+	"github.com/p2pradio/p2pradio/playout"
+)
+
+type options struct {
+	listeners int
+	duration  time.Duration
+	upload    int
+	srcUpload int
+	in        string
+	net       string
+	loss      float64
+	rtt       time.Duration
+	churn     float64
+	kill      string
+	json      bool
+	decode    bool
+	joinRate  float64
+	warmup    time.Duration
+	minAlive  time.Duration
+	verbose   bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.listeners, "listeners", 20, "number of listeners")
+	flag.DurationVar(&o.duration, "duration", 30*time.Second, "how long to run after the broadcaster starts")
+	flag.IntVar(&o.upload, "upload", 400, "each listener's upload budget, kbit/s")
+	flag.IntVar(&o.srcUpload, "source-upload", 512, "the broadcaster's upload budget, kbit/s")
+	flag.StringVar(&o.in, "in", "", "MP3 file to broadcast (default: the built-in demo audio), looped")
+	flag.StringVar(&o.net, "net", "quic", "transport: quic (real QUIC on loopback) or mem (in-memory)")
+	flag.Float64Var(&o.loss, "loss", 0, "packet loss per link, each way (0..1)")
+	flag.DurationVar(&o.rtt, "rtt", 0, "round-trip time added to every link")
+	flag.Float64Var(&o.churn, "churn", 0, "fraction of listeners killed abruptly per minute, each replaced by a fresh joiner")
+	flag.StringVar(&o.kill, "kill", "", "F@T: kill a fraction F of the listeners at once at time T (e.g. 0.3@30s)")
+	flag.BoolVar(&o.json, "json", false, "print a final JSON summary on stdout")
+	flag.BoolVar(&o.decode, "decode", false, "decode the MP3 at every listener (costs about 1.2% of a core per listener)")
+	flag.Float64Var(&o.joinRate, "join-rate", 50, "listeners joining per second at the start")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "how long the broadcaster runs before the first listener joins")
+	flag.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
+	flag.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "swarm:", err)
+		os.Exit(1)
+	}
+}
+
+// member is one listener of the swarm, alive or dead.
+type member struct {
+	node   *p2pradio.Node
+	mem    *control.MemTransport
+	sock   *killable
+	cancel context.CancelFunc
+	done   chan struct{}
+	born   time.Time
+	died   time.Time
+	final  p2pradio.Stats // taken when it died or at the end
+}
+
+type swarm struct {
+	o       options
+	ctx     context.Context
+	station string
+	log     *slog.Logger
+	memNet  *control.MemNetwork
+	sockets map[*control.QUICTransport]*killable
+
+	mu      sync.Mutex
+	members []*member
+	killAt  time.Time // when -kill struck
+}
+
+func run(o options) error {
+	if o.net != "quic" && o.net != "mem" {
+		return fmt.Errorf("-net must be quic or mem, not %q", o.net)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	log := slog.New(slog.DiscardHandler)
+	if o.verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable)}
+	link := control.LinkConfig{Delay: o.rtt / 2, Loss: o.loss}
+	if o.net == "mem" {
+		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16})
+		defer s.memNet.Close()
+	}
+
+	src, err := cli.OpenInput(ctx, o.in, true)
+	if err != nil {
+		return err
+	}
+	bcfg := p2pradio.Config{Source: src, UploadKbps: o.srcUpload, Logger: log.With("node", "broadcaster")}
+	if err := s.transport(&bcfg, link); err != nil {
+		return err
+	}
+	b, err := p2pradio.New(bcfg)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	bdone := make(chan error, 1)
+	start := time.Now()
+	go func() { bdone <- b.Run(ctx) }()
+	s.station = b.Address().String()
+	if !o.json {
+		fmt.Fprintf(os.Stderr, "station %s, %d listeners over %s for %v\n", s.station, o.listeners, o.net, o.duration)
+	}
+
+	killFrac, killAt, err := parseKill(o.kill)
+	if err != nil {
+		return err
+	}
+	end := start.Add(o.duration)
+	timer := func(d time.Duration) <-chan time.Time { return time.After(d) }
+	select {
+	case <-timer(o.warmup):
+	case <-ctx.Done():
+	}
+	// Joiners arrive at joinRate per second.
+	gap := time.Duration(float64(time.Second) / max(o.joinRate, 1))
+	for i := 0; i < o.listeners && ctx.Err() == nil; i++ {
+		if err := s.spawn(link); err != nil {
+			return fmt.Errorf("listener %d: %w", i, err)
+		}
+		time.Sleep(gap)
+	}
+
+	status := cli.NewStatus(os.Stderr, 5*time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	churnEvery := time.Duration(0)
+	if o.churn > 0 {
+		churnEvery = time.Duration(float64(time.Minute) / (o.churn * float64(o.listeners)))
+	}
+	nextChurn := time.Now().Add(churnEvery)
+	killed := false
+	rng := rand.New(rand.NewPCG(1, 2))
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-bdone:
+			return fmt.Errorf("broadcaster stopped: %v", err)
+		case now := <-tick.C:
+			if now.After(end) {
+				break loop
+			}
+			if churnEvery > 0 && now.After(nextChurn) {
+				for now.After(nextChurn) {
+					s.killRandom(rng, 1)
+					if err := s.spawn(link); err != nil {
+						return err
+					}
+					nextChurn = nextChurn.Add(churnEvery)
+				}
+			}
+			if killFrac > 0 && !killed && now.Sub(start) >= killAt {
+				killed = true
+				n := int(math.Round(killFrac * float64(o.listeners)))
+				s.mu.Lock()
+				s.killAt = now
+				s.mu.Unlock()
+				s.killRandom(rng, n)
+			}
+			if !o.json {
+				status.Print(s.line(b, now.Sub(start)))
+			}
+		}
+	}
+	status.Done()
+	sum := s.summary(b, time.Since(start))
+	s.stopAll()
+	b.Close()
+	if o.json {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(sum)
+	}
+	out, _ := json.MarshalIndent(sum, "", "  ")
+	fmt.Fprintln(os.Stderr, string(out))
+	return nil
+}
+
+func parseKill(s string) (float64, time.Duration, error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	f, t, ok := strings.Cut(s, "@")
+	frac, err1 := strconv.ParseFloat(f, 64)
+	at, err2 := time.ParseDuration(t)
+	if !ok || err1 != nil || err2 != nil || frac <= 0 || frac > 1 {
+		return 0, 0, fmt.Errorf("-kill wants F@T such as 0.3@30s, not %q", s)
+	}
+	return frac, at, nil
+}
+
+// transport gives a node its transport: QUIC on loopback (through the
+// loss/delay emulator when asked) or a node of the in-memory network.
+func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
+	if s.memNet != nil {
+		tr, err := s.memNet.NewTransport(nil)
+		if err != nil {
+			return err
+		}
+		cfg.Transport = tr
+		return nil
+	}
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	var pc net.PacketConn = udp
+	if link.Delay > 0 || link.Loss > 0 {
+		pc = control.NewLossyPacketConn(udp, link)
+	}
+	k := &killable{PacketConn: pc}
+	tr, err := control.NewQUIC(control.QUICConfig{PacketConn: k})
+	if err != nil {
+		pc.Close()
+		return err
+	}
+	cfg.Transport = tr
+	s.mu.Lock()
+	s.sockets[tr] = k
+	s.mu.Unlock()
+	return nil
+}
+
+// killable is a node's UDP socket that can go silent at once, as when the
+// listener's machine vanishes: nothing it sends arrives any more, not even
+// the CONNECTION_CLOSE of its orderly shutdown.
+type killable struct {
+	net.PacketConn
+	dead atomic.Bool
+}
+
+func (k *killable) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if k.dead.Load() {
+		return len(b), nil
+	}
+	return k.PacketConn.WriteTo(b, addr)
+}
+
+func (s *swarm) spawn(link control.LinkConfig) error {
+	cfg := p2pradio.Config{
+		Station:    s.station,
+		UploadKbps: s.o.upload,
+		Sink:       &playout.Discard{},
+		// Playout:    playout.Config{NoDecode: !s.o.decode},
+	}
+	if err := s.transport(&cfg, link); err != nil {
+		return err
+	}
+	m := &member{born: time.Now(), done: make(chan struct{})}
+	if mt, ok := cfg.Transport.(*control.MemTransport); ok {
+		m.mem = mt
+	}
+	if qt, ok := cfg.Transport.(*control.QUICTransport); ok {
+		s.mu.Lock()
+		m.sock = s.sockets[qt]
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	cfg.Logger = s.log.With("node", len(s.members))
+	s.mu.Unlock()
+	n, err := p2pradio.New(cfg)
+	if err != nil {
+		return err
+	}
+	m.node = n
+	ctx, cancel := context.WithCancel(s.ctx)
+	m.cancel = cancel
+	go func() {
+		defer close(m.done)
+		if err := n.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Warn("listener stopped", "err", err)
+		}
+	}()
+	s.mu.Lock()
+	s.members = append(s.members, m)
+	s.mu.Unlock()
+	return nil
+}
+
+// killRandom kills k live listeners abruptly: their links die without a
+// goodbye (the in-memory node vanishes; a QUIC node's socket closes without
+// CONNECTION_CLOSE), as when a listener's machine goes away.
+func (s *swarm) killRandom(rng *rand.Rand, k int) {
+	s.mu.Lock()
+	var alive []*member
+	for _, m := range s.members {
+		if m.died.IsZero() {
+			alive = append(alive, m)
+		}
+	}
+	rng.Shuffle(len(alive), func(i, j int) { alive[i], alive[j] = alive[j], alive[i] })
+	victims := alive[:min(k, len(alive))]
+	now := time.Now()
+	for _, m := range victims {
+		m.died = now
+		m.final = m.node.Stats()
+	}
+	s.mu.Unlock()
+	for _, m := range victims {
+		if m.mem != nil {
+			m.mem.Kill()
+		} else if m.sock != nil {
+			m.sock.dead.Store(true)
+		}
+		m.cancel()
+		go m.node.Close()
+	}
+}
+
+func (s *swarm) stopAll() {
+	s.mu.Lock()
+	ms := append([]*member(nil), s.members...)
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Go(func() {
+			m.cancel()
+			m.node.Close()
+		})
+	}
+	wg.Wait()
+}
+
+func (s *swarm) line(b *p2pradio.Node, elapsed time.Duration) string {
+	s.mu.Lock()
+	ms := append([]*member(nil), s.members...)
+	s.mu.Unlock()
+	var alive, playing, maxDepth int
+	var conts []float64
+	for _, m := range ms {
+		if !m.died.IsZero() {
+			continue
+		}
+		alive++
+		st := m.node.Stats()
+		if st.Playout.Playing {
+			playing++
+		}
+		if st.Playout.Due() > 0 {
+			conts = append(conts, st.Continuity)
+		}
+		maxDepth = max(maxDepth, st.Depth)
+	}
+	bs := b.Stats()
+	return fmt.Sprintf("%s  listeners %d (playing %d)  source children %d  max depth %d  continuity min %.4f p50 %.4f",
+		cli.Duration(elapsed), alive, playing, bs.Children, maxDepth, minOf(conts), stats.Quantile(conts, 0.5))
+}
+
+func minOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	m := xs[0]
+	for _, x := range xs {
+		m = min(m, x)
+	}
+	return m
+}
+
+// Summary is the -json output.
+type Summary struct {
+	Listeners         int         `json:"listeners"`
+	Counted           int         `json:"counted"`
+	DurationS         float64     `json:"duration_s"`
+	Net               string      `json:"net"`
+	Loss              float64     `json:"loss,omitempty"`
+	RTTms             float64     `json:"rtt_ms,omitempty"`
+	Churn             float64     `json:"churn,omitempty"`
+	Kill              string      `json:"kill,omitempty"`
+	Continuity        Continuity  `json:"continuity"`
+	StartupMs         Quantiles   `json:"startup_ms"`
+	LagMs             Quantiles   `json:"lag_ms"`
+	SourceUploadRatio float64     `json:"source_upload_ratio"`
+	SourceChildren    int         `json:"source_children"`
+	MaxDepth          int         `json:"max_depth"`
+	DepthLimit        int         `json:"depth_limit"`
+	HopDelayMs        HopDelay    `json:"hop_delay_ms"`
+	RecoveryMs        Quantiles   `json:"recovery_ms"`
+	Stopped           int         `json:"stopped"`
+	CPUs              float64     `json:"cpu_s"`
+	HeapMB            float64     `json:"heap_mb"`
+	PerListener       PerListener `json:"per_listener"`
+}
+
+type Continuity struct {
+	Min  float64 `json:"min"`
+	P50  float64 `json:"p50"`
+	Mean float64 `json:"mean"`
+}
+
+type Quantiles struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	Max float64 `json:"max"`
+}
+
+type HopDelay struct {
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+}
+
+type PerListener struct {
+	CPUms  float64 `json:"cpu_ms_per_s"`
+	HeapKB float64 `json:"heap_kb"`
+}
+
+func ms(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
+
+func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
+	now := time.Now()
+	s.mu.Lock()
+	ms_ := append([]*member(nil), s.members...)
+	killAt := s.killAt
+	s.mu.Unlock()
+	sum := Summary{
+		Listeners: s.o.listeners, DurationS: math.Round(elapsed.Seconds()*10) / 10, Net: s.o.net,
+		Loss: s.o.loss, RTTms: ms(s.o.rtt), Churn: s.o.churn, Kill: s.o.kill,
+		DepthLimit: int(math.Ceil(math.Log2(float64(max(s.o.listeners, 2))))) + 2,
+	}
+	var conts []float64
+	var startups, lagP50, lagP95, lagMax, hopP50, hopP99, recov []time.Duration
+	var received int64
+	for _, m := range ms_ {
+		st := m.final
+		alive := m.died.IsZero()
+		if alive {
+			st = m.node.Stats()
+		}
+		received += st.BytesReceived
+		end := now
+		if !alive {
+			end = m.died
+		}
+		if alive && st.Playout.Due() == 0 {
+			sum.Stopped++ // alive but never played
+		}
+		if st.Playout.Due() == 0 {
+			continue
+		}
+		if s.o.churn > 0 && end.Sub(m.born) < s.o.minAlive {
+			continue
+		}
+		sum.Counted++
+		conts = append(conts, st.Continuity)
+		startups = append(startups, st.Startup)
+		lagP50 = append(lagP50, st.LagP50)
+		lagP95 = append(lagP95, st.LagP95)
+		lagMax = append(lagMax, st.LagMax)
+		if st.Children > 0 {
+			hopP50 = append(hopP50, st.HopP50)
+			hopP99 = append(hopP99, st.HopP99)
+		}
+		if st.Recoveries > 0 && (killAt.IsZero() || alive) {
+			recov = append(recov, st.RecoveryMax)
+		}
+		sum.MaxDepth = max(sum.MaxDepth, st.Depth)
+	}
+	sort.Float64s(conts)
+	sum.Continuity = Continuity{Min: minOf(conts), P50: stats.Quantile(conts, 0.5), Mean: stats.Mean(conts)}
+	sum.StartupMs = Quantiles{ms(stats.Quantile(startups, 0.5)), ms(stats.Quantile(startups, 0.95)), ms(stats.Quantile(startups, 1))}
+	sum.LagMs = Quantiles{ms(stats.Quantile(lagP50, 0.5)), ms(stats.Quantile(lagP95, 0.95)), ms(stats.Quantile(lagMax, 1))}
+	sum.HopDelayMs = HopDelay{ms(stats.Quantile(hopP50, 0.5)), ms(stats.Quantile(hopP99, 0.99))}
+	sum.RecoveryMs = Quantiles{ms(stats.Quantile(recov, 0.5)), ms(stats.Quantile(recov, 0.95)), ms(stats.Quantile(recov, 1))}
+	bs := b.Stats()
+	sum.SourceChildren = bs.Children
+	if received > 0 {
+		sum.SourceUploadRatio = math.Round(float64(bs.BytesSent)/float64(received)*10000) / 10000
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		sum.CPUs = math.Round(cpu.Seconds()*100) / 100
+		sum.PerListener.CPUms = math.Round(cpu.Seconds()*1000/elapsed.Seconds()/float64(max(len(ms_), 1))*100) / 100
+	}
+	runtime.GC()
+	var mstats runtime.MemStats
+	runtime.ReadMemStats(&mstats)
+	sum.HeapMB = math.Round(float64(mstats.HeapInuse)/(1<<20)*10) / 10
+	sum.PerListener.HeapKB = math.Round(float64(mstats.HeapInuse) / 1024 / float64(max(len(ms_), 1)))
+	return sum
+}
