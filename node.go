@@ -44,7 +44,7 @@ type Node struct {
 	player  *playout.Player
 	tracker *control.Tracker
 
-	acceptMu sync.Mutex // serialises accept: window, fanout and outputs see one chunk at a time
+	acceptMu sync.Mutex           // serialises accept: window, fanout and outputs see one chunk at a time
 	arrivals [arrivalRing]arrival // guarded by acceptMu
 	newest   atomic.Int64
 	firstSeq atomic.Int64 // the first chunk accepted
@@ -64,10 +64,10 @@ type Node struct {
 
 	// figures
 	chunksIn, bytesIn, bytesOut, badChunks atomic.Int64
-	lag, hop                                stats.Histogram
-	recovery                                stats.Histogram
-	parentSince                             atomic.Int64 // unix nanos of the last parent change
-	lastChunk                               atomic.Int64 // unix nanos of the last chunk accepted
+	lag, hop                               stats.Histogram
+	recovery                               stats.Histogram
+	parentSince                            atomic.Int64 // unix nanos of the last parent change
+	lastChunk                              atomic.Int64 // unix nanos of the last chunk accepted
 
 	closeOnce sync.Once
 	cancel    context.CancelFunc

@@ -59,7 +59,8 @@ type Conn interface {
 	Done() <-chan struct{}
 	Err() error
 	// Close closes the connection with an application error code and
-	// reason that the peer sees; it is idempotent.
+	// reason that the peer sees (clamped to MaxCloseCode and
+	// MaxCloseReason); it is idempotent.
 	Close(code uint64, reason string) error
 }
 

@@ -63,6 +63,7 @@ type Reassembler struct {
 	format   Format // of the last frame handed out
 	title    string
 
+	primed    bool // a frame other than a priming one was handed out
 	reservoir int  // main data bytes received contiguously before the playhead
 	prevClean bool // the frame before the playhead decoded exactly
 	stats     ReassemblerStats
@@ -205,6 +206,7 @@ func (r *Reassembler) Next(conceal bool) (Slot, bool, error) {
 	}
 	r.reservoir = 0
 	r.prevClean = false
+	r.primed = true
 	return s, true, nil
 }
 
@@ -232,6 +234,11 @@ func (r *Reassembler) fromChunk(c *Chunk) Slot {
 	clean := f.MainDataBegin() <= r.reservoir
 	s.Muted = !clean || !r.prevClean
 	r.prevClean = clean
+	if !r.primed {
+		// Before playback's first exact frame, frames only prime the decoder.
+		s.Prime, s.Muted = s.Muted, false
+		r.primed = !s.Prime
+	}
 	r.reservoir = min(r.reservoir+f.MainDataSize(), 1<<12)
 	r.format = f.Format()
 	r.lastSeq, r.havePlay = c.Seq, true

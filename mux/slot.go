@@ -19,6 +19,11 @@ type Slot struct {
 	// before it was not received. Playout decodes it, to keep the decoder's
 	// state, and plays silence in its place.
 	Muted bool
+	// Prime means the frame comes before the first frame that can be
+	// decoded exactly when playback starts (after a join): feed it to the
+	// decoder, for its bit reservoir and history, and play nothing for it.
+	// It takes no time on the timeline and is not counted as due.
+	Prime bool
 	// Discontinuity means the stream broke before this frame (format change
 	// or source restart): playout starts a new decoder.
 	Discontinuity bool
