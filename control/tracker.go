@@ -1,0 +1,206 @@
+package control
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// TrackerConfig configures a Tracker. The zero value is usable.
+type TrackerConfig struct {
+	// MaxCandidates is how many candidate parents one answer lists. Zero
+	// means 8.
+	MaxCandidates int
+	// Expiry forgets a node that has not registered for this long. Zero
+	// means 10 s.
+	Expiry time.Duration
+	// Logger receives structured logs; nil means silent.
+	Logger *slog.Logger
+}
+
+// Tracker is the rendezvous: listeners register their observed address,
+// upload budget, depth, free slots and parent, and get candidate parents
+// back. It is embedded in a broadcaster by default and can run alone. It is
+// not on the data path. A Tracker is safe for use by many goroutines.
+type Tracker struct {
+	cfg TrackerConfig
+	log *slog.Logger
+
+	mu    sync.Mutex
+	nodes map[NodeID]*tracked
+	self  *tracked
+	rnd   *rand.Rand
+}
+
+type tracked struct {
+	info   PeerInfo
+	parent NodeID
+	seen   time.Time
+}
+
+// TrackedNode is one node as the tracker sees it.
+type TrackedNode struct {
+	PeerInfo
+	Parent NodeID
+	Seen   time.Time
+}
+
+// NewTracker returns an empty Tracker.
+func NewTracker(cfg TrackerConfig) *Tracker {
+	if cfg.MaxCandidates <= 0 {
+		cfg.MaxCandidates = 8
+	}
+	if cfg.Expiry <= 0 {
+		cfg.Expiry = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+}
+
+// SetSelf records the broadcaster itself (depth 0), the root of the tree.
+func (t *Tracker) SetSelf(info PeerInfo) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.self == nil {
+		t.self = &tracked{}
+		t.nodes[info.ID] = t.self
+	}
+	t.self.info, t.self.seen = info, time.Now()
+}
+
+// Serve runs one node's rendezvous session on c, whose first message was
+// first, until c closes or ctx is done. Each Register is answered with
+// Candidates; the node is forgotten when the session ends.
+func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
+	id := IDOf(c.RemoteKey())
+	defer func() {
+		t.mu.Lock()
+		if n := t.nodes[id]; n != nil && n != t.self {
+			delete(t.nodes, id)
+		}
+		t.mu.Unlock()
+		c.Close(CodeNormal, "")
+	}()
+	m := Message(first)
+	for {
+		reg, ok := m.(*Register)
+		if !ok {
+			c.Close(CodeProtocol, "rendezvous expects Register")
+			return
+		}
+		ans := &Candidates{Peers: t.register(id, c.RemoteAddr(), reg)}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.Send(sctx, AppendMessage(nil, ans))
+		cancel()
+		if err != nil {
+			return
+		}
+		b, err := c.Receive(ctx)
+		if err != nil {
+			return
+		}
+		if m, err = ParseMessage(b); err != nil {
+			c.Close(CodeProtocol, err.Error())
+			return
+		}
+	}
+}
+
+// register records a node and returns candidate parents for it.
+func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
+	if n == nil {
+		n = &tracked{}
+		t.nodes[id] = n
+	}
+	n.info = PeerInfo{ID: id, Addr: observed, Depth: r.Depth, FreeSlots: r.FreeSlots, UploadKbps: r.UploadKbps}
+	n.parent = r.Parent
+	n.seen = now
+	return t.candidates(id, now)
+}
+
+// isDescendant reports whether node c has id among its ancestors.
+func (t *Tracker) isDescendant(c *tracked, id NodeID) bool {
+	for range 64 {
+		if c.parent == id {
+			return true
+		}
+		p := t.nodes[c.parent]
+		if p == nil || p == c {
+			return false
+		}
+		c = p
+	}
+	return true // implausibly deep: treat as unsafe
+}
+
+func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
+	var out []PeerInfo
+	for nid, n := range t.nodes {
+		if n != t.self && now.Sub(n.seen) > t.cfg.Expiry {
+			delete(t.nodes, nid)
+			continue
+		}
+		if nid == id || n.info.FreeSlots <= 0 || n.info.Depth < 0 || t.isDescendant(n, id) {
+			continue
+		}
+		out = append(out, n.info)
+	}
+	t.rnd.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	slices.SortStableFunc(out, func(a, b PeerInfo) int { return cmp.Compare(a.Depth, b.Depth) })
+	return out[:min(len(out), t.cfg.MaxCandidates)]
+}
+
+// Nodes returns a snapshot of every node registered, the root included.
+func (t *Tracker) Nodes() []TrackedNode {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]TrackedNode, 0, len(t.nodes))
+	for _, n := range t.nodes {
+		out = append(out, TrackedNode{PeerInfo: n.info, Parent: n.parent, Seen: n.seen})
+	}
+	return out
+}
+
+// ServeTracker accepts connections on tr and serves each as a rendezvous
+// session until ctx is done. A connection whose first message is not
+// Register is closed.
+func ServeTracker(ctx context.Context, tr Transport, t *Tracker) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := tr.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Go(func() {
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			b, err := c.Receive(fctx)
+			cancel()
+			if err != nil {
+				c.Close(CodeProtocol, "no first message")
+				return
+			}
+			m, err := ParseMessage(b)
+			reg, ok := m.(*Register)
+			if err != nil || !ok {
+				c.Close(CodeProtocol, "rendezvous expects Register")
+				return
+			}
+			t.Serve(ctx, c, reg)
+		})
+	}
+}

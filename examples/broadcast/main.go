@@ -1,0 +1,115 @@
+// Command broadcast runs a p2pradio station: it reads MP3 from a file, an
+// Icecast/SHOUTcast URL or standard input, signs it and relays it to the
+// listeners that join. The station address is the first line of its
+// standard output; the status line goes to standard error.
+//
+//	go run ./examples/broadcast                      # the built-in demo audio, looped
+//	go run ./examples/broadcast -in song.mp3 -loop -listen 0.0.0.0:7000
+//	ffmpeg -re -i in.flac -f mp3 - | go run ./examples/broadcast -in -
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/p2pradio/p2pradio"
+	"github.com/p2pradio/p2pradio/internal/cli"
+)
+
+func main() {
+	in := flag.String("in", "", "MP3 source: a file, an http(s) Icecast/SHOUTcast URL, or - for standard input (default: the built-in demo audio)")
+	loop := flag.Bool("loop", false, "play a file source again and again (the demo audio always loops)")
+	listen := flag.String("listen", "127.0.0.1:0", "UDP address for QUIC (port 0 picks a free port)")
+	upload := flag.Int("upload", 512, "upload budget for direct listeners, kbit/s")
+	keyFile := flag.String("key", "", "file holding the station's ed25519 key (hex seed); created if missing. Without it the station gets a new identity each run")
+	tracker := flag.String("tracker", "", "use this external rendezvous (host:port, see examples/tracker) instead of the embedded one")
+	verbose := flag.Bool("v", false, "log events to standard error")
+	flag.Parse()
+	if err := run(*in, *loop || *in == "", *listen, *upload, *keyFile, *tracker, *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "broadcast:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in string, loop bool, listen string, upload int, keyFile, tracker string, verbose bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	key, err := loadKey(keyFile)
+	if err != nil {
+		return err
+	}
+	src, err := cli.OpenInput(ctx, in, loop)
+	if err != nil {
+		return err
+	}
+	n, err := p2pradio.New(p2pradio.Config{
+		Source:     src,
+		Key:        key,
+		ListenAddr: listen,
+		UploadKbps: upload,
+		NoTracker:  tracker != "",
+		Rendezvous: tracker,
+		Logger:     cli.Logger(verbose),
+	})
+	if err != nil {
+		src.Close()
+		return err
+	}
+	defer n.Close()
+	fmt.Println(n.Address())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	st := cli.NewStatus(os.Stderr, 10*time.Second)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case err := <-done:
+			st.Done()
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		case <-t.C:
+			s := n.Stats()
+			title := s.Title
+			if title == "" {
+				title = "-"
+			}
+			st.Print(fmt.Sprintf("on air %s  chunks %d  children %d/%d  sent %.1f MB  %s",
+				cli.Duration(time.Since(start)), s.ChunksReceived, s.Children, s.Slots, float64(s.BytesSent)/1e6, title))
+		}
+	}
+}
+
+// loadKey reads the station key from path, or makes one and saves it there.
+func loadKey(path string) (ed25519.PrivateKey, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		_, key, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			return nil, err
+		}
+		return key, os.WriteFile(path, []byte(hex.EncodeToString(key.Seed())+"\n"), 0o600)
+	}
+	if err != nil {
+		return nil, err
+	}
+	seed, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("%s: not a hex ed25519 seed", path)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}

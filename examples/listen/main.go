@@ -1,0 +1,120 @@
+// Command listen joins a p2pradio station, plays it and relays it to other
+// listeners.
+//
+//	go run ./examples/listen p2pradio://<key>@127.0.0.1:7000
+//	go run ./examples/listen -wav out.wav -duration 30s ADDRESS
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/p2pradio/p2pradio"
+	"github.com/p2pradio/p2pradio/internal/cli"
+	"github.com/p2pradio/p2pradio/playout"
+	"github.com/p2pradio/p2pradio/playout/speaker"
+)
+
+func main() {
+	wav := flag.String("wav", "", "write the audio to this WAV file instead of the speakers")
+	discard := flag.Bool("discard", false, "decode but play nowhere (for relays and tests)")
+	duration := flag.Duration("duration", 0, "stop after this long (0: until interrupted)")
+	listen := flag.String("listen", "127.0.0.1:0", "UDP address for QUIC (port 0 picks a free port)")
+	upload := flag.Int("upload", 400, "upload budget for relaying to other listeners, kbit/s (negative: none)")
+	target := flag.Duration("target", playout.DefaultTarget, "audio to buffer before playback starts")
+	verbose := flag.Bool("v", false, "log events to standard error")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: listen [flags] p2pradio://KEY@HOST:PORT\n\nflags:\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *wav, *discard, *duration, *listen, *upload, *target, *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(addr, wav string, discard bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, duration)
+		defer cancel()
+	}
+	var sink playout.Sink
+	switch {
+	case wav != "":
+		w, err := playout.CreateWAV(wav)
+		if err != nil {
+			return err
+		}
+		sink = w
+	case discard:
+		sink = &playout.Discard{}
+	default:
+		sp, err := speaker.New(speaker.Config{})
+		if err != nil {
+			return fmt.Errorf("speaker: %w (use -wav FILE or -discard without a sound card)", err)
+		}
+		sink = sp
+	}
+	n, err := p2pradio.New(p2pradio.Config{
+		Station:    strings.TrimSpace(addr),
+		ListenAddr: listen,
+		UploadKbps: upload,
+		Sink:       sink,
+		Playout:    playout.Config{Target: target},
+		Logger:     cli.Logger(verbose),
+	})
+	if err != nil {
+		sink.Close()
+		return err
+	}
+	defer n.Close()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	st := cli.NewStatus(os.Stderr, 10*time.Second)
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			show(st, n.Stats())
+			st.Done()
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return nil
+			}
+			return err
+		case <-t.C:
+			show(st, n.Stats())
+		}
+	}
+}
+
+func show(st *cli.Status, s p2pradio.Stats) {
+	state := "joining"
+	switch {
+	case s.Playout.Playing:
+		state = "playing"
+	case s.Depth >= 0:
+		state = "buffering"
+	}
+	title := s.Title
+	if title == "" {
+		title = "-"
+	}
+	st.Print(fmt.Sprintf("%s %s  parents %d  children %d/%d  depth %d  buffer %.1fs  lag %.1fs  continuity %.4f  %s",
+		state, cli.Duration(s.Playout.Position), len(s.Parents), s.Children, s.Slots, s.Depth,
+		s.Playout.Buffered.Seconds(), s.Playout.Lag.Seconds(), s.Continuity, title))
+}
