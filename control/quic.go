@@ -1,0 +1,951 @@
+package control
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ALPN is the TLS application protocol the QUIC transport negotiates. Its
+// version changes with any incompatible change to the transport's framing.
+const ALPN = "p2pradio/1"
+
+// MaxMessageSize bounds one control or data message. A larger message is
+// refused by Send and SendData with ErrMessageTooLarge; a peer that sends one
+// anyway is cut off with CodeProtocol.
+const MaxMessageSize = 128 << 10
+
+// Defaults of QUICConfig (and, where they apply, of MemConfig).
+const (
+	DefaultListenAddr       = "127.0.0.1:0"
+	DefaultIdleTimeout      = 2 * time.Second
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultMaxConns         = 256
+	DefaultStreamWindow     = 128 << 10
+	DefaultConnWindow       = 1 << 20
+	DefaultQueueLen         = 64
+	DefaultAcceptBacklog    = 32
+	DefaultDataTimeout      = 5 * time.Second
+)
+
+const (
+	// maxIncomingUniStreams bounds the data messages a peer may have in
+	// flight towards us at once (one stream each).
+	maxIncomingUniStreams = 256
+	// preamble is the dialer's first byte on the control stream: a QUIC
+	// stream is seen by the acceptor only once data arrives on it.
+	preamble = 'P'
+	// ack is the acceptor's reply: the connection is registered.
+	ack = 'A'
+	// dataUrgency is the scheduling urgency of data streams; the control
+	// stream has urgency 0 and goes first.
+	dataUrgency = 3
+	// streamErrAbandoned cancels a data stream that could not be written
+	// or read in time.
+	streamErrAbandoned quic.StreamErrorCode = 1
+)
+
+// QUICConfig configures a QUICTransport. A zero field means its default.
+type QUICConfig struct {
+	// ListenAddr is the UDP address to bind; default "127.0.0.1:0".
+	ListenAddr string
+	// PacketConn, when set, is used instead of binding ListenAddr (for
+	// example a NewLossyPacketConn). The transport owns it and closes it.
+	PacketConn net.PacketConn
+	// Key is the node's identity; nil means a new random key.
+	Key ed25519.PrivateKey
+	// IdleTimeout closes a connection whose peer has been silent this long;
+	// default 2 s. QUIC takes the smaller of both sides' values.
+	IdleTimeout time.Duration
+	// KeepAlivePeriod is how often an idle connection sends a keep-alive;
+	// default IdleTimeout/3.
+	KeepAlivePeriod time.Duration
+	// HandshakeTimeout bounds a connection's setup when the dialer's
+	// context does not; default 5 s.
+	HandshakeTimeout time.Duration
+	// MaxConns bounds the connections open at once, dialed and accepted
+	// together; default 256.
+	MaxConns int
+	// StreamWindow is the flow-control window of one stream; default
+	// 128 KiB (enough for one whole chunk).
+	StreamWindow uint64
+	// ConnWindow is the flow-control window of a connection; default 1 MiB.
+	// With StreamWindow it bounds the memory a peer can make us buffer.
+	ConnWindow uint64
+	// ControlQueue is the length of each connection's control send and
+	// receive queues; default 64.
+	ControlQueue int
+	// SendQueue is the length of each connection's data send queue;
+	// default 64.
+	SendQueue int
+	// ReceiveQueue is the length of each connection's data receive queue;
+	// default 64.
+	ReceiveQueue int
+	// AcceptBacklog bounds the connections waiting for Accept; default 32.
+	AcceptBacklog int
+	// DataTimeout bounds the writing and the reading of one data message;
+	// default 5 s. A message not through by then is abandoned.
+	DataTimeout time.Duration
+	// Logger receives debug and warning records; nil means silent.
+	Logger *slog.Logger
+}
+
+func (cfg QUICConfig) withDefaults() (QUICConfig, error) {
+	if cfg.ListenAddr == "" {
+		cfg.ListenAddr = DefaultListenAddr
+	}
+	if cfg.Key == nil {
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Key = key
+	}
+	if len(cfg.Key) != ed25519.PrivateKeySize {
+		return cfg, fmt.Errorf("control: QUICConfig.Key has %d bytes, want %d", len(cfg.Key), ed25519.PrivateKeySize)
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.KeepAlivePeriod == 0 {
+		cfg.KeepAlivePeriod = cfg.IdleTimeout / 3
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.StreamWindow == 0 {
+		cfg.StreamWindow = DefaultStreamWindow
+	}
+	if cfg.ConnWindow == 0 {
+		cfg.ConnWindow = DefaultConnWindow
+	}
+	if cfg.ConnWindow < cfg.StreamWindow {
+		cfg.ConnWindow = cfg.StreamWindow
+	}
+	if cfg.ControlQueue == 0 {
+		cfg.ControlQueue = DefaultQueueLen
+	}
+	if cfg.SendQueue == 0 {
+		cfg.SendQueue = DefaultQueueLen
+	}
+	if cfg.ReceiveQueue == 0 {
+		cfg.ReceiveQueue = DefaultQueueLen
+	}
+	if cfg.AcceptBacklog == 0 {
+		cfg.AcceptBacklog = DefaultAcceptBacklog
+	}
+	if cfg.DataTimeout == 0 {
+		cfg.DataTimeout = DefaultDataTimeout
+	}
+	if cfg.IdleTimeout < 0 || cfg.KeepAlivePeriod < 0 || cfg.HandshakeTimeout < 0 || cfg.DataTimeout < 0 ||
+		cfg.MaxConns < 0 || cfg.ControlQueue < 0 || cfg.SendQueue < 0 || cfg.ReceiveQueue < 0 || cfg.AcceptBacklog < 0 {
+		return cfg, errors.New("control: negative value in QUICConfig")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, nil
+}
+
+// QUICTransport is the QUIC Transport: one UDP socket for listening and
+// dialing, TLS 1.3 with self-signed ed25519 certificates as node identities.
+type QUICTransport struct {
+	cfg   QUICConfig
+	log   *slog.Logger
+	pub   ed25519.PublicKey
+	cert  tls.Certificate
+	qconf *quic.Config // for listening
+	// dialConf is qconf for dialing: the acceptor opens no bidirectional
+	// stream.
+	dialConf *quic.Config
+	pc       net.PacketConn
+	tr       *quic.Transport
+	ln       *quic.Listener
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+
+	accepted chan *QUICConn // registered connections waiting for Accept
+
+	mu      sync.Mutex
+	conns   map[*QUICConn]struct{}
+	backlog int // connections in accepted
+	pending int // dials in progress, counted against MaxConns
+	closed  bool
+
+	wg        sync.WaitGroup // every goroutine the transport started
+	closeOnce sync.Once
+}
+
+var _ Transport = (*QUICTransport)(nil)
+
+// NewQUIC binds the transport's UDP socket (or takes cfg.PacketConn) and
+// starts accepting connections.
+//
+// quic-go warns once per process through the standard logger when it cannot
+// enlarge the socket's buffers (non-root, small net.core.rmem_max). To avoid
+// that without reading the environment, NewQUIC sizes the buffers itself and,
+// only when the system refuses, hands quic-go the socket behind a wrapper that
+// hides its file descriptor: quic-go then skips its check (and its batched
+// I/O, GSO, ECN and path MTU discovery, which 16 KB/s audio does not need).
+func NewQUIC(cfg QUICConfig) (*QUICTransport, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := selfSignedCert(cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	pc := cfg.PacketConn
+	if pc == nil {
+		pc, err = net.ListenPacket("udp", cfg.ListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("control: listen: %w", err)
+		}
+	}
+	// The stateless reset key derives from the node's key, so that a
+	// restarted node can reset its peers' stale connections.
+	rk, err := hkdf.Key(sha256.New, cfg.Key.Seed(), nil, "p2pradio quic stateless reset key", 32)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	var resetKey quic.StatelessResetKey
+	copy(resetKey[:], rk)
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &QUICTransport{
+		cfg:  cfg,
+		log:  cfg.Logger,
+		pub:  cfg.Key.Public().(ed25519.PublicKey),
+		cert: cert,
+		qconf: &quic.Config{
+			HandshakeIdleTimeout:           cfg.HandshakeTimeout,
+			MaxIdleTimeout:                 cfg.IdleTimeout,
+			KeepAlivePeriod:                cfg.KeepAlivePeriod,
+			InitialStreamReceiveWindow:     cfg.StreamWindow,
+			MaxStreamReceiveWindow:         cfg.StreamWindow,
+			InitialConnectionReceiveWindow: cfg.ConnWindow,
+			MaxConnectionReceiveWindow:     cfg.ConnWindow,
+			MaxIncomingStreams:             1,
+			MaxIncomingUniStreams:          maxIncomingUniStreams,
+		},
+		pc:       pc,
+		ctx:      ctx,
+		cancel:   cancel,
+		accepted: make(chan *QUICConn, cfg.AcceptBacklog),
+		conns:    make(map[*QUICConn]struct{}),
+	}
+	t.dialConf = t.qconf.Clone()
+	t.dialConf.MaxIncomingStreams = -1
+	t.tr = &quic.Transport{Conn: quietPacketConn(pc), StatelessResetKey: &resetKey}
+	t.ln, err = t.tr.Listen(t.serverTLS(), t.qconf)
+	if err != nil {
+		cancel()
+		t.tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("control: listen: %w", err)
+	}
+	t.wg.Go(t.acceptLoop)
+	t.log.Debug("quic transport listening", "addr", t.Addr())
+	return t, nil
+}
+
+// selfSignedCert makes the certificate that carries the node's key in TLS.
+// Peers check only the key (TLS proves its possession), never the chain.
+func selfSignedCert(key ed25519.PrivateKey) (tls.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "p2pradio node"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(20 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("control: certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// peerKey returns the ed25519 key of the peer's certificate.
+func peerKey(cs tls.ConnectionState) (ed25519.PublicKey, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return nil, errors.New("control: peer sent no certificate")
+	}
+	k, ok := cs.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
+	if !ok || len(k) != ed25519.PublicKeySize {
+		return nil, errors.New("control: peer certificate key is not ed25519")
+	}
+	return k, nil
+}
+
+func (t *QUICTransport) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		Certificates:           []tls.Certificate{t.cert},
+		NextProtos:             []string{ALPN},
+		ClientAuth:             tls.RequireAnyClientCert,
+		SessionTicketsDisabled: true,
+		// VerifyConnection, unlike VerifyPeerCertificate, also runs on
+		// resumed connections.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := peerKey(cs)
+			return err
+		},
+	}
+}
+
+func (t *QUICTransport) clientTLS(wantKey ed25519.PublicKey, mismatch *atomic.Bool) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{t.cert},
+		NextProtos:         []string{ALPN},
+		ServerName:         "p2pradio",
+		InsecureSkipVerify: true, // self-signed: the key is checked below
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			k, err := peerKey(cs)
+			if err != nil {
+				return err
+			}
+			if wantKey != nil && !k.Equal(wantKey) {
+				mismatch.Store(true)
+				return ErrKeyMismatch
+			}
+			return nil
+		},
+	}
+}
+
+// Addr returns the local UDP address, which peers dial.
+func (t *QUICTransport) Addr() string { return t.pc.LocalAddr().String() }
+
+// Key returns the node's public identity key.
+func (t *QUICTransport) Key() ed25519.PublicKey { return t.pub }
+
+// Dial connects to addr and returns once the peer's transport has
+// registered the connection. With wantKey set, it fails with ErrKeyMismatch
+// unless the peer proves that key.
+func (t *QUICTransport) Dial(ctx context.Context, addr string, wantKey ed25519.PublicKey) (Conn, error) {
+	if wantKey != nil && len(wantKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: wanted key has %d bytes", ErrKeyMismatch, len(wantKey))
+	}
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("control: dial %s: %w", addr, err)
+	}
+	t.mu.Lock()
+	switch {
+	case t.closed:
+		t.mu.Unlock()
+		return nil, ErrClosed
+	case len(t.conns)+t.pending >= t.cfg.MaxConns:
+		t.mu.Unlock()
+		return nil, fmt.Errorf("%w: local limit of %d connections", ErrRefused, t.cfg.MaxConns)
+	}
+	t.pending++
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.pending--
+		t.mu.Unlock()
+	}()
+
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, 2*t.cfg.HandshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(t.ctx, cancel)
+	defer stop()
+
+	var mismatch atomic.Bool
+	qc, err := t.tr.Dial(ctx, udpAddr, t.clientTLS(wantKey, &mismatch), t.dialConf)
+	if err != nil {
+		return nil, t.dialError(parent, ctx, addr, err, &mismatch)
+	}
+	// Until the acceptor answers, a canceled ctx closes the connection,
+	// which unblocks the stream calls below.
+	stopClose := context.AfterFunc(ctx, func() { qc.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), "dial canceled") })
+	st, err := qc.OpenStreamSync(ctx)
+	if err == nil {
+		st.SetPriority(0, false)
+		_, err = st.Write([]byte{preamble})
+	}
+	if err == nil {
+		var b [1]byte
+		_, err = io.ReadFull(st, b[:])
+		if err == nil && b[0] != ack {
+			err = fmt.Errorf("control: bad handshake reply %#x", b[0])
+			qc.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "bad handshake reply")
+		}
+	}
+	if !stopClose() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		qc.CloseWithError(quic.ApplicationErrorCode(CodeCanceled), "dial failed")
+		return nil, t.dialError(parent, ctx, addr, err, &mismatch)
+	}
+	c := newQUICConn(t, qc, st)
+	if !t.register(c, false) {
+		qc.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "transport closed")
+		return nil, ErrClosed
+	}
+	t.log.Debug("dialed", "local", t.Addr(), "remote", c.remoteAddr)
+	return c, nil
+}
+
+// dialError turns a failed dial into one of the package's errors. parent is
+// the caller's context, ctx the dial's own (with the handshake timeout).
+func (t *QUICTransport) dialError(parent, ctx context.Context, addr string, err error, mismatch *atomic.Bool) error {
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	switch {
+	case t.ctx.Err() != nil:
+		return ErrClosed
+	case mismatch.Load():
+		return fmt.Errorf("%w: dial %s", ErrKeyMismatch, addr)
+	case errors.As(err, &appErr) && appErr.Remote && uint64(appErr.ErrorCode) == CodeRefused:
+		return fmt.Errorf("%w: dial %s: %s", ErrRefused, addr, appErr.ErrorMessage)
+	case errors.As(err, &idle), errors.As(err, &hs):
+		return fmt.Errorf("%w: dial %s: %w", ErrTimeout, addr, err)
+	case parent.Err() != nil:
+		return fmt.Errorf("control: dial %s: %w", addr, parent.Err())
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: dial %s: no answer", ErrTimeout, addr)
+	}
+	return fmt.Errorf("control: dial %s: %w", addr, err)
+}
+
+// register adds c to the transport's connections and starts its goroutines.
+// An accepted connection also takes a place in the accept backlog; register
+// fails when the transport is closed or, for an accepted connection, full.
+func (t *QUICTransport) register(c *QUICConn, accepted bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	if accepted {
+		if len(t.conns)+t.pending >= t.cfg.MaxConns || t.backlog >= t.cfg.AcceptBacklog {
+			return false
+		}
+		t.backlog++
+	}
+	t.conns[c] = struct{}{}
+	// The transport is open, so Close has not begun to wait.
+	c.start()
+	return true
+}
+
+func (t *QUICTransport) forget(c *QUICConn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+func (t *QUICTransport) acceptLoop() {
+	for {
+		qc, err := t.ln.Accept(t.ctx)
+		if err != nil {
+			return
+		}
+		t.wg.Go(func() { t.handshake(qc) })
+	}
+}
+
+// handshake waits for an incoming connection's control stream and its
+// preamble, then registers the connection and queues it for Accept.
+func (t *QUICTransport) handshake(qc *quic.Conn) {
+	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.HandshakeTimeout)
+	defer cancel()
+	st, err := qc.AcceptStream(ctx)
+	if err == nil {
+		st.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+		var b [1]byte
+		_, err = io.ReadFull(st, b[:])
+		if err == nil && b[0] != preamble {
+			err = fmt.Errorf("bad preamble %#x", b[0])
+		}
+		st.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		t.log.Debug("incoming handshake failed", "remote", qc.RemoteAddr().String(), "err", err)
+		qc.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "no control stream")
+		return
+	}
+	st.SetPriority(0, false)
+	c := newQUICConn(t, qc, st)
+	if !t.register(c, true) {
+		t.log.Debug("refused connection", "remote", c.remoteAddr)
+		qc.CloseWithError(quic.ApplicationErrorCode(CodeRefused), "too many connections")
+		return
+	}
+	if _, err := st.Write([]byte{ack}); err != nil {
+		qc.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), "handshake failed")
+	}
+	t.accepted <- c // never blocks: register reserved the place
+}
+
+// Accept waits for the next incoming connection.
+func (t *QUICTransport) Accept(ctx context.Context) (Conn, error) {
+	if t.ctx.Err() != nil {
+		return nil, ErrClosed
+	}
+	for {
+		select {
+		case c := <-t.accepted:
+			t.mu.Lock()
+			t.backlog--
+			t.mu.Unlock()
+			if c.qc.Context().Err() != nil {
+				continue // died while waiting
+			}
+			return c, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Close closes every connection (the peers see CodeShutdown), then the
+// socket, and waits for every goroutine the transport started.
+func (t *QUICTransport) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		t.closed = true
+		conns := make([]*QUICConn, 0, len(t.conns))
+		for c := range t.conns {
+			conns = append(conns, c)
+		}
+		t.mu.Unlock()
+		t.cancel()
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Go(func() { c.qc.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "transport closed") })
+		}
+		wg.Wait()
+		t.ln.Close()
+		// Transport.Close sends no CONNECTION_CLOSE: the connections were
+		// closed above. It does not close a PacketConn it did not create.
+		t.tr.Close()
+		t.pc.Close()
+		t.wg.Wait()
+		t.log.Debug("quic transport closed", "addr", t.Addr())
+	})
+	return nil
+}
+
+// QUICConn is a connection of a QUICTransport.
+type QUICConn struct {
+	t          *QUICTransport
+	qc         *quic.Conn
+	ctrl       *quic.Stream
+	remoteKey  ed25519.PublicKey
+	remoteAddr string
+
+	ctrlOut chan []byte // framed control messages to write
+	ctrlIn  chan []byte
+	dataOut chan []byte // framed data messages to write
+	dataIn  chan []byte
+
+	wg    sync.WaitGroup // this connection's goroutines
+	stats connCounters
+}
+
+var _ Conn = (*QUICConn)(nil)
+
+func newQUICConn(t *QUICTransport, qc *quic.Conn, st *quic.Stream) *QUICConn {
+	// The handshake verified that the certificate holds an ed25519 key.
+	key, _ := peerKey(qc.ConnectionState().TLS)
+	return &QUICConn{
+		t:          t,
+		qc:         qc,
+		ctrl:       st,
+		remoteKey:  key,
+		remoteAddr: qc.RemoteAddr().String(),
+		ctrlOut:    make(chan []byte, t.cfg.ControlQueue),
+		ctrlIn:     make(chan []byte, t.cfg.ControlQueue),
+		dataOut:    make(chan []byte, t.cfg.SendQueue),
+		dataIn:     make(chan []byte, t.cfg.ReceiveQueue),
+	}
+}
+
+// start runs the connection's goroutines; called with t.mu held while the
+// transport is open.
+func (c *QUICConn) start() {
+	c.spawn(c.readControl)
+	c.spawn(c.writeControl)
+	c.spawn(c.writeData)
+	c.spawn(c.acceptData)
+}
+
+// spawn runs f in a goroutine that both the connection's Close and the
+// transport's Close wait for. It is called only while the transport is
+// open or from another of the connection's goroutines.
+func (c *QUICConn) spawn(f func()) {
+	c.wg.Add(1)
+	c.t.wg.Add(1)
+	go func() {
+		defer c.t.wg.Done()
+		defer c.wg.Done()
+		f()
+	}()
+}
+
+// frame prefixes msg with its length, copying it.
+func frame(msg []byte) []byte {
+	b := make([]byte, 0, binary.MaxVarintLen32+len(msg))
+	b = binary.AppendUvarint(b, uint64(len(msg)))
+	return append(b, msg...)
+}
+
+// Send queues one control message; see Conn.
+func (c *QUICConn) Send(ctx context.Context, msg []byte) error {
+	if len(msg) > MaxMessageSize {
+		return fmt.Errorf("%w: %d bytes", ErrMessageTooLarge, len(msg))
+	}
+	if err := c.Err(); err != nil {
+		return err
+	}
+	select {
+	case c.ctrlOut <- frame(msg):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.Done():
+		return c.Err()
+	}
+}
+
+// Receive waits for the next control message; see Conn. Messages that
+// arrived before the connection closed are returned before its error.
+func (c *QUICConn) Receive(ctx context.Context) ([]byte, error) {
+	return receive(ctx, c.ctrlIn, c.Done(), c.Err)
+}
+
+// SendData queues one data message, or drops it and returns ErrQueueFull.
+func (c *QUICConn) SendData(msg []byte) error {
+	if len(msg) > MaxMessageSize {
+		return fmt.Errorf("%w: %d bytes", ErrMessageTooLarge, len(msg))
+	}
+	if err := c.Err(); err != nil {
+		return err
+	}
+	select {
+	case c.dataOut <- frame(msg):
+		return nil
+	default:
+		c.stats.sendDropped.Add(1)
+		return ErrQueueFull
+	}
+}
+
+// ReceiveData waits for the next data message; see Conn.
+func (c *QUICConn) ReceiveData(ctx context.Context) ([]byte, error) {
+	return receive(ctx, c.dataIn, c.Done(), c.Err)
+}
+
+func receive(ctx context.Context, ch <-chan []byte, done <-chan struct{}, errf func() error) ([]byte, error) {
+	select {
+	case m := <-ch:
+		return m, nil
+	default:
+	}
+	select {
+	case m := <-ch:
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-done:
+		select {
+		case m := <-ch:
+			return m, nil
+		default:
+			return nil, errf()
+		}
+	}
+}
+
+// RemoteAddr returns the peer's UDP address. For a connection the peer
+// dialed, it is also the address the peer listens on (one socket per node),
+// as seen through any NAT.
+func (c *QUICConn) RemoteAddr() string { return c.remoteAddr }
+
+// RemoteKey returns the key the peer proved in the TLS handshake.
+func (c *QUICConn) RemoteKey() ed25519.PublicKey { return c.remoteKey }
+
+// RTT returns quic-go's smoothed round-trip time estimate.
+func (c *QUICConn) RTT() time.Duration { return c.qc.ConnectionStats().SmoothedRTT }
+
+// Done is closed when the connection has closed.
+func (c *QUICConn) Done() <-chan struct{} { return c.qc.Context().Done() }
+
+// Err says why the connection closed, or nil while it is open: a
+// *CloseError when either end called Close, an error wrapping ErrTimeout
+// when the peer went silent; every one wraps ErrClosed.
+func (c *QUICConn) Err() error {
+	ctx := c.qc.Context()
+	if ctx.Err() == nil {
+		return nil
+	}
+	cause := context.Cause(ctx)
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	switch {
+	case errors.As(cause, &appErr):
+		return &CloseError{Code: uint64(appErr.ErrorCode), Reason: appErr.ErrorMessage, Remote: appErr.Remote}
+	case errors.As(cause, &idle), errors.As(cause, &hs):
+		return timeoutError(cause)
+	}
+	return fmt.Errorf("%w: %w", ErrClosed, cause)
+}
+
+// Close closes the connection with code and reason (clamped to
+// MaxCloseCode and MaxCloseReason), and waits for its goroutines. Messages still queued are discarded: tell the peer why with
+// the code and reason.
+func (c *QUICConn) Close(code uint64, reason string) error {
+	code, reason = clampClose(code, reason)
+	c.qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
+	c.wg.Wait()
+	return nil
+}
+
+// Stats returns the connection's counters.
+func (c *QUICConn) Stats() ConnStats { return c.stats.snapshot() }
+
+// protocolError cuts off a peer that broke the framing rules.
+func (c *QUICConn) protocolError(reason string) {
+	c.t.log.Warn("protocol error", "remote", c.remoteAddr, "reason", reason)
+	c.qc.CloseWithError(quic.ApplicationErrorCode(CodeProtocol), reason)
+}
+
+// readN reads exactly n bytes. Its buffer grows with the data that arrives,
+// so that a peer cannot make us allocate by announcing large messages.
+func readN(r io.Reader, n uint64) ([]byte, error) {
+	const step = 16 << 10
+	b := make([]byte, 0, min(n, step))
+	for uint64(len(b)) < n {
+		if len(b) == cap(b) {
+			b = append(b, make([]byte, min(n-uint64(len(b)), uint64(cap(b))))...)[:len(b)]
+		}
+		k, err := io.ReadFull(r, b[len(b):min(uint64(cap(b)), n)])
+		b = b[:len(b)+k]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// byteReader reads one byte at a time, for binary.ReadUvarint.
+type byteReader struct{ r io.Reader }
+
+func (b byteReader) ReadByte() (byte, error) {
+	var p [1]byte
+	_, err := io.ReadFull(b.r, p[:])
+	return p[0], err
+}
+
+// readControl reads length-prefixed control messages into ctrlIn. When it
+// returns the connection is closed; it then drops it from the transport.
+func (c *QUICConn) readControl() {
+	defer c.t.forget(c)
+	done := c.Done()
+	for {
+		n, err := binary.ReadUvarint(byteReader{c.ctrl})
+		if err == nil && n > MaxMessageSize {
+			c.protocolError(fmt.Sprintf("control message of %d bytes", n))
+			return
+		}
+		var msg []byte
+		if err == nil {
+			msg, err = readN(c.ctrl, n)
+		}
+		if err != nil {
+			if c.qc.Context().Err() == nil {
+				// The peer ended or reset the control stream.
+				c.protocolError("control stream ended")
+			}
+			return
+		}
+		select {
+		case c.ctrlIn <- msg:
+		case <-done:
+			return
+		}
+	}
+}
+
+func (c *QUICConn) writeControl() {
+	done := c.Done()
+	for {
+		select {
+		case f := <-c.ctrlOut:
+			if _, err := c.ctrl.Write(f); err != nil {
+				return
+			}
+		case <-done:
+			return
+		}
+	}
+}
+
+// writeData writes each queued data message on a unidirectional stream of
+// its own. A message that cannot be written within DataTimeout (the peer's
+// flow control or stream limit holds it) is abandoned.
+func (c *QUICConn) writeData() {
+	ctx := c.qc.Context()
+	for {
+		var m []byte
+		select {
+		case m = <-c.dataOut:
+		case <-ctx.Done():
+			return
+		}
+		deadline := time.Now().Add(c.t.cfg.DataTimeout)
+		openCtx, cancel := context.WithDeadline(ctx, deadline)
+		s, err := c.qc.OpenUniStreamSync(openCtx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.stats.dataFailed.Add(1)
+			continue
+		}
+		s.SetPriority(dataUrgency, false)
+		s.SetWriteDeadline(deadline)
+		if _, err := s.Write(m); err != nil {
+			s.CancelWrite(streamErrAbandoned)
+			if ctx.Err() != nil {
+				return
+			}
+			c.stats.dataFailed.Add(1)
+			continue
+		}
+		s.Close()
+		c.stats.dataSent.Add(1)
+	}
+}
+
+func (c *QUICConn) acceptData() {
+	ctx := c.qc.Context()
+	for {
+		s, err := c.qc.AcceptUniStream(ctx)
+		if err != nil {
+			return
+		}
+		c.spawn(func() { c.readData(s) })
+	}
+}
+
+// readData reads one data message from its stream, within DataTimeout, and
+// queues it; when the receive queue is full the message is dropped and
+// counted, so that a node that reads slowly never stalls the QUIC side.
+func (c *QUICConn) readData(s *quic.ReceiveStream) {
+	s.SetReadDeadline(time.Now().Add(c.t.cfg.DataTimeout))
+	n, err := binary.ReadUvarint(byteReader{s})
+	if err == nil && n > MaxMessageSize {
+		c.protocolError(fmt.Sprintf("data message of %d bytes", n))
+		return
+	}
+	var msg []byte
+	if err == nil {
+		msg, err = readN(s, n)
+	}
+	if err == nil {
+		// Read to the end, which completes the stream and returns its
+		// credit to the peer.
+		var extra [1]byte
+		var k int
+		k, err = s.Read(extra[:])
+		if k > 0 {
+			c.protocolError("data stream longer than its message")
+			return
+		}
+		if err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errors.New("data stream not finished")
+		}
+	}
+	if err != nil {
+		s.CancelRead(streamErrAbandoned)
+		if c.qc.Context().Err() == nil {
+			c.stats.dataFailed.Add(1)
+		}
+		return
+	}
+	// Counted before it can be received, so that DataReceived is never
+	// behind what ReceiveData returned.
+	c.stats.dataReceived.Add(1)
+	select {
+	case c.dataIn <- msg:
+	default:
+		c.stats.dataReceived.Add(^uint64(0))
+		c.stats.receiveDropped.Add(1)
+	}
+}
+
+// quietPacketConn prepares the socket for quic-go so that quic-go's buffer
+// warning (printed through the standard logger) does not fire; see NewQUIC.
+func quietPacketConn(pc net.PacketConn) net.PacketConn {
+	if udp, ok := pc.(*net.UDPConn); ok {
+		if socketBuffersOK(udp) {
+			return udp
+		}
+		return bufferlessConn{udp}
+	}
+	if _, ok := pc.(interface{ SetReadBuffer(int) error }); ok {
+		return pc
+	}
+	return bufferlessConn{pc}
+}
+
+// bufferlessConn shows quic-go only the net.PacketConn methods, plus buffer
+// setters that never fail.
+type bufferlessConn struct{ net.PacketConn }
+
+func (c bufferlessConn) SetReadBuffer(n int) error {
+	if s, ok := c.PacketConn.(interface{ SetReadBuffer(int) error }); ok {
+		_ = s.SetReadBuffer(n)
+	}
+	return nil
+}
+
+func (c bufferlessConn) SetWriteBuffer(n int) error {
+	if s, ok := c.PacketConn.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = s.SetWriteBuffer(n)
+	}
+	return nil
+}
