@@ -79,11 +79,7 @@ func (n *Node) statusLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		n.broadcastStatus(ctx)
-		if n.player != nil {
-			if st := n.player.Stats(); st.Playing && st.Lag > 0 {
-				n.lag.Record(st.Lag)
-			}
-		}
+
 	}
 }
 
@@ -236,6 +232,23 @@ func (n *Node) repair(ctx context.Context, parent, backup *peer, now time.Time, 
 	}
 	n.repairs.Add(int64(len(req.Seqs)))
 	n.send(ctx, to, req)
+}
+
+// registerLoop keeps a broadcaster that uses an external rendezvous
+// registered there, as the root of the tree.
+func (n *Node) registerLoop(ctx context.Context) {
+	rv := &rendezvous{n: n}
+	defer rv.close()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		rv.maybeRegister(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // promote makes the backup our pushing parent.

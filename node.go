@@ -201,6 +201,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	var err error
 	if n.Broadcaster() {
+		if n.tracker == nil {
+			n.goFunc(func() { n.registerLoop(ctx) })
+		}
 		err = n.broadcast(ctx)
 		n.reasm.End()
 		if err == nil && playDone != nil {
@@ -456,7 +459,7 @@ func (n *Node) Stats() Stats {
 		if !s.Playout.Started.IsZero() && !started.IsZero() {
 			s.Startup = s.Playout.Started.Sub(started)
 		}
-		s.LagP50, s.LagP95, s.LagMax = n.lag.Quantile(0.5), n.lag.Quantile(0.95), n.lag.Quantile(1)
+		s.LagP50, s.LagP95, s.LagMax = s.Playout.LagP50, s.Playout.LagP95, s.Playout.MaxLag
 	}
 	s.HopP50, s.HopP99 = n.hop.Quantile(0.5), n.hop.Quantile(0.99)
 	s.Recoveries, s.RecoveryP50, s.RecoveryMax = n.recovery.Count(), n.recovery.Quantile(0.5), n.recovery.Quantile(1)

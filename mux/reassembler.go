@@ -136,6 +136,13 @@ func (r *Reassembler) End() {
 	r.signal()
 }
 
+// Ended reports whether End was called.
+func (r *Reassembler) Ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ended
+}
+
 // Ready is signalled whenever a chunk is accepted or End is called.
 func (r *Reassembler) Ready() <-chan struct{} { return r.ready }
 

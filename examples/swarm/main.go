@@ -283,7 +283,7 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		Station:    s.station,
 		UploadKbps: s.o.upload,
 		Sink:       &playout.Discard{},
-		// Playout:    playout.Config{NoDecode: !s.o.decode},
+		Playout:    playout.Config{NoDecode: !s.o.decode},
 	}
 	if err := s.transport(&cfg, link); err != nil {
 		return err

@@ -1,0 +1,19 @@
+// Package playout turns a continuous MP3 frame stream into PCM on a Sink at
+// the pace of a playout clock, without stutter.
+//
+// A Player takes slots from a Frames (a *mux.Reassembler at a listener),
+// decodes them with one long-lived Decoder (go-mp3, fed one frame at a time)
+// and hands the PCM to a Sink: a WAV file (WAVSink), memory (MemorySink),
+// nothing (Discard), any function (SinkFunc), or the sound card (package
+// playout/speaker, the only part that needs cgo).
+//
+// The playout contract (see DESIGN.md): playback starts once Target of
+// audio is buffered; from then on the frame at playing time P is due at
+// start+P and is handed to the sink Lead before that. A frame that has not
+// arrived by its deadline (Margin before it is due) is played as a concealed
+// silent frame of the same duration, so the timeline and the decoder stay
+// aligned; playback never stalls for a late frame. Only after Rebuffer of
+// uninterrupted concealment does the Player stop and buffer Target again.
+// With a ClockedSink (the speaker) the sink's queue, drained by the device's
+// clock, replaces the system clock.
+package playout
