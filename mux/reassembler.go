@@ -65,9 +65,15 @@ type Reassembler struct {
 
 	primed    bool // a frame other than a priming one was handed out
 	reservoir int  // main data bytes received contiguously before the playhead
-	prevClean bool // the frame before the playhead decoded exactly
+	// cleanRun counts the frames before the playhead, up to cleanHistory,
+	// that were received with their whole bit reservoir: a frame decodes
+	// exactly only when it and the frames whose state it inherits did.
+	cleanRun int
 	stats     ReassemblerStats
 }
+
+// cleanHistory is the longest run of clean frames the muting rule needs.
+const cleanHistory = 2
 
 // NewReassembler returns an empty Reassembler.
 func NewReassembler(cfg ReassemblerConfig) *Reassembler {
@@ -182,7 +188,9 @@ func (r *Reassembler) Next(conceal bool) (Slot, bool, error) {
 		r.playhead = r.held[0].Timestamp
 		// A fresh decoder at the very start of the stream is in the same
 		// state as the reference decoder; anywhere else it is not.
-		r.prevClean = r.playhead == 0
+		if r.playhead == 0 {
+			r.cleanRun = cleanHistory // like the reference decoder's start
+		}
 	}
 	// Forget chunks that are entirely played.
 	for len(r.held) > 0 && r.held[0].End() <= r.playhead {
@@ -212,7 +220,7 @@ func (r *Reassembler) Next(conceal bool) (Slot, bool, error) {
 		r.playhead = r.held[0].Timestamp
 	}
 	r.reservoir = 0
-	r.prevClean = false
+	r.cleanRun = 0
 	r.primed = true
 	return s, true, nil
 }
@@ -231,7 +239,7 @@ func (r *Reassembler) fromChunk(c *Chunk) Slot {
 	if c.Flags&FlagDiscontinuity != 0 && i == 0 || f.Format() != r.format && r.format.SampleRate != 0 {
 		s.Discontinuity = true
 		r.reservoir = 0
-		r.prevClean = true // a new decoder starts clean
+		r.cleanRun = cleanHistory // a new decoder starts clean
 	}
 	if c.Flags&FlagMetadata != 0 && c.Title != r.title {
 		r.title = c.Title
@@ -239,8 +247,20 @@ func (r *Reassembler) fromChunk(c *Chunk) Slot {
 	}
 	s.Title = r.title
 	clean := f.MainDataBegin() <= r.reservoir
-	s.Muted = !clean || !r.prevClean
-	r.prevClean = clean
+	// A frame's output depends on its own main data, the IMDCT overlap of
+	// the granule before it and the synthesis filterbank's last 16 subband
+	// slots: one frame back in MPEG-1 (two granules a frame), two frames
+	// back in MPEG-2 (one granule).
+	need := 1
+	if f.Header().Version() != MPEG1 {
+		need = 2
+	}
+	s.Muted = !clean || r.cleanRun < need
+	if clean {
+		r.cleanRun = min(r.cleanRun+1, cleanHistory)
+	} else {
+		r.cleanRun = 0
+	}
 	if !r.primed {
 		// Before playback's first exact frame, frames only prime the decoder.
 		s.Prime, s.Muted = s.Muted, false
