@@ -69,7 +69,7 @@ type Reassembler struct {
 	// that were received with their whole bit reservoir: a frame decodes
 	// exactly only when it and the frames whose state it inherits did.
 	cleanRun int
-	stats     ReassemblerStats
+	stats    ReassemblerStats
 }
 
 // cleanHistory is the longest run of clean frames the muting rule needs.
