@@ -152,16 +152,23 @@ func (r *Reassembler) Ended() bool {
 // Ready is signalled whenever a chunk is accepted or End is called.
 func (r *Reassembler) Ready() <-chan struct{} { return r.ready }
 
-// Buffered is the playing time from the playhead to the end of the newest
-// chunk held.
+// Buffered is the playing time held without a gap from the playhead on.
+// Chunks of a joiner's burst can arrive out of order; playback starts only
+// once Target of them are here without a hole.
 func (r *Reassembler) Buffered() time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.held) == 0 {
+	if len(r.held) == 0 || r.held[0].Timestamp > r.playhead {
 		return 0
 	}
-	last := r.held[len(r.held)-1]
-	return last.Format().Duration(last.End() - r.playhead)
+	end := r.held[0].End()
+	for _, c := range r.held[1:] {
+		if c.Timestamp != end {
+			break
+		}
+		end = c.End()
+	}
+	return r.held[0].Format().Duration(end - r.playhead)
 }
 
 // Stats returns the counters.

@@ -102,6 +102,8 @@ type swarm struct {
 	mu      sync.Mutex
 	members []*member
 	killAt  time.Time // when -kill struck
+
+	lastConcealed int64
 }
 
 func run(o options) error {
@@ -199,8 +201,12 @@ loop:
 				s.mu.Unlock()
 				s.killRandom(rng, n)
 			}
+			line := ""
+			if os.Getenv("NOLINE") == "" {
+				line = s.line(b, now.Sub(start))
+			}
 			if !o.json {
-				status.Print(s.line(b, now.Sub(start)))
+				status.Print(line)
 			}
 		}
 	}
@@ -368,6 +374,7 @@ func (s *swarm) line(b *p2pradio.Node, elapsed time.Duration) string {
 	ms := append([]*member(nil), s.members...)
 	s.mu.Unlock()
 	var alive, playing, maxDepth int
+	var concealed int64
 	var conts []float64
 	for _, m := range ms {
 		if !m.died.IsZero() {
@@ -378,12 +385,17 @@ func (s *swarm) line(b *p2pradio.Node, elapsed time.Duration) string {
 		if st.Playout.Playing {
 			playing++
 		}
+		concealed += st.Playout.FramesConcealed + st.Playout.FramesMuted
 		if st.Playout.Due() > 0 {
 			conts = append(conts, st.Continuity)
 		}
 		maxDepth = max(maxDepth, st.Depth)
 	}
 	bs := b.Stats()
+	if concealed != s.lastConcealed {
+		s.log.Info("frames lost", "at", elapsed, "concealed+muted", concealed-s.lastConcealed)
+		s.lastConcealed = concealed
+	}
 	return fmt.Sprintf("%s  listeners %d (playing %d)  source children %d  max depth %d  continuity min %.4f p50 %.4f",
 		cli.Duration(elapsed), alive, playing, bs.Children, maxDepth, minOf(conts), stats.Quantile(conts, 0.5))
 }
@@ -419,9 +431,20 @@ type Summary struct {
 	HopDelayMs        HopDelay    `json:"hop_delay_ms"`
 	RecoveryMs        Quantiles   `json:"recovery_ms"`
 	Stopped           int         `json:"stopped"`
+	Frames            Frames      `json:"frames"`
 	CPUs              float64     `json:"cpu_s"`
 	HeapMB            float64     `json:"heap_mb"`
 	PerListener       PerListener `json:"per_listener"`
+}
+
+// Frames adds up the counted listeners' frames by what became of them.
+type Frames struct {
+	Played    int64 `json:"played"`
+	Concealed int64 `json:"concealed"`
+	Muted     int64 `json:"muted"`
+	Underruns int64 `json:"underruns"`
+	Repairs   int64 `json:"repairs_requested"`
+	Rebuffers int64 `json:"rebuffers"`
 }
 
 type Continuity struct {
@@ -484,6 +507,16 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		}
 		sum.Counted++
 		conts = append(conts, st.Continuity)
+		sum.Frames.Played += st.Playout.FramesPlayed
+		sum.Frames.Concealed += st.Playout.FramesConcealed
+		sum.Frames.Muted += st.Playout.FramesMuted
+		sum.Frames.Underruns += st.Playout.Underruns
+		sum.Frames.Rebuffers += st.Playout.Rebuffers
+		sum.Frames.Repairs += st.Repairs
+		if s.o.verbose && st.Continuity < 1 {
+			s.log.Info("listener below 1", "continuity", st.Continuity, "depth", st.Depth, "concealed", st.Playout.FramesConcealed,
+				"muted", st.Playout.FramesMuted, "underruns", st.Playout.Underruns, "repairs", st.Repairs, "recoveries", st.Recoveries, "startup", st.Startup)
+		}
 		startups = append(startups, st.Startup)
 		lagP50 = append(lagP50, st.LagP50)
 		lagP95 = append(lagP95, st.LagP95)
