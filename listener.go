@@ -125,6 +125,11 @@ func (n *Node) maintain(ctx context.Context) {
 		}
 		if parent == nil {
 			n.parentSince.Store(now.UnixNano())
+			if backup != nil && now.Sub(time.Unix(0, backup.lastHeard.Load())) > 3*n.cfg.StallTimeout/2 {
+				backup.conn.Close(codeGoodbye, "silent")
+				n.dropPeer(backup)
+				backup = nil
+			}
 			if backup != nil && n.promote(ctx, backup) {
 				parent, backup = backup, nil
 			} else if p := n.join(ctx, rv); p != nil {
@@ -175,7 +180,11 @@ func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time)
 	if silent < n.cfg.StallTimeout {
 		return false
 	}
-	return backup.lastNew.Load() > last.UnixNano() || silent > 4*n.cfg.StallTimeout
+	// The backup had audio the parent did not send, or the backup is gone
+	// too (it answers every second with a Status), or this lasted too long:
+	// the parent is the problem, not the source.
+	backupSilent := now.Sub(time.Unix(0, backup.lastHeard.Load()))
+	return backup.lastNew.Load() > last.UnixNano() || backupSilent > 3*n.cfg.StallTimeout/2 || silent > 3*n.cfg.StallTimeout
 }
 
 // repairLag is how long a chunk may be missing behind the newest before it
@@ -353,13 +362,22 @@ func (n *Node) dialPeer(runCtx context.Context, info control.PeerInfo) (*peer, t
 }
 
 type ranked struct {
-	p   *peer
-	rtt time.Duration
+	p      *peer
+	rtt    time.Duration
+	depth  int   // p.depth when probed (p.mu guards p.depth)
+	free   int   // its free slots then
+	newest int64 // its newest chunk then
 }
 
+// probeGrace is how long probe waits for more answers after the first.
+const probeGrace = 50 * time.Millisecond
+
 // probe dials up to maxCandidates candidates at once and returns those that
-// answered and could take us, best first: shallow, then near.
-func (n *Node) probe(ctx context.Context, cands []control.PeerInfo) []ranked {
+// answered and could serve us, best first: not behind us (a node cut off
+// with us would only make us wait), with a free slot, shallow, near. It
+// returns soon after the first answer: a dead candidate (the rendezvous may
+// not know yet) must not hold up the living.
+func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool) []ranked {
 	self := n.id()
 	n.mu.Lock()
 	for _, p := range []*peer{n.parent, n.backup} {
@@ -368,41 +386,81 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo) []ranked {
 		}
 	}
 	n.mu.Unlock()
-	cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool { return c.ID == self || c.FreeSlots <= 0 })
+	cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool {
+		return c.ID == self || (needSlot && c.FreeSlots <= 0)
+	})
 	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
-	slices.SortStableFunc(cands, func(a, b control.PeerInfo) int { return cmp.Compare(a.Depth, b.Depth) })
+	slices.SortStableFunc(cands, func(a, b control.PeerInfo) int {
+		return cmp.Or(cmp.Compare(min(b.FreeSlots, 1), min(a.FreeSlots, 1)), cmp.Compare(a.Depth, b.Depth))
+	})
 	cands = cands[:min(len(cands), maxCandidates)]
+	if len(cands) == 0 {
+		return nil
+	}
 	var (
-		mu  sync.Mutex
-		out []ranked
-		wg  sync.WaitGroup
+		mu      sync.Mutex
+		out     []ranked
+		closed  bool
+		results = make(chan struct{}, len(cands))
 	)
 	for _, c := range cands {
-		wg.Go(func() {
+		n.goFunc(func() {
+			defer func() { results <- struct{}{} }()
 			p, rtt := n.dialPeer(ctx, c)
 			if p == nil {
 				return
 			}
 			p.mu.Lock()
-			ok := p.depth >= 0 && p.freeSlots > 0 && !slices.Contains(p.path, self)
+			r := ranked{p: p, rtt: rtt, depth: p.depth, free: p.freeSlots, newest: p.newest}
+			ok := p.depth >= 0 && (!needSlot || p.freeSlots > 0) && !slices.Contains(p.path, self)
 			p.mu.Unlock()
-			if !ok {
+			mu.Lock()
+			if !ok || closed {
+				mu.Unlock()
 				p.conn.Close(codeGoodbye, "")
 				return
 			}
-			mu.Lock()
-			out = append(out, ranked{p, rtt})
+			out = append(out, r)
 			mu.Unlock()
 		})
 	}
-	wg.Wait()
-	slices.SortFunc(out, func(a, b ranked) int {
-		if c := cmp.Compare(a.p.depth, b.p.depth); c != 0 {
-			return c
+	var grace <-chan time.Time
+wait:
+	for pending := len(cands); pending > 0; {
+		select {
+		case <-results:
+			pending--
+			mu.Lock()
+			got := len(out)
+			mu.Unlock()
+			if grace == nil && got > 0 {
+				grace = time.After(probeGrace)
+			}
+		case <-grace:
+			break wait
+		case <-ctx.Done():
+			break wait
 		}
-		return cmp.Compare(a.rtt, b.rtt)
+	}
+	mu.Lock()
+	closed = true
+	res := slices.Clone(out)
+	mu.Unlock()
+	ours := n.newest.Load()
+	behind := func(r ranked) int {
+		if r.newest+2 < ours {
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(res, func(a, b ranked) int {
+		return cmp.Or(
+			cmp.Compare(behind(a), behind(b)),
+			cmp.Compare(min(b.free, 1), min(a.free, 1)),
+			cmp.Compare(a.depth, b.depth),
+			cmp.Compare(a.rtt, b.rtt))
 	})
-	return out
+	return res
 }
 
 // join finds a parent through the rendezvous and subscribes to it; the
@@ -412,7 +470,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	if len(cands) == 0 {
 		return nil
 	}
-	found := n.probe(ctx, cands)
+	found := n.probe(ctx, cands, true)
 	var parent *peer
 	for _, r := range found {
 		switch {
@@ -422,7 +480,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 			n.parent = parent
 			n.mu.Unlock()
 			n.adoptPath(parent)
-			n.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", parent.depth+1)
+			n.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
 		case parent != nil && n.backup == nil:
 			n.mu.Lock()
 			n.backup = r.p
@@ -439,8 +497,8 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 
 // findBackup connects to one more candidate, kept warm for a fast switch.
 func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
-	cands := rv.known()
-	found := n.probe(ctx, cands)
+	cands := rv.candidates(ctx)
+	found := n.probe(ctx, cands, false)
 	for i, r := range found {
 		n.mu.Lock()
 		if i == 0 && n.backup == nil {
@@ -518,7 +576,7 @@ func (r *rendezvous) connect(ctx context.Context) control.Conn {
 				c.Close(codeBadMessage, err.Error())
 				return
 			}
-			if cs, ok := m.(*control.Candidates); ok {
+			if cs, ok := m.(*control.Candidates); ok && len(cs.Peers) > 0 {
 				r.mu.Lock()
 				r.cands = cs.Peers
 				r.mu.Unlock()
@@ -532,7 +590,7 @@ func (r *rendezvous) connect(ctx context.Context) control.Conn {
 	return c
 }
 
-func (r *rendezvous) register(ctx context.Context) chan struct{} {
+func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	c := r.connect(ctx)
 	if c == nil {
 		return nil
@@ -544,6 +602,7 @@ func (r *rendezvous) register(ctx context.Context) chan struct{} {
 		UploadKbps: n.cfg.UploadKbps,
 		Depth:      n.depth,
 		FreeSlots:  n.freeSlots(),
+		Want:       want,
 	}
 	if n.parent != nil {
 		reg.Parent = n.parent.id
@@ -571,13 +630,13 @@ func (r *rendezvous) maybeRegister(ctx context.Context) {
 	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0)
 	r.mu.Unlock()
 	if due {
-		r.register(ctx)
+		r.register(ctx, false)
 	}
 }
 
 // candidates registers and waits briefly for a fresh candidate list.
 func (r *rendezvous) candidates(ctx context.Context) []control.PeerInfo {
-	if got := r.register(ctx); got != nil {
+	if got := r.register(ctx, true); got != nil {
 		t := time.NewTimer(answerTimeout)
 		select {
 		case <-got:

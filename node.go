@@ -206,6 +206,14 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		err = n.broadcast(ctx)
 		n.reasm.End()
+		if err == nil && playDone == nil && ctx.Err() == nil {
+			// The source ended: closing the links now would discard the
+			// last chunks still queued for the children.
+			select {
+			case <-time.After(endLinger):
+			case <-ctx.Done():
+			}
+		}
 		if err == nil && playDone != nil {
 			// Let local playout finish the stream.
 			select {
@@ -340,6 +348,10 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 }
 
 const arrivalRing = 64
+
+// endLinger is how long a broadcaster whose source ended keeps its links
+// open, so that the last chunks reach its children.
+const endLinger = 500 * time.Millisecond
 
 type arrival struct {
 	seq uint64

@@ -23,15 +23,17 @@ type peer struct {
 	depth     int
 	freeSlots int
 	path      []control.NodeID
+	newest    int64 // its newest chunk's sequence number, -1 none
 	listen    string
 	helloed   chan struct{} // closed when its Hello arrived
 	welcome   chan bool     // the answer to our Subscribe
 
 	dialedFlag bool // we dialed it (a parent or candidate), set before start
 
-	child    atomic.Bool  // it subscribed to us: it is in the fanout
-	lastData atomic.Int64 // unix nanos of the last chunk it sent
-	lastNew  atomic.Int64 // unix nanos of the last chunk it sent that we did not have
+	child     atomic.Bool  // it subscribed to us: it is in the fanout
+	lastData  atomic.Int64 // unix nanos of the last chunk it sent
+	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
+	lastHeard atomic.Int64 // unix nanos of the last message of any kind
 }
 
 func (n *Node) newPeer(c control.Conn) *peer {
@@ -44,6 +46,7 @@ func (n *Node) newPeer(c control.Conn) *peer {
 		welcome: make(chan bool, 1),
 	}
 	p.lastData.Store(time.Now().UnixNano())
+	p.lastHeard.Store(time.Now().UnixNano())
 	return p
 }
 
@@ -102,6 +105,7 @@ func (n *Node) readData(ctx context.Context, p *peer) {
 		}
 		arrived := time.Now()
 		p.lastData.Store(arrived.UnixNano())
+		p.lastHeard.Store(arrived.UnixNano())
 		c, err := n.checkChunk(b)
 		if err != nil {
 			n.badChunks.Add(1)
@@ -133,6 +137,7 @@ func (n *Node) hello() *control.Hello {
 		UploadKbps: n.cfg.UploadKbps,
 		ListenAddr: n.tr.Addr(),
 		Path:       n.path,
+		Newest:     uint64(n.newest.Load() + 1),
 	}
 }
 
@@ -145,6 +150,7 @@ func (n *Node) readControl(ctx context.Context, p *peer) {
 		if err != nil {
 			return
 		}
+		p.lastHeard.Store(time.Now().UnixNano())
 		m, err := control.ParseMessage(b)
 		if err != nil {
 			n.kick(p, codeBadMessage, err)
@@ -166,7 +172,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 			p.conn.Close(codeWrongStation, errWrongStation.Error())
 			return nil
 		}
-		p.update(m.Depth, m.FreeSlots, m.Path)
+		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		p.mu.Lock()
 		p.listen = m.ListenAddr
 		first := false
@@ -181,7 +187,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 			return n.send(ctx, p, n.hello())
 		}
 	case *control.Status:
-		p.update(m.Depth, m.FreeSlots, m.Path)
+		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		n.mu.Lock()
 		isParent := n.parent == p
 		n.mu.Unlock()
@@ -225,9 +231,9 @@ func (p *peer) dialed() bool {
 	return p.dialedFlag
 }
 
-func (p *peer) update(depth, free int, path []control.NodeID) {
+func (p *peer) update(depth, free int, path []control.NodeID, newest uint64) {
 	p.mu.Lock()
-	p.depth, p.freeSlots, p.path = depth, free, path
+	p.depth, p.freeSlots, p.path, p.newest = depth, free, path, int64(newest)-1
 	p.mu.Unlock()
 }
 
@@ -289,5 +295,5 @@ func (n *Node) sendChunk(p *peer, c *mux.Chunk) {
 func (n *Node) status() *control.Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return &control.Status{Depth: n.depth, FreeSlots: n.freeSlots(), Path: n.path}
+	return &control.Status{Depth: n.depth, Children: n.fanout.Len(), FreeSlots: n.freeSlots(), Path: n.path, Newest: uint64(n.newest.Load() + 1)}
 }

@@ -126,6 +126,9 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
 	n.info = PeerInfo{ID: id, Addr: observed, Depth: r.Depth, FreeSlots: r.FreeSlots, UploadKbps: r.UploadKbps}
 	n.parent = r.Parent
 	n.seen = now
+	if !r.Want {
+		return nil
+	}
 	return t.candidates(id, now)
 }
 

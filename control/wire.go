@@ -197,6 +197,9 @@ type Hello struct {
 	// Path lists the sender's ancestors, the broadcaster first and its
 	// parent last, so that a node never picks its own descendant.
 	Path []NodeID
+	// Newest is one more than the highest chunk sequence number the sender
+	// holds (0: none): a joiner prefers a parent that is not behind it.
+	Newest uint64
 }
 
 // Type returns TypeHello.
@@ -214,7 +217,8 @@ func (m *Hello) appendPayload(b []byte) []byte {
 	b = appendU16(b, m.FreeSlots)
 	b = appendU32(b, m.UploadKbps)
 	b = appendString(b, m.ListenAddr)
-	return appendPath(b, m.Path)
+	b = appendPath(b, m.Path)
+	return binary.BigEndian.AppendUint64(b, m.Newest)
 }
 
 func (m *Hello) parsePayload(r *wireReader) {
@@ -229,6 +233,7 @@ func (m *Hello) parsePayload(r *wireReader) {
 	m.UploadKbps = int(r.u32())
 	m.ListenAddr = r.str()
 	m.Path = r.path()
+	m.Newest = r.optU64()
 }
 
 // Welcome accepts a Subscribe.
@@ -441,6 +446,9 @@ type Register struct {
 	Depth      int // -1 when not joined
 	FreeSlots  int
 	Parent     NodeID // the pushing parent; zero when none
+	// Want asks for candidate parents; without it the answer is an empty
+	// Candidates (a cheap keep-alive that spares the tracker a search).
+	Want bool
 }
 
 // Type returns TypeRegister.
@@ -451,7 +459,12 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.UploadKbps)
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.FreeSlots)
-	return append(b, m.Parent[:]...)
+	b = append(b, m.Parent[:]...)
+	want := uint8(0)
+	if m.Want {
+		want = 1
+	}
+	return append(b, want)
 }
 
 func (m *Register) parsePayload(r *wireReader) {
@@ -460,6 +473,9 @@ func (m *Register) parsePayload(r *wireReader) {
 	m.Depth = r.depth()
 	m.FreeSlots = int(r.u16())
 	m.Parent = r.id()
+	if r.err == nil && len(r.b) > 0 {
+		m.Want = r.u8() != 0
+	}
 }
 
 // Candidates is the tracker's answer to Register: possible parents.
@@ -511,6 +527,7 @@ type Status struct {
 	Children  int
 	FreeSlots int
 	Path      []NodeID // ancestors, broadcaster first
+	Newest    uint64   // as in Hello
 }
 
 // Type returns TypeStatus.
@@ -520,7 +537,8 @@ func (m *Status) appendPayload(b []byte) []byte {
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.Children)
 	b = appendU16(b, m.FreeSlots)
-	return appendPath(b, m.Path)
+	b = appendPath(b, m.Path)
+	return binary.BigEndian.AppendUint64(b, m.Newest)
 }
 
 func (m *Status) parsePayload(r *wireReader) {
@@ -528,6 +546,7 @@ func (m *Status) parsePayload(r *wireReader) {
 	m.Children = int(r.u16())
 	m.FreeSlots = int(r.u16())
 	m.Path = r.path()
+	m.Newest = r.optU64()
 }
 
 // Encoding helpers; each clamps its value to the wire's range.
@@ -590,6 +609,15 @@ func (r *wireReader) take(n int) []byte {
 	p := r.b[:n]
 	r.b = r.b[n:]
 	return p
+}
+
+// optU64 reads a field that a later version appended: 0 when the message
+// ends before it.
+func (r *wireReader) optU64() uint64 {
+	if r.err != nil || len(r.b) < 8 {
+		return 0
+	}
+	return r.u64()
 }
 
 func (r *wireReader) u8() uint8 {
