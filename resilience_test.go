@@ -1,0 +1,236 @@
+package p2pradio
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/playout"
+)
+
+// memSwarm is a station on the in-memory network, for tests that run in
+// fake time (testing/synctest): a broadcaster on the looped test file and
+// listeners that can be added and killed.
+type memSwarm struct {
+	t      *testing.T
+	net    *control.MemNetwork
+	ctx    context.Context
+	cancel context.CancelFunc
+	b      *Node
+	nodes  []*memNode
+}
+
+type memNode struct {
+	n      *Node
+	tr     *control.MemTransport
+	cancel context.CancelFunc
+	born   time.Time
+	dead   bool
+}
+
+func newMemSwarm(t *testing.T, cfg control.MemConfig, sourceKbps int) *memSwarm {
+	t.Helper()
+	s := &memSwarm{t: t, net: control.NewMemNetwork(cfg)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	src, err := input.OpenFile("testdata/cbr128.mp3", input.FileConfig{Loop: true})
+	require.NoError(t, err)
+	tr, err := s.net.NewTransport(nil)
+	require.NoError(t, err)
+	s.b, err = New(Config{Source: src, Transport: tr, UploadKbps: sourceKbps})
+	require.NoError(t, err)
+	go s.b.Run(s.ctx)
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *memSwarm) add(uploadKbps int) *memNode {
+	s.t.Helper()
+	tr, err := s.net.NewTransport(nil)
+	require.NoError(s.t, err)
+	n, err := New(Config{
+		Station:    s.b.Address().String(),
+		Transport:  tr,
+		UploadKbps: uploadKbps,
+		Sink:       &playout.Discard{},
+		Playout:    playout.Config{NoDecode: true},
+	})
+	require.NoError(s.t, err)
+	ctx, cancel := context.WithCancel(s.ctx)
+	m := &memNode{n: n, tr: tr, cancel: cancel, born: time.Now()}
+	go n.Run(ctx)
+	s.nodes = append(s.nodes, m)
+	return m
+}
+
+// kill makes a node vanish without a goodbye: its peers see it only by
+// silence and the idle timeout.
+func (s *memSwarm) kill(m *memNode) {
+	m.dead = true
+	m.tr.Kill()
+	m.cancel()
+	m.n.Close()
+}
+
+func (s *memSwarm) close() {
+	s.cancel()
+	for _, m := range s.nodes {
+		m.n.Close()
+	}
+	s.b.Close()
+	s.net.Close()
+}
+
+// byAddr maps transport addresses to nodes, the broadcaster included.
+func (s *memSwarm) byAddr() map[string]*Node {
+	m := map[string]*Node{s.b.LocalAddr(): s.b}
+	for _, x := range s.nodes {
+		if !x.dead {
+			m[x.n.LocalAddr()] = x.n
+		}
+	}
+	return m
+}
+
+// checkNoLoop follows every live node's pushing parent up to the
+// broadcaster and fails on a cycle.
+func (s *memSwarm) checkNoLoop() {
+	s.t.Helper()
+	nodes := s.byAddr()
+	for _, x := range s.nodes {
+		if x.dead {
+			continue
+		}
+		seen := map[*Node]bool{}
+		n := x.n
+		for n != nil && n != s.b {
+			require.False(s.t, seen[n], "a loop in the tree through %s", n.LocalAddr())
+			seen[n] = true
+			st := n.Stats()
+			if len(st.Parents) == 0 {
+				break
+			}
+			n = nodes[st.Parents[0]]
+		}
+	}
+}
+
+func TestParentKilledNoConcealment(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
+		time.Sleep(2 * time.Second)
+		b1, b2 := s.add(300), s.add(300) // the broadcaster's two slots
+		time.Sleep(3 * time.Second)
+		a := s.add(300) // joins below b1 or b2, the other is its backup
+		time.Sleep(5 * time.Second)
+		st := a.n.Stats()
+		require.Equal(t, 2, st.Depth)
+		require.Len(t, st.Parents, 2, "a pushing parent and a warm backup")
+		parent := b1
+		if st.Parents[0] == b2.n.LocalAddr() {
+			parent = b2
+		}
+		before := a.n.Stats().Playout
+		s.kill(parent)
+		time.Sleep(10 * time.Second)
+		after := a.n.Stats()
+		require.True(t, after.Playout.Playing)
+		require.Greater(t, after.Playout.FramesPlayed, before.FramesPlayed+300, "still playing")
+		require.Zero(t, after.Playout.FramesConcealed, "no concealed frame across the parent's death")
+		require.Zero(t, after.Playout.FramesMuted)
+		require.Equal(t, 1.0, after.Continuity)
+		require.Equal(t, uint64(1), after.Recoveries)
+		require.Less(t, after.RecoveryMax, 2*time.Second)
+		require.NotContains(t, after.Parents, parent.n.LocalAddr())
+	})
+}
+
+func TestChurnNoListenerStops(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 15 * time.Millisecond, Jitter: 5 * time.Millisecond}}, 400)
+		time.Sleep(2 * time.Second)
+		for range 20 {
+			s.add(400)
+			time.Sleep(50 * time.Millisecond)
+		}
+		rng := rand.New(rand.NewPCG(4, 20))
+		// 20% of the listeners killed per minute, each replaced at once:
+		// one every 15 s for 60 s; loops are checked every 100 ms.
+		for i := range 600 {
+			time.Sleep(100 * time.Millisecond)
+			s.checkNoLoop()
+			if i%150 == 74 {
+				var alive []*memNode
+				for _, m := range s.nodes {
+					if !m.dead {
+						alive = append(alive, m)
+					}
+				}
+				s.kill(alive[rng.IntN(len(alive))])
+				s.add(400)
+			}
+		}
+		for _, m := range s.nodes {
+			if m.dead {
+				continue
+			}
+			st := m.n.Stats()
+			require.True(t, st.Playout.Playing, "listener %s stopped", m.n.LocalAddr())
+			require.GreaterOrEqual(t, st.Continuity, 0.99, "listener %s", m.n.LocalAddr())
+			require.LessOrEqual(t, st.Depth, 8)
+		}
+	})
+}
+
+func TestJoinerInFullSwarmFindsSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// One slot at the broadcaster and one at each listener: a chain, whose
+		// only free slot is at its end.
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 5 * time.Millisecond}}, 150)
+		time.Sleep(2 * time.Second)
+		for range 6 {
+			s.add(150)
+			time.Sleep(3 * time.Second)
+		}
+		j := s.add(150)
+		time.Sleep(5 * time.Second)
+		st := j.n.Stats()
+		require.True(t, st.Playout.Playing)
+		require.Equal(t, 7, st.Depth, "the joiner found the one free slot, at the end of the chain")
+		require.Equal(t, 1.0, st.Continuity)
+		s.checkNoLoop()
+	})
+}
+
+func TestLossyParentRepairedFromBackup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}, SendQueue: 2}
+		s := newMemSwarm(t, cfg, 300)
+		time.Sleep(2 * time.Second)
+		b1, b2 := s.add(300), s.add(300)
+		time.Sleep(3 * time.Second)
+		a := s.add(300)
+		time.Sleep(3 * time.Second)
+		st := a.n.Stats()
+		require.Len(t, st.Parents, 2)
+		parent := b1
+		if st.Parents[0] == b2.n.LocalAddr() {
+			parent = b2
+		}
+		// The parent's link to a becomes too slow for the stream (100 kbit/s
+		// for ~140): whole chunks are dropped from its queue of 2, and a
+		// pulls them from its backup before their deadline.
+		s.net.SetLink(parent.n.LocalAddr(), a.n.LocalAddr(), control.LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 100_000 / 8})
+		before := a.n.Stats()
+		time.Sleep(20 * time.Second)
+		after := a.n.Stats()
+		require.Greater(t, after.Repairs, before.Repairs, "missing chunks were requested")
+		require.Zero(t, after.Playout.FramesConcealed-before.Playout.FramesConcealed, "repaired before the deadline")
+		require.Greater(t, after.Playout.FramesPlayed-before.Playout.FramesPlayed, int64(700))
+	})
+}
