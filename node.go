@@ -391,7 +391,11 @@ func (n *Node) checkChunk(b []byte) (*mux.Chunk, error) {
 	if n.window.Get(c.Seq) != nil {
 		return nil, nil // duplicate
 	}
-	if err := c.Verify(n.station); err != nil {
+	verify := c.Verify
+	if n.cfg.SignatureCache != nil {
+		verify = func(k ed25519.PublicKey) error { return n.cfg.SignatureCache.Verify(c, k) }
+	}
+	if err := verify(n.station); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -22,6 +22,7 @@ import (
 
 	"github.com/p2pradio/p2pradio/control"
 	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/mux"
 	"github.com/p2pradio/p2pradio/output"
 	"github.com/p2pradio/p2pradio/playout"
 )
@@ -79,6 +80,11 @@ type Config struct {
 	// Rendezvous is the tracker a broadcaster registers with when
 	// NoTracker is set. A listener uses the one in its station address.
 	Rendezvous string
+
+	// SignatureCache, when set, is shared by the nodes of one process (a
+	// simulation) so that each chunk's signature is checked once; see
+	// mux.SignatureCache. Nil: every chunk is verified.
+	SignatureCache *mux.SignatureCache
 
 	// Logger receives structured logs. Nil means silent.
 	Logger *slog.Logger

@@ -11,6 +11,7 @@ import (
 
 	"github.com/p2pradio/p2pradio/control"
 	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/mux"
 	"github.com/p2pradio/p2pradio/playout"
 )
 
@@ -24,6 +25,7 @@ type memSwarm struct {
 	cancel context.CancelFunc
 	b      *Node
 	nodes  []*memNode
+	sigs   *mux.SignatureCache
 }
 
 type memNode struct {
@@ -36,7 +38,7 @@ type memNode struct {
 
 func newMemSwarm(t *testing.T, cfg control.MemConfig, sourceKbps int) *memSwarm {
 	t.Helper()
-	s := &memSwarm{t: t, net: control.NewMemNetwork(cfg)}
+	s := &memSwarm{t: t, net: control.NewMemNetwork(cfg), sigs: mux.NewSignatureCache(256)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	src, err := input.OpenFile("testdata/cbr128.mp3", input.FileConfig{Loop: true})
 	require.NoError(t, err)
@@ -59,6 +61,8 @@ func (s *memSwarm) add(uploadKbps int) *memNode {
 		UploadKbps: uploadKbps,
 		Sink:       &playout.Discard{},
 		Playout:    playout.Config{NoDecode: true},
+
+		SignatureCache: s.sigs,
 	})
 	require.NoError(s.t, err)
 	ctx, cancel := context.WithCancel(s.ctx)

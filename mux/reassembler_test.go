@@ -245,3 +245,23 @@ func TestReassemblerWindowBeforeStart(t *testing.T) {
 	require.ErrorIs(t, r.Push(chunks[40]), ErrTooFarAhead)
 	require.InDelta(t, 10*104*time.Millisecond, r.Buffered(), float64(30*time.Millisecond))
 }
+
+func TestSignatureCache(t *testing.T) {
+	frames := rawFrames(t, "../testdata/cbr128.mp3")
+	pub, key, _ := ed25519.GenerateKey(nil)
+	other, _, _ := ed25519.GenerateKey(nil)
+	chunks := chunksOf(t, frames, ChunkerConfig{Key: key})
+	cache := NewSignatureCache(4)
+	for _, c := range chunks {
+		require.NoError(t, cache.Verify(c, pub))
+		require.NoError(t, cache.Verify(c, pub), "a hit")
+		require.ErrorIs(t, cache.Verify(c, other), ErrBadSignature, "another station's key never hits")
+		// The same signature over altered bytes is not a hit.
+		b := append([]byte(nil), c.Bytes()...)
+		b[len(b)-SignatureSize-1] ^= 1
+		forged, err := ParseChunk(b)
+		require.NoError(t, err)
+		require.ErrorIs(t, cache.Verify(forged, pub), ErrBadSignature)
+	}
+	require.Len(t, cache.entries, 4)
+}

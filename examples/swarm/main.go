@@ -32,6 +32,7 @@ import (
 	"github.com/p2pradio/p2pradio/control"
 	"github.com/p2pradio/p2pradio/internal/cli"
 	"github.com/p2pradio/p2pradio/internal/stats"
+	"github.com/p2pradio/p2pradio/mux"
 	"github.com/p2pradio/p2pradio/playout"
 )
 
@@ -98,6 +99,7 @@ type swarm struct {
 	log     *slog.Logger
 	memNet  *control.MemNetwork
 	sockets map[*control.QUICTransport]*killable
+	sigs    *mux.SignatureCache
 
 	mu      sync.Mutex
 	members []*member
@@ -116,7 +118,7 @@ func run(o options) error {
 	if o.verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable)}
+	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable), sigs: mux.NewSignatureCache(256)}
 	link := control.LinkConfig{Delay: o.rtt / 2, Loss: o.loss}
 	if o.net == "mem" {
 		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16})
@@ -293,6 +295,11 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 	}
 	if err := s.transport(&cfg, link); err != nil {
 		return err
+	}
+	if s.memNet != nil {
+		// One process simulating many machines: check each chunk's
+		// signature once, not once per node.
+		cfg.SignatureCache = s.sigs
 	}
 	m := &member{born: time.Now(), done: make(chan struct{})}
 	if mt, ok := cfg.Transport.(*control.MemTransport); ok {
