@@ -203,10 +203,7 @@ loop:
 				s.mu.Unlock()
 				s.killRandom(rng, n)
 			}
-			line := ""
-			if os.Getenv("NOLINE") == "" {
-				line = s.line(b, now.Sub(start))
-			}
+			line := s.line(b, now.Sub(start))
 			if !o.json {
 				status.Print(line)
 			}
