@@ -9,6 +9,9 @@ var (
 	ErrBadAddress = errors.New("p2pradio: bad station address")
 	// ErrBadConfig is wrapped by errors about an invalid Config.
 	ErrBadConfig = errors.New("p2pradio: bad config")
+	// ErrNotBroadcaster is returned by calls that only a broadcaster's
+	// Node takes, such as SetTitle.
+	ErrNotBroadcaster = errors.New("p2pradio: not the broadcaster")
 	// ErrNoParent means no parent could be found to join the station.
 	ErrNoParent = errors.New("p2pradio: no parent found")
 )

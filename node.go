@@ -83,6 +83,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
+	if cfg.Source != nil {
+		cfg.Source = &titleSource{Source: cfg.Source} // for SetTitle
+	}
 	n := &Node{
 		cfg:     cfg,
 		key:     cfg.Key,

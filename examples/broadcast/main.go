@@ -6,6 +6,7 @@
 //	go run ./examples/broadcast                      # the built-in demo audio, looped
 //	go run ./examples/broadcast -in song.mp3 -loop -listen 0.0.0.0:7000
 //	ffmpeg -re -i in.flac -f mp3 - | go run ./examples/broadcast -in -
+//	go run ./examples/broadcast -http 127.0.0.1:8000  # page, stream.mp3, status.json, metrics
 package main
 
 import (
@@ -22,6 +23,9 @@ import (
 
 	"github.com/p2pradio/p2pradio"
 	"github.com/p2pradio/p2pradio/internal/cli"
+	"github.com/p2pradio/p2pradio/internal/web"
+	"github.com/p2pradio/p2pradio/metrics"
+	"github.com/p2pradio/p2pradio/output"
 )
 
 func main() {
@@ -32,14 +36,15 @@ func main() {
 	keyFile := flag.String("key", "", "file holding the station's ed25519 key (hex seed); created if missing. Without it the station gets a new identity each run")
 	tracker := flag.String("tracker", "", "use this external rendezvous (host:port, see examples/tracker) instead of the embedded one")
 	verbose := flag.Bool("v", false, "log events to standard error")
+	httpAddr := flag.String("http", "", "serve the station page, the stream (/stream.mp3), /status.json and /metrics on this TCP address")
 	flag.Parse()
-	if err := run(*in, *loop || *in == "", *listen, *upload, *keyFile, *tracker, *verbose); err != nil {
+	if err := run(*in, *loop || *in == "", *listen, *upload, *keyFile, *tracker, *verbose, *httpAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "broadcast:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in string, loop bool, listen string, upload int, keyFile, tracker string, verbose bool) error {
+func run(in string, loop bool, listen string, upload int, keyFile, tracker string, verbose bool, httpAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	key, err := loadKey(keyFile)
@@ -50,7 +55,14 @@ func run(in string, loop bool, listen string, upload int, keyFile, tracker strin
 	if err != nil {
 		return err
 	}
+	var stream *output.HTTP
+	var outputs []output.Output
+	if httpAddr != "" {
+		stream = output.NewHTTP(output.HTTPConfig{Logger: cli.Logger(verbose)})
+		outputs = append(outputs, stream)
+	}
 	n, err := p2pradio.New(p2pradio.Config{
+		Outputs:    outputs,
 		Source:     src,
 		Key:        key,
 		ListenAddr: listen,
@@ -65,6 +77,15 @@ func run(in string, loop bool, listen string, upload int, keyFile, tracker strin
 	}
 	defer n.Close()
 	fmt.Println(n.Address())
+	if stream != nil {
+		h := n.Handler(p2pradio.HTTPConfig{Stream: stream, Metrics: metrics.Handler(n, metrics.Config{Stream: stream})})
+		url, stopHTTP, err := web.Serve(httpAddr, h)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+		fmt.Fprintf(os.Stderr, "station page %s  stream %sstream.mp3\n", url, url)
+	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
 	st := cli.NewStatus(os.Stderr, 10*time.Second)

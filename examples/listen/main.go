@@ -3,6 +3,7 @@
 //
 //	go run ./examples/listen p2pradio://<key>@127.0.0.1:7000
 //	go run ./examples/listen -wav out.wav -duration 30s ADDRESS
+//	go run ./examples/listen -discard -http 127.0.0.1:8001 ADDRESS  # page, stream.mp3, status.json, metrics
 package main
 
 import (
@@ -17,6 +18,9 @@ import (
 
 	"github.com/p2pradio/p2pradio"
 	"github.com/p2pradio/p2pradio/internal/cli"
+	"github.com/p2pradio/p2pradio/internal/web"
+	"github.com/p2pradio/p2pradio/metrics"
+	"github.com/p2pradio/p2pradio/output"
 	"github.com/p2pradio/p2pradio/playout"
 	"github.com/p2pradio/p2pradio/playout/speaker"
 )
@@ -29,6 +33,7 @@ func main() {
 	upload := flag.Int("upload", 400, "upload budget for relaying to other listeners, kbit/s (negative: none)")
 	target := flag.Duration("target", playout.DefaultTarget, "audio to buffer before playback starts")
 	verbose := flag.Bool("v", false, "log events to standard error")
+	httpAddr := flag.String("http", "", "serve the station page, the stream (/stream.mp3), /status.json and /metrics on this TCP address")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: listen [flags] p2pradio://KEY@HOST:PORT\n\nflags:\n")
 		flag.PrintDefaults()
@@ -38,13 +43,13 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *wav, *discard, *duration, *listen, *upload, *target, *verbose); err != nil {
+	if err := run(flag.Arg(0), *wav, *discard, *duration, *listen, *upload, *target, *verbose, *httpAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, wav string, discard bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool) error {
+func run(addr, wav string, discard bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool, httpAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if duration > 0 {
@@ -69,7 +74,14 @@ func run(addr, wav string, discard bool, duration time.Duration, listen string, 
 		}
 		sink = sp
 	}
+	var stream *output.HTTP
+	var outputs []output.Output
+	if httpAddr != "" {
+		stream = output.NewHTTP(output.HTTPConfig{Logger: cli.Logger(verbose)})
+		outputs = append(outputs, stream)
+	}
 	n, err := p2pradio.New(p2pradio.Config{
+		Outputs:    outputs,
 		Station:    strings.TrimSpace(addr),
 		ListenAddr: listen,
 		UploadKbps: upload,
@@ -82,6 +94,15 @@ func run(addr, wav string, discard bool, duration time.Duration, listen string, 
 		return err
 	}
 	defer n.Close()
+	if stream != nil {
+		h := n.Handler(p2pradio.HTTPConfig{Stream: stream, Metrics: metrics.Handler(n, metrics.Config{Stream: stream})})
+		url, stopHTTP, err := web.Serve(httpAddr, h)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+		fmt.Fprintf(os.Stderr, "station page %s  stream %sstream.mp3\n", url, url)
+	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
 	st := cli.NewStatus(os.Stderr, 10*time.Second)

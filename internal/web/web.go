@@ -1,0 +1,57 @@
+// Package web holds a node's station page: one self-contained HTML file
+// (inline style and script, no external assets, no build step) that plays
+// the node's HTTP stream, shows the title and live figures from
+// status.json, and at a broadcaster draws the overlay tree.
+package web
+
+import (
+	_ "embed"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Page is the station page. It expects status.json and the stream (at the
+// path status.json names) relative to its own URL.
+//
+//go:embed station.html
+var Page []byte
+
+// ContentSecurityPolicy keeps the page to its own origin: it loads nothing
+// from elsewhere.
+const ContentSecurityPolicy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; " +
+	"connect-src 'self'; media-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'"
+
+// ServePage writes the page.
+func ServePage(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Content-Security-Policy", ContentSecurityPolicy)
+	h.Set("X-Content-Type-Options", "nosniff")
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(Page)
+}
+
+// Serve serves h on addr (host:port) from a goroutine it owns, until stop
+// is called. It returns the page's URL. stop closes the listener and every
+// connection, live streams included, and waits for the goroutine.
+func Serve(addr string, h http.Handler) (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	stop = func() {
+		srv.Close()
+		<-done
+	}
+	return "http://" + ln.Addr().String() + "/", stop, nil
+}
