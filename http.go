@@ -16,7 +16,6 @@ import (
 	"github.com/p2pradio/p2pradio/output"
 )
 
-
 // HTTPConfig configures a Node's HTTP face (see Node.Handler). The zero
 // value serves the page and status.json without a stream.
 type HTTPConfig struct {
