@@ -16,9 +16,10 @@ const (
 	registerEvery  = 2 * time.Second
 	dialTimeout    = 2 * time.Second
 	answerTimeout  = time.Second
-	maxCandidates  = 4 // dialed at once when looking for a parent
+	maxCandidates  = 3 // dialed at once when looking for a parent
 	maxKnownPeers  = 64
-	backupInterval = time.Second // between attempts to find a backup
+	backupInterval = time.Second     // between attempts to find a backup
+	backupAfter    = 2 * time.Second // settle before looking for a backup
 )
 
 // acceptLoop takes incoming links: rendezvous sessions (at a broadcaster
@@ -110,7 +111,7 @@ func (n *Node) maintain(ctx context.Context) {
 	defer rv.close()
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var lastBackupTry time.Time
+	var lastBackupTry, parentAt time.Time
 	asked := make(map[uint64]time.Time) // repair requests in flight
 	for {
 		n.mu.Lock()
@@ -139,7 +140,12 @@ func (n *Node) maintain(ctx context.Context) {
 		if parent != nil {
 			n.repair(ctx, parent, backup, now, asked)
 		}
-		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval {
+		if parent == nil {
+			parentAt = time.Time{}
+		} else if parentAt.IsZero() {
+			parentAt = now
+		}
+		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
 			lastBackupTry = now
 			n.findBackup(ctx, rv)
 		}
@@ -377,7 +383,7 @@ const probeGrace = 50 * time.Millisecond
 // with us would only make us wait), with a free slot, shallow, near. It
 // returns soon after the first answer: a dead candidate (the rendezvous may
 // not know yet) must not hold up the living.
-func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool) []ranked {
+func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int) []ranked {
 	self := n.id()
 	n.mu.Lock()
 	for _, p := range []*peer{n.parent, n.backup} {
@@ -393,7 +399,7 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 	slices.SortStableFunc(cands, func(a, b control.PeerInfo) int {
 		return cmp.Or(cmp.Compare(min(b.FreeSlots, 1), min(a.FreeSlots, 1)), cmp.Compare(a.Depth, b.Depth))
 	})
-	cands = cands[:min(len(cands), maxCandidates)]
+	cands = cands[:min(len(cands), most)]
 	if len(cands) == 0 {
 		return nil
 	}
@@ -470,7 +476,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	if len(cands) == 0 {
 		return nil
 	}
-	found := n.probe(ctx, cands, true)
+	found := n.probe(ctx, cands, true, maxCandidates)
 	var parent *peer
 	for _, r := range found {
 		switch {
@@ -498,7 +504,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 // findBackup connects to one more candidate, kept warm for a fast switch.
 func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
 	cands := rv.candidates(ctx)
-	found := n.probe(ctx, cands, false)
+	found := n.probe(ctx, cands, false, 2)
 	for i, r := range found {
 		n.mu.Lock()
 		if i == 0 && n.backup == nil {

@@ -69,7 +69,7 @@ func main() {
 	flag.StringVar(&o.kill, "kill", "", "F@T: kill a fraction F of the listeners at once at time T (e.g. 0.3@30s)")
 	flag.BoolVar(&o.json, "json", false, "print a final JSON summary on stdout")
 	flag.BoolVar(&o.decode, "decode", false, "decode the MP3 at every listener (costs about 1.2% of a core per listener)")
-	flag.Float64Var(&o.joinRate, "join-rate", 50, "listeners joining per second at the start")
+	flag.Float64Var(&o.joinRate, "join-rate", 20, "listeners joining per second at the start")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "how long the broadcaster runs before the first listener joins")
 	flag.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
