@@ -181,19 +181,19 @@ func newQUICTransport(t *testing.T) *control.QUICTransport {
 
 // TestEndToEndQUIC runs a broadcaster and 30 listeners, each with its own
 // QUIC transport on loopback, for 12 s: testdata/cbr128.mp3 played one and a
-// half times (the listeners join in the first 2 s, and a busy machine may
-// take a few more to bring them all in). Every
-// listener plays exactly the reference decode from its first clean frame,
-// with no gap, until the stream ends, and silence after; the tree respects
-// the broadcaster's slots and has no loop; the broadcaster sends only its
-// own children's share.
+// half times. The listeners start in the first 2 s (an idle machine has them
+// all playing by 3 s, under -race too; a busy one may take a few more).
+// Every listener plays exactly the reference decode from its first clean
+// frame, with no gap, until the stream ends, and silence after; the tree
+// respects the broadcaster's slots and has no loop; the broadcaster sends
+// its own children the stream, nothing more.
 //
 // Decoding costs about 5 ms of CPU per frame under -race (0.3 ms without),
 // so 30 decoding listeners cannot keep up in real time on two cores: with
-// -race three listeners decode (the first, the 16th and the last to join),
-// the others play with NoDecode into a Discard. Every listener, decoding or not, is
-// checked to have accepted exactly the broadcaster's chunks, byte for byte,
-// from its first on, and nothing else.
+// -race three listeners decode (the first, the 16th and the last to start),
+// the others play with NoDecode into a Discard. Every listener, decoding or
+// not, is checked to have accepted exactly the broadcaster's chunks, byte
+// for byte, from its first on, and nothing else.
 func TestEndToEndQUIC(t *testing.T) {
 	const listeners = 30
 	decodeEvery := 1

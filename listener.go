@@ -112,6 +112,7 @@ func (n *Node) maintain(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastBackupTry, parentAt time.Time
+	var lostParent control.NodeID       // the parent we last lost
 	asked := make(map[uint64]time.Time) // repair requests in flight
 	for {
 		n.mu.Lock()
@@ -119,6 +120,7 @@ func (n *Node) maintain(ctx context.Context) {
 		n.mu.Unlock()
 		now := time.Now()
 		if parent != nil && n.stalled(ctx, parent, backup, now) {
+			lostParent = parent.id
 			n.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
 			parent.conn.Close(codeGoodbye, "stalled")
 			n.dropPeer(parent)
@@ -128,6 +130,12 @@ func (n *Node) maintain(ctx context.Context) {
 			n.parentSince.Store(now.UnixNano())
 			if backup != nil && now.Sub(time.Unix(0, backup.lastHeard.Load())) > 3*n.cfg.StallTimeout/2 {
 				backup.conn.Close(codeGoodbye, "silent")
+				n.dropPeer(backup)
+				backup = nil
+			}
+			if backup != nil && n.dependsOn(backup, lostParent) {
+				// Fed through the parent we lost: it is cut off with us.
+				backup.conn.Close(codeGoodbye, "cut off")
 				n.dropPeer(backup)
 				backup = nil
 			}
@@ -266,6 +274,13 @@ func (n *Node) registerLoop(ctx context.Context) {
 	}
 }
 
+// dependsOn reports whether p is id, or is fed through id, or through us.
+func (n *Node) dependsOn(p *peer, id control.NodeID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.id == id || (!id.IsZero() && slices.Contains(p.path, id)) || slices.Contains(p.path, n.id())
+}
+
 // promote makes the backup our pushing parent.
 func (n *Node) promote(ctx context.Context, b *peer) bool {
 	from := uint64(max(n.newest.Load()+1, 0))
@@ -383,7 +398,7 @@ const probeGrace = 50 * time.Millisecond
 // with us would only make us wait), with a free slot, shallow, near. It
 // returns soon after the first answer: a dead candidate (the rendezvous may
 // not know yet) must not hold up the living.
-func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int) []ranked {
+func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int, avoid control.NodeID) []ranked {
 	self := n.id()
 	n.mu.Lock()
 	for _, p := range []*peer{n.parent, n.backup} {
@@ -418,7 +433,10 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 			}
 			p.mu.Lock()
 			r := ranked{p: p, rtt: rtt, depth: p.depth, free: p.freeSlots, newest: p.newest}
-			ok := p.depth >= 0 && (!needSlot || p.freeSlots > 0) && !slices.Contains(p.path, self)
+			// A backup fed through our own parent (a sibling) would be cut
+			// off with us when that parent dies.
+			ok := p.depth >= 0 && (!needSlot || p.freeSlots > 0) && !slices.Contains(p.path, self) &&
+				(avoid.IsZero() || !slices.Contains(p.path, avoid))
 			p.mu.Unlock()
 			mu.Lock()
 			if !ok || closed {
@@ -476,7 +494,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	if len(cands) == 0 {
 		return nil
 	}
-	found := n.probe(ctx, cands, true, maxCandidates)
+	found := n.probe(ctx, cands, true, maxCandidates, control.NodeID{})
 	var parent *peer
 	for _, r := range found {
 		switch {
@@ -487,7 +505,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 			n.mu.Unlock()
 			n.adoptPath(parent)
 			n.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
-		case parent != nil && n.backup == nil:
+		case parent != nil && n.backup == nil && !n.dependsOn(r.p, parent.id):
 			n.mu.Lock()
 			n.backup = r.p
 			n.mu.Unlock()
@@ -504,7 +522,13 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 // findBackup connects to one more candidate, kept warm for a fast switch.
 func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
 	cands := rv.candidates(ctx)
-	found := n.probe(ctx, cands, false, 2)
+	var avoid control.NodeID
+	n.mu.Lock()
+	if n.parent != nil {
+		avoid = n.parent.id
+	}
+	n.mu.Unlock()
+	found := n.probe(ctx, cands, false, 2, avoid)
 	for i, r := range found {
 		n.mu.Lock()
 		if i == 0 && n.backup == nil {
@@ -582,7 +606,7 @@ func (r *rendezvous) connect(ctx context.Context) control.Conn {
 				c.Close(codeBadMessage, err.Error())
 				return
 			}
-			if cs, ok := m.(*control.Candidates); ok && len(cs.Peers) > 0 {
+			if cs, ok := m.(*control.Candidates); ok {
 				r.mu.Lock()
 				r.cands = cs.Peers
 				r.mu.Unlock()

@@ -45,6 +45,7 @@ type Node struct {
 	tracker *control.Tracker
 
 	acceptMu sync.Mutex           // serialises accept: window, fanout and outputs see one chunk at a time
+	subMu    sync.Mutex           // serialises subscriptions: the free-slot check and the add
 	arrivals [arrivalRing]arrival // guarded by acceptMu
 	newest   atomic.Int64
 	firstSeq atomic.Int64 // the first chunk accepted

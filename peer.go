@@ -68,11 +68,16 @@ func (n *Node) startPeer(ctx context.Context, p *peer) bool {
 // dropPeer forgets a closed peer.
 func (n *Node) dropPeer(p *peer) {
 	n.fanout.Remove(p.conn)
+	n.updateTracker()
 	n.mu.Lock()
 	delete(n.peers, p)
 	lost := n.parent == p
 	if lost {
+		// Not joined until a new parent feeds us: we refuse subscribers and
+		// look unattractive, so that two orphaned siblings cannot pick
+		// each other and form a loop.
 		n.parent = nil
+		n.depth, n.path = -1, nil
 	}
 	if n.backup == p {
 		n.backup = nil
@@ -239,6 +244,9 @@ func (p *peer) update(depth, free int, path []control.NodeID, newest uint64) {
 
 // subscribe answers a peer that wants to become our child.
 func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) error {
+	// One subscription at a time, so that two cannot take the last slot.
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
 	if p.child.Load() {
 		return nil
 	}
@@ -280,8 +288,17 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 	n.fanout.Add(p.conn)
 	p.child.Store(true)
 	n.acceptMu.Unlock()
+	n.updateTracker()
 	n.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", len(burst))
 	return nil
+}
+
+// updateTracker tells the embedded rendezvous at once when the
+// broadcaster's free slots change.
+func (n *Node) updateTracker() {
+	if n.tracker != nil {
+		n.tracker.SetSelf(n.selfEntry())
+	}
 }
 
 // sendChunk sends one chunk outside the fan-out (burst, repair).

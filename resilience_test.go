@@ -238,3 +238,36 @@ func TestLossyParentRepairedFromBackup(t *testing.T) {
 		require.Greater(t, after.Playout.FramesPlayed-before.Playout.FramesPlayed, int64(700))
 	})
 }
+
+// TestOrphanedSiblingsRejoinWithoutLoop: when a parent leaves, its two
+// children (each the other's natural backup) must neither pick each other
+// (a loop) nor lose audio.
+func TestOrphanedSiblingsRejoinWithoutLoop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: time.Millisecond}}, 150)
+		time.Sleep(2 * time.Second)
+		l1 := s.add(300)
+		time.Sleep(2 * time.Second)
+		l2, l3 := s.add(300), s.add(300)
+		time.Sleep(4 * time.Second)
+		for _, m := range []*memNode{l2, l3} {
+			require.Equal(t, []string{l1.n.LocalAddr()}, m.n.Stats().Parents[:1])
+		}
+		// l1 leaves cleanly: its links close at once.
+		l1.dead = true
+		l1.cancel()
+		l1.n.Close()
+		for range 50 {
+			time.Sleep(100 * time.Millisecond)
+			s.checkNoLoop()
+		}
+		depths := map[int]int{}
+		for _, m := range []*memNode{l2, l3} {
+			st := m.n.Stats()
+			require.Zero(t, st.Playout.FramesConcealed, "%s", m.n.LocalAddr())
+			require.Equal(t, 1.0, st.Continuity)
+			depths[st.Depth]++
+		}
+		require.Equal(t, map[int]int{1: 1, 2: 1}, depths, "one takes the broadcaster's one slot, the other joins it")
+	})
+}

@@ -76,8 +76,8 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 }
 
 // Serve runs one node's rendezvous session on c, whose first message was
-// first, until c closes or ctx is done. Each Register is answered with
-// Candidates; the node is forgotten when the session ends.
+// first, until c closes or ctx is done. Each Register that wants them is
+// answered with Candidates; the node is forgotten when the session ends.
 func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 	id := IDOf(c.RemoteKey())
 	defer func() {
@@ -95,12 +95,15 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 			c.Close(CodeProtocol, "rendezvous expects Register")
 			return
 		}
-		ans := &Candidates{Peers: t.register(id, c.RemoteAddr(), reg)}
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := c.Send(sctx, AppendMessage(nil, ans))
-		cancel()
-		if err != nil {
-			return
+		peers := t.register(id, c.RemoteAddr(), reg)
+		if reg.Want {
+			// Only a Register that wants candidates is answered.
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := c.Send(sctx, AppendMessage(nil, &Candidates{Peers: peers}))
+			cancel()
+			if err != nil {
+				return
+			}
 		}
 		b, err := c.Receive(ctx)
 		if err != nil {
