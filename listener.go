@@ -111,7 +111,7 @@ func (n *Node) maintain(ctx context.Context) {
 	defer rv.close()
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var lastBackupTry, parentAt time.Time
+	var lastBackupTry, parentAt, lastClimb time.Time
 	var lostParent control.NodeID       // the parent we last lost
 	asked := make(map[uint64]time.Time) // repair requests in flight
 	for {
@@ -156,6 +156,12 @@ func (n *Node) maintain(ctx context.Context) {
 		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
 			lastBackupTry = now
 			n.findBackup(ctx, rv)
+		}
+		if parent != nil && now.Sub(lastClimb) > climbInterval && now.Sub(parentAt) > climbInterval {
+			lastClimb = now
+			if n.climb(ctx, rv, parent) {
+				parentAt = now
+			}
 		}
 		rv.maybeRegister(ctx)
 		select {
@@ -279,6 +285,56 @@ func (n *Node) dependsOn(p *peer, id control.NodeID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.id == id || (!id.IsZero() && slices.Contains(p.path, id)) || slices.Contains(p.path, n.id())
+}
+
+// climbInterval is how often a node looks for a shallower parent.
+const climbInterval = 5 * time.Second
+
+// climb keeps the tree shallow under churn: a node at depth d that learns
+// of a parent with a free slot at depth d-2 or less (never one of its
+// descendants) moves there without a gap: it subscribes to the new parent
+// from its next chunk before it leaves the old one, which stays as backup
+// when it can.
+func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
+	n.mu.Lock()
+	depth := n.depth
+	n.mu.Unlock()
+	if depth < 3 {
+		return false
+	}
+	var better []control.PeerInfo
+	for _, c := range rv.candidates(ctx) {
+		if c.Depth >= 0 && c.Depth <= depth-3 && c.FreeSlots > 0 {
+			better = append(better, c)
+		}
+	}
+	if len(better) == 0 {
+		return false
+	}
+	found := n.probe(ctx, better, true, 2, control.NodeID{})
+	for i, r := range found {
+		if i > 0 || r.depth > depth-3 || !n.subscribeTo(ctx, r.p, uint64(n.newest.Load()+1)) {
+			r.p.conn.Close(codeGoodbye, "")
+			continue
+		}
+		n.mu.Lock()
+		if n.parent != parent {
+			n.mu.Unlock()
+			r.p.conn.Close(codeGoodbye, "")
+			return false
+		}
+		old := n.backup
+		n.parent, n.backup = r.p, parent
+		n.mu.Unlock()
+		if old != nil {
+			old.conn.Close(codeGoodbye, "replaced")
+		}
+		n.send(ctx, parent, &control.Unsubscribe{})
+		n.adoptPath(r.p)
+		n.log.Info("climbed", "from", depth, "to", r.depth+1, "parent", r.p.conn.RemoteAddr())
+		return true
+	}
+	return false
 }
 
 // promote makes the backup our pushing parent.

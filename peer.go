@@ -204,6 +204,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 	case *control.Unsubscribe:
 		n.fanout.Remove(p.conn)
 		p.child.Store(false)
+		n.updateTracker()
 	case *control.Welcome:
 		select {
 		case p.welcome <- true:
