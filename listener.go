@@ -148,6 +148,16 @@ func (n *Node) maintain(ctx context.Context) {
 		if parent != nil {
 			n.repair(ctx, parent, backup, now, asked)
 		}
+		if parent != nil && backup != nil && n.fedThrough(backup, n.ancestors()) {
+			// The backup moved under one of our ancestors: find another.
+			n.mu.Lock()
+			if n.backup == backup {
+				n.backup = nil
+			}
+			n.mu.Unlock()
+			backup.conn.Close(codeGoodbye, "no longer independent")
+			backup = nil
+		}
 		if parent == nil {
 			parentAt = time.Time{}
 		} else if parentAt.IsZero() {
@@ -191,20 +201,27 @@ func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time)
 	if backup == nil {
 		return silent > n.cfg.StallTimeout
 	}
+	// Ask the backup for what follows our newest chunk, and for the newest
+	// itself, which any live backup holds: its answer proves it alive even
+	// when the source is late and nobody has anything newer.
 	newest := n.newest.Load()
 	req := &control.Request{}
-	for i := int64(1); i <= 4; i++ {
-		req.Seqs = append(req.Seqs, uint64(newest+i))
+	for i := int64(0); i <= 4; i++ {
+		if newest+i >= 0 {
+			req.Seqs = append(req.Seqs, uint64(newest+i))
+		}
 	}
 	n.send(ctx, backup, req)
 	if silent < n.cfg.StallTimeout {
 		return false
 	}
 	// The backup had audio the parent did not send, or the backup is gone
-	// too (it answers every second with a Status), or this lasted too long:
-	// the parent is the problem, not the source.
+	// too (it has not answered for half the stall timeout, though asked
+	// every tick since), or this lasted half as long again (the backup may
+	// be cut off as well; a source late by that much is rarer): the parent
+	// is the problem, not the source.
 	backupSilent := now.Sub(time.Unix(0, backup.lastHeard.Load()))
-	return backup.lastNew.Load() > last.UnixNano() || backupSilent > 3*n.cfg.StallTimeout/2 || silent > 3*n.cfg.StallTimeout
+	return backup.lastNew.Load() > last.UnixNano() || backupSilent > n.cfg.StallTimeout/2 || silent > 3*n.cfg.StallTimeout/2
 }
 
 // repairLag is how long a chunk may be missing behind the newest before it
@@ -280,6 +297,29 @@ func (n *Node) registerLoop(ctx context.Context) {
 	}
 }
 
+// ancestors are the nodes between the broadcaster and us, parent included:
+// a backup must be fed by none of them, so that it keeps playing whichever
+// of them dies.
+func (n *Node) ancestors() []control.NodeID {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []control.NodeID
+	if len(n.path) > 1 {
+		out = append(out, n.path[1:]...)
+	}
+	if n.parent != nil {
+		out = append(out, n.parent.id)
+	}
+	return out
+}
+
+// fedThrough reports whether p is one of ids or is fed through one.
+func (n *Node) fedThrough(p *peer, ids []control.NodeID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.ContainsFunc(ids, func(id control.NodeID) bool { return id == p.id || slices.Contains(p.path, id) })
+}
+
 // dependsOn reports whether p is id, or is fed through id, or through us.
 func (n *Node) dependsOn(p *peer, id control.NodeID) bool {
 	p.mu.Lock()
@@ -311,7 +351,7 @@ func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 	if len(better) == 0 {
 		return false
 	}
-	found := n.probe(ctx, better, true, 2, control.NodeID{})
+	found := n.probe(ctx, better, true, 2, nil)
 	for i, r := range found {
 		if i > 0 || r.depth > depth-3 || !n.subscribeTo(ctx, r.p, uint64(n.newest.Load()+1)) {
 			r.p.conn.Close(codeGoodbye, "")
@@ -454,7 +494,7 @@ const probeGrace = 50 * time.Millisecond
 // with us would only make us wait), with a free slot, shallow, near. It
 // returns soon after the first answer: a dead candidate (the rendezvous may
 // not know yet) must not hold up the living.
-func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int, avoid control.NodeID) []ranked {
+func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int, avoid []control.NodeID) []ranked {
 	self := n.id()
 	n.mu.Lock()
 	for _, p := range []*peer{n.parent, n.backup} {
@@ -492,7 +532,7 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 			// A backup fed through our own parent (a sibling) would be cut
 			// off with us when that parent dies.
 			ok := p.depth >= 0 && (!needSlot || p.freeSlots > 0) && !slices.Contains(p.path, self) &&
-				(avoid.IsZero() || !slices.Contains(p.path, avoid))
+				!slices.ContainsFunc(avoid, func(id control.NodeID) bool { return id == p.id || slices.Contains(p.path, id) })
 			p.mu.Unlock()
 			mu.Lock()
 			if !ok || closed {
@@ -550,7 +590,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	if len(cands) == 0 {
 		return nil
 	}
-	found := n.probe(ctx, cands, true, maxCandidates, control.NodeID{})
+	found := n.probe(ctx, cands, true, maxCandidates, nil)
 	var parent *peer
 	for _, r := range found {
 		switch {
@@ -578,13 +618,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 // findBackup connects to one more candidate, kept warm for a fast switch.
 func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
 	cands := rv.candidates(ctx)
-	var avoid control.NodeID
-	n.mu.Lock()
-	if n.parent != nil {
-		avoid = n.parent.id
-	}
-	n.mu.Unlock()
-	found := n.probe(ctx, cands, false, 2, avoid)
+	found := n.probe(ctx, cands, false, 2, n.ancestors())
 	for i, r := range found {
 		n.mu.Lock()
 		if i == 0 && n.backup == nil {
