@@ -99,11 +99,6 @@ func (n *Node) broadcastStatus(ctx context.Context) {
 	}
 }
 
-// candidate is a node that may become our parent.
-type candidate struct {
-	info control.PeerInfo
-}
-
 // maintain keeps a listener joined: a pushing parent, a warm backup, fresh
 // rendezvous registration; it replaces a dead or stalled parent.
 func (n *Node) maintain(ctx context.Context) {

@@ -274,6 +274,11 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 	if err := n.send(ctx, p, n.status()); err != nil {
 		return err
 	}
+	// Peer exchange: the newcomer learns our parent, backup and children,
+	// candidates for its backup or for a rejoin that need no rendezvous.
+	if err := n.send(ctx, p, &control.PeerList{Peers: n.neighbours(p)}); err != nil {
+		return err
+	}
 	// The burst: recent chunks so the child starts at once, with its bit
 	// reservoir; then everything live.
 	n.acceptMu.Lock()
@@ -292,6 +297,30 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 	n.updateTracker()
 	n.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", len(burst))
 	return nil
+}
+
+// neighbours describes up to 8 of our peers that have joined, except p.
+func (n *Node) neighbours(except *peer) []control.PeerInfo {
+	n.mu.Lock()
+	peers := make([]*peer, 0, len(n.peers))
+	for q := range n.peers {
+		peers = append(peers, q)
+	}
+	n.mu.Unlock()
+	var out []control.PeerInfo
+	for _, q := range peers {
+		q.mu.Lock()
+		info := control.PeerInfo{ID: q.id, Addr: q.conn.RemoteAddr(), Depth: q.depth, FreeSlots: q.freeSlots}
+		q.mu.Unlock()
+		if q == except || info.Depth < 0 {
+			continue
+		}
+		out = append(out, info)
+		if len(out) == 8 {
+			break
+		}
+	}
+	return out
 }
 
 // updateTracker tells the embedded rendezvous at once when the
