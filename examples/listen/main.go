@@ -44,6 +44,9 @@ func main() {
 		os.Exit(2)
 	}
 	if err := run(flag.Arg(0), *wav, *discard, *duration, *listen, *upload, *target, *verbose, *httpAddr); err != nil {
+		if errors.Is(err, speaker.ErrDevice) {
+			err = fmt.Errorf("%w\n(no sound card here? use -wav FILE or -discard)", err)
+		}
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
 	}

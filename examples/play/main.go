@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -35,6 +36,9 @@ func main() {
 		os.Exit(2)
 	}
 	if err := run(flag.Arg(0), *wav, *loop, *target); err != nil {
+		if errors.Is(err, speaker.ErrDevice) {
+			err = fmt.Errorf("%w\n(no sound card here? use -wav FILE)", err)
+		}
 		fmt.Fprintln(os.Stderr, "play:", err)
 		os.Exit(1)
 	}
