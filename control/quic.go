@@ -792,6 +792,12 @@ func (c *QUICConn) readControl() {
 			msg, err = readN(c.ctrl, n)
 		}
 		if err != nil {
+			// A peer that closes the connection also ends the stream; the
+			// connection's own close may be noticed a moment later.
+			select {
+			case <-c.qc.Context().Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 			if c.qc.Context().Err() == nil {
 				// The peer ended or reset the control stream.
 				c.protocolError("control stream ended")
