@@ -1,11 +1,9 @@
 package control
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 )
@@ -34,6 +32,12 @@ type Tracker struct {
 	nodes map[NodeID]*tracked
 	self  *tracked
 	rnd   *rand.Rand
+	// free indexes the nodes that can take a child by depth, so that a
+	// search walks the shallow ones first and stops early: O(answer), not
+	// O(swarm), which a rendezvous of 10,000 nodes needs.
+	free     map[int]map[NodeID]*tracked
+	maxDepth int
+	regs     int // registrations since the last sweep for expired nodes
 }
 
 type tracked struct {
@@ -61,7 +65,8 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
+		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -72,7 +77,38 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 		t.self = &tracked{}
 		t.nodes[info.ID] = t.self
 	}
+	t.unindex(t.self)
 	t.self.info, t.self.seen = info, time.Now()
+	t.index(t.self)
+}
+
+// index adds n to the free-slot index if it can take a child.
+func (t *Tracker) index(n *tracked) {
+	d := n.info.Depth
+	if d < 0 || n.info.FreeSlots <= 0 {
+		return
+	}
+	b := t.free[d]
+	if b == nil {
+		b = make(map[NodeID]*tracked)
+		t.free[d] = b
+	}
+	b[n.info.ID] = n
+	t.maxDepth = max(t.maxDepth, d)
+}
+
+func (t *Tracker) unindex(n *tracked) {
+	if b := t.free[n.info.Depth]; b != nil {
+		delete(b, n.info.ID)
+	}
+}
+
+// forget removes a node.
+func (t *Tracker) forget(id NodeID) {
+	if n := t.nodes[id]; n != nil && n != t.self {
+		t.unindex(n)
+		delete(t.nodes, id)
+	}
 }
 
 // Serve runs one node's rendezvous session on c, whose first message was
@@ -82,9 +118,7 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 	id := IDOf(c.RemoteKey())
 	defer func() {
 		t.mu.Lock()
-		if n := t.nodes[id]; n != nil && n != t.self {
-			delete(t.nodes, id)
-		}
+		t.forget(id)
 		t.mu.Unlock()
 		c.Close(CodeNormal, "")
 	}()
@@ -125,10 +159,21 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
 	if n == nil {
 		n = &tracked{}
 		t.nodes[id] = n
+	} else {
+		t.unindex(n)
 	}
 	n.info = PeerInfo{ID: id, Addr: observed, Depth: r.Depth, FreeSlots: r.FreeSlots, UploadKbps: r.UploadKbps}
 	n.parent = r.Parent
 	n.seen = now
+	t.index(n)
+	if t.regs++; t.regs >= max(len(t.nodes), 64) {
+		t.regs = 0
+		for nid, x := range t.nodes {
+			if x != t.self && now.Sub(x.seen) > t.cfg.Expiry {
+				t.forget(nid)
+			}
+		}
+	}
 	if !r.Want {
 		return nil
 	}
@@ -152,18 +197,24 @@ func (t *Tracker) isDescendant(c *tracked, id NodeID) bool {
 
 func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
 	var out []PeerInfo
-	for nid, n := range t.nodes {
-		if n != t.self && now.Sub(n.seen) > t.cfg.Expiry {
-			delete(t.nodes, nid)
-			continue
+	for d := 0; d <= t.maxDepth && len(out) < t.cfg.MaxCandidates; d++ {
+		var level []PeerInfo
+		for nid, n := range t.free[d] { // map order: a random pick
+			if n != t.self && now.Sub(n.seen) > t.cfg.Expiry {
+				t.forget(nid)
+				continue
+			}
+			if nid == id || t.isDescendant(n, id) {
+				continue
+			}
+			level = append(level, n.info)
+			if len(out)+len(level) >= 4*t.cfg.MaxCandidates {
+				break
+			}
 		}
-		if nid == id || n.info.FreeSlots <= 0 || n.info.Depth < 0 || t.isDescendant(n, id) {
-			continue
-		}
-		out = append(out, n.info)
+		t.rnd.Shuffle(len(level), func(i, j int) { level[i], level[j] = level[j], level[i] })
+		out = append(out, level...)
 	}
-	t.rnd.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	slices.SortStableFunc(out, func(a, b PeerInfo) int { return cmp.Compare(a.Depth, b.Depth) })
 	return out[:min(len(out), t.cfg.MaxCandidates)]
 }
 
