@@ -452,7 +452,7 @@ func (n *Node) dialPeer(runCtx context.Context, info control.PeerInfo) (*peer, t
 		return nil, 0
 	}
 	p := n.newPeer(c)
-	p.dialedFlag = true
+	p.dialed = true
 	if !n.startPeer(runCtx, p) {
 		return nil, 0
 	}

@@ -44,13 +44,14 @@ type Node struct {
 	player  *playout.Player
 	tracker *control.Tracker
 
-	acceptMu sync.Mutex           // serialises accept: window, fanout and outputs see one chunk at a time
-	subMu    sync.Mutex           // serialises subscriptions: the free-slot check and the add
-	arrivals [arrivalRing]arrival // guarded by acceptMu
-	newest   atomic.Int64
-	firstSeq atomic.Int64 // the first chunk accepted
-	repairs  atomic.Int64 // chunks requested from neighbours
-	kbps     atomic.Int64 // the stream's bitrate in kbit/s, measured
+	acceptMu  sync.Mutex           // serialises accept: window, fanout and outputs see one chunk at a time
+	subMu     sync.Mutex           // serialises subscriptions: the free-slot check and the add
+	arrivals  [arrivalRing]arrival // guarded by acceptMu
+	newest    atomic.Int64
+	firstSeq  atomic.Int64 // the first chunk accepted
+	haveFirst bool         // guarded by acceptMu
+	repairs   atomic.Int64 // chunks requested from neighbours
+	kbps      atomic.Int64 // the stream's bitrate in kbit/s, measured
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
@@ -326,13 +327,14 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 		n.hop.Record(time.Since(arrived))
 	}
 	n.arrivals[c.Seq%arrivalRing] = arrival{c.Seq, time.Now().UnixNano()}
-	if n.chunksIn.Load() == 0 {
+	if !n.haveFirst {
+		n.haveFirst = true
 		n.firstSeq.Store(int64(c.Seq))
 	}
-	n.acceptMu.Unlock()
 	if int64(c.Seq) > n.newest.Load() {
 		n.newest.Store(int64(c.Seq))
 	}
+	n.acceptMu.Unlock()
 	if d := c.Duration(); d > 0 {
 		n.kbps.Store(int64(len(c.Bytes())) * 8 * int64(time.Second) / int64(d) / 1000)
 	}

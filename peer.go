@@ -23,12 +23,12 @@ type peer struct {
 	depth     int
 	freeSlots int
 	path      []control.NodeID
-	newest    int64 // its newest chunk's sequence number, -1 none
-	listen    string
+	newest    int64         // its newest chunk's sequence number, -1 none
+	listen    string        // where it says it listens (Hello)
 	helloed   chan struct{} // closed when its Hello arrived
 	welcome   chan bool     // the answer to our Subscribe
 
-	dialedFlag bool // we dialed it (a parent or candidate), set before start
+	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
 	child     atomic.Bool  // it subscribed to us: it is in the fanout
 	lastData  atomic.Int64 // unix nanos of the last chunk it sent
@@ -188,7 +188,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 			first = true
 		}
 		p.mu.Unlock()
-		if first && !p.dialed() {
+		if first && !p.dialed {
 			return n.send(ctx, p, n.hello())
 		}
 	case *control.Status:
@@ -228,13 +228,6 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 		return errors.New("unexpected message")
 	}
 	return nil
-}
-
-// dialed reports whether we dialed the peer (it is a parent or candidate).
-func (p *peer) dialed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.dialedFlag
 }
 
 func (p *peer) update(depth, free int, path []control.NodeID, newest uint64) {
