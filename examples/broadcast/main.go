@@ -86,30 +86,16 @@ func run(in string, loop bool, listen string, upload int, keyFile, tracker strin
 		defer stopHTTP()
 		fmt.Fprintf(os.Stderr, "station page %s  stream %sstream.mp3\n", url, url)
 	}
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	st := cli.NewStatus(os.Stderr, 10*time.Second)
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
 	start := time.Now()
-	for {
-		select {
-		case err := <-done:
-			st.Done()
-			if errors.Is(err, context.Canceled) {
-				return nil
-			}
-			return err
-		case <-t.C:
-			s := n.Stats()
-			title := s.Title
-			if title == "" {
-				title = "-"
-			}
-			st.Print(fmt.Sprintf("on air %s  chunks %d  children %d/%d  sent %.1f MB  %s",
-				cli.Duration(time.Since(start)), s.ChunksReceived, s.Children, s.Slots, float64(s.BytesSent)/1e6, title))
+	return cli.Watch(func() error { return n.Run(ctx) }, time.Second, 10*time.Second, func() string {
+		s := n.Stats()
+		title := s.Title
+		if title == "" {
+			title = "-"
 		}
-	}
+		return fmt.Sprintf("on air %s  chunks %d  children %d/%d  sent %.1f MB  %s",
+			cli.Duration(time.Since(start)), s.ChunksReceived, s.Children, s.Slots, float64(s.BytesSent)/1e6, title)
+	})
 }
 
 // loadKey reads the station key from path, or makes one and saves it there.

@@ -106,27 +106,11 @@ func run(addr, wav string, discard bool, duration time.Duration, listen string, 
 		defer stopHTTP()
 		fmt.Fprintf(os.Stderr, "station page %s  stream %sstream.mp3\n", url, url)
 	}
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	st := cli.NewStatus(os.Stderr, 10*time.Second)
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-done:
-			show(st, n.Stats())
-			st.Done()
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return nil
-			}
-			return err
-		case <-t.C:
-			show(st, n.Stats())
-		}
-	}
+	return cli.Watch(func() error { return n.Run(ctx) }, 500*time.Millisecond, 10*time.Second,
+		func() string { return line(n.Stats()) })
 }
 
-func show(st *cli.Status, s p2pradio.Stats) {
+func line(s p2pradio.Stats) string {
 	state := "joining"
 	switch {
 	case s.Playout.Playing:
@@ -138,7 +122,7 @@ func show(st *cli.Status, s p2pradio.Stats) {
 	if title == "" {
 		title = "-"
 	}
-	st.Print(fmt.Sprintf("%s %s  parents %d  children %d/%d  depth %d  buffer %.1fs  lag %.1fs  continuity %.4f  %s",
+	return fmt.Sprintf("%s %s  parents %d  children %d/%d  depth %d  buffer %.1fs  lag %.1fs  continuity %.4f  %s",
 		state, cli.Duration(s.Playout.Position), len(s.Parents), s.Children, s.Slots, s.Depth,
-		s.Playout.Buffered.Seconds(), s.Playout.Lag.Seconds(), s.Continuity, title))
+		s.Playout.Buffered.Seconds(), s.Playout.Lag.Seconds(), s.Continuity, title)
 }

@@ -74,24 +74,11 @@ func run(arg, wav string, loop bool, target time.Duration) error {
 		return err
 	}
 	defer l.Close()
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
-	st := cli.NewStatus(os.Stderr, 5*time.Second)
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-done:
-			show(st, l.Stats())
-			st.Done()
-			return err
-		case <-t.C:
-			show(st, l.Stats())
-		}
-	}
+	return cli.Watch(func() error { return l.Run(ctx) }, 250*time.Millisecond, 5*time.Second,
+		func() string { return line(l.Stats()) })
 }
 
-func show(st *cli.Status, s playout.Stats) {
+func line(s playout.Stats) string {
 	state := "buffering"
 	if s.Playing {
 		state = "playing"
@@ -100,6 +87,6 @@ func show(st *cli.Status, s playout.Stats) {
 	if title == "" {
 		title = "-"
 	}
-	st.Print(fmt.Sprintf("%s %s  buffer %.1fs  continuity %.4f  %s",
-		state, cli.Duration(s.Position), s.Buffered.Seconds(), s.Continuity(), title))
+	return fmt.Sprintf("%s %s  buffer %.1fs  continuity %.4f  %s",
+		state, cli.Duration(s.Position), s.Buffered.Seconds(), s.Continuity(), title)
 }

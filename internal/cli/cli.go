@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -117,4 +118,28 @@ func Logger(verbose bool) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// Watch runs run in its own goroutine and shows line() on a Status every
+// interval until run returns, then once more. It returns run's error; the
+// end of the context (interrupt, -duration) is not an error.
+func Watch(run func() error, interval, plainEvery time.Duration, line func() string) error {
+	done := make(chan error, 1)
+	go func() { done <- run() }()
+	st := NewStatus(os.Stderr, plainEvery)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			st.Print(line())
+			st.Done()
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return nil
+			}
+			return err
+		case <-t.C:
+			st.Print(line())
+		}
+	}
 }
