@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,6 +54,7 @@ type options struct {
 	warmup    time.Duration
 	minAlive  time.Duration
 	verbose   bool
+	cpuprof   string
 }
 
 func main() {
@@ -73,6 +75,7 @@ func main() {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "how long the broadcaster runs before the first listener joins")
 	flag.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
+	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "swarm:", err)
@@ -114,6 +117,17 @@ func run(o options) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if o.cpuprof != "" {
+		f, err := os.Create(o.cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log := slog.New(slog.DiscardHandler)
 	if o.verbose {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
