@@ -115,7 +115,7 @@ type Status struct {
 	Stream      string  `json:"stream,omitempty"` // the stream's path
 
 	Depth    int          `json:"depth"`   // hops from the broadcaster; -1 while joining
-	Parents  []StatusPeer `json:"parents"` // the pushing parent first, then the backup
+	Parents  []StatusPeer `json:"parents"` // the pushing parent first, then the backups
 	Children []StatusPeer `json:"children"`
 	Slots    int          `json:"slots"`
 	Peers    int          `json:"peers"`
@@ -201,7 +201,7 @@ func (h *Handler) Status() Status {
 	}
 	n.mu.Lock()
 	started := n.started
-	parents := []*peer{n.parent, n.backup}
+	parents := append([]*peer{n.parent}, n.backups...)
 	var children []*peer
 	for p := range n.peers {
 		if p.child.Load() {

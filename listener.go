@@ -84,8 +84,15 @@ func (n *Node) statusLoop(ctx context.Context) {
 	}
 }
 
+// broadcastStatus sends every neighbour our Status, and those that keep
+// us as a backup (they dialed us and are not our children) our buffer map,
+// so that they know what to pull from us.
 func (n *Node) broadcastStatus(ctx context.Context) {
 	st := control.AppendMessage(nil, n.status())
+	var have []byte
+	if h := n.have(); h != nil {
+		have = control.AppendMessage(nil, h)
+	}
 	n.mu.Lock()
 	peers := make([]*peer, 0, len(n.peers))
 	for p := range n.peers {
@@ -95,11 +102,34 @@ func (n *Node) broadcastStatus(ctx context.Context) {
 	for _, p := range peers {
 		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		p.conn.Send(sctx, st)
+		if have != nil && !p.dialed && !p.child.Load() {
+			p.conn.Send(sctx, have)
+		}
 		cancel()
 	}
 }
 
-// maintain keeps a listener joined: a pushing parent, a warm backup, fresh
+// haveSpan is how many chunks, up to the newest, a buffer map covers.
+const haveSpan = 64
+
+// have is this node's buffer map (nil before its first chunk).
+func (n *Node) have() *control.Have {
+	newest := n.newest.Load()
+	if newest < 0 {
+		return nil
+	}
+	first := max(newest-haveSpan+1, n.firstSeq.Load(), 0)
+	bm := make([]byte, (newest-first+8)/8)
+	for s := first; s <= newest; s++ {
+		if n.window.Get(uint64(s)) != nil {
+			i := s - first
+			bm[i/8] |= 0x80 >> (i % 8)
+		}
+	}
+	return &control.Have{First: uint64(first), Bitmap: bm}
+}
+
+// maintain keeps a listener joined: a pushing parent, warm backups, fresh
 // rendezvous registration; it replaces a dead or stalled parent.
 func (n *Node) maintain(ctx context.Context) {
 	rv := &rendezvous{n: n}
@@ -107,14 +137,14 @@ func (n *Node) maintain(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastBackupTry, parentAt, lastClimb time.Time
-	var lostParent control.NodeID       // the parent we last lost
-	asked := make(map[uint64]time.Time) // repair requests in flight
+	var lostParent control.NodeID        // the parent we last lost
+	asked := make(map[uint64]*repairTry) // repair requests in flight
 	for {
 		n.mu.Lock()
-		parent, backup := n.parent, n.backup
+		parent, backups := n.parent, slices.Clone(n.backups)
 		n.mu.Unlock()
 		now := time.Now()
-		if parent != nil && n.stalled(ctx, parent, backup, now) {
+		if parent != nil && n.stalled(ctx, parent, backups, now) {
 			lostParent = parent.id
 			n.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
 			parent.conn.Close(codeGoodbye, "stalled")
@@ -123,44 +153,55 @@ func (n *Node) maintain(ctx context.Context) {
 		}
 		if parent == nil {
 			n.parentSince.Store(now.UnixNano())
-			if backup != nil && now.Sub(time.Unix(0, backup.lastHeard.Load())) > 3*n.cfg.StallTimeout/2 {
-				backup.conn.Close(codeGoodbye, "silent")
-				n.dropPeer(backup)
-				backup = nil
+			for _, b := range backups {
+				switch {
+				case now.Sub(time.Unix(0, b.lastHeard.Load())) > 3*n.cfg.StallTimeout/2:
+					b.conn.Close(codeGoodbye, "silent")
+				case n.dependsOn(b, lostParent):
+					// Fed through the parent we lost: it is cut off with us.
+					b.conn.Close(codeGoodbye, "cut off")
+				default:
+					continue
+				}
+				n.dropPeer(b)
 			}
-			if backup != nil && n.dependsOn(backup, lostParent) {
-				// Fed through the parent we lost: it is cut off with us.
-				backup.conn.Close(codeGoodbye, "cut off")
-				n.dropPeer(backup)
-				backup = nil
+			n.mu.Lock()
+			backups = slices.Clone(n.backups)
+			n.mu.Unlock()
+			for _, b := range backups {
+				if n.promote(ctx, b) {
+					parent = b
+					break
+				}
 			}
-			if backup != nil && n.promote(ctx, backup) {
-				parent, backup = backup, nil
-			} else if p := n.join(ctx, rv); p != nil {
-				parent = p
+			if parent == nil {
+				parent = n.join(ctx, rv)
 			}
+			n.mu.Lock()
+			backups = slices.Clone(n.backups)
+			n.mu.Unlock()
 		}
 		if parent != nil {
-			n.repair(ctx, parent, backup, now, asked)
+			n.repair(ctx, parent, backups, now, asked)
 		}
-		if parent != nil && backup != nil && n.fedThrough(backup, n.ancestors()) {
-			// The backup moved under one of our ancestors: find another.
-			n.mu.Lock()
-			if n.backup == backup {
-				n.backup = nil
+		if parent != nil {
+			ancestors := n.ancestors()
+			for _, b := range backups {
+				if n.fedThrough(b, ancestors) {
+					// The backup moved under one of our ancestors: find another.
+					b.conn.Close(codeGoodbye, "no longer independent")
+					n.dropPeer(b)
+				}
 			}
-			n.mu.Unlock()
-			backup.conn.Close(codeGoodbye, "no longer independent")
-			backup = nil
 		}
 		if parent == nil {
 			parentAt = time.Time{}
 		} else if parentAt.IsZero() {
 			parentAt = now
 		}
-		if parent != nil && backup == nil && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
+		if parent != nil && n.needBackups() > 0 && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
 			lastBackupTry = now
-			n.findBackup(ctx, rv)
+			n.findBackups(ctx, rv)
 		}
 		if parent != nil && now.Sub(lastClimb) > climbInterval && now.Sub(parentAt) > climbInterval {
 			lastClimb = now
@@ -177,12 +218,30 @@ func (n *Node) maintain(ctx context.Context) {
 	}
 }
 
+// needBackups is how many more backups the node wants.
+func (n *Node) needBackups() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return max(n.cfg.Backups-len(n.backups), 0)
+}
+
+// addBackup keeps p as a backup if one is wanted and reports whether it did.
+func (n *Node) addBackup(p *peer) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.backups) >= max(n.cfg.Backups, 0) || slices.Contains(n.backups, p) || n.parent == p {
+		return false
+	}
+	n.backups = append(n.backups, p)
+	return true
+}
+
 // stalled tells a dead or stalled parent from a stream that is late at the
 // source. When the parent has been silent for half the stall timeout, the
-// backup is asked for the chunks after our newest; the parent is stalled
-// once it has been silent for the stall timeout and the backup had audio
-// it did not (or it has been silent for four times that: rejoin).
-func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time) bool {
+// backups are asked for the chunks after our newest; the parent is stalled
+// once it has been silent for the stall timeout and a backup had audio it
+// did not (or it has been silent for half as long again: rejoin).
+func (n *Node) stalled(ctx context.Context, parent *peer, backups []*peer, now time.Time) bool {
 	last := time.Unix(0, parent.lastData.Load())
 	silent := now.Sub(last)
 	if silent < n.cfg.StallTimeout/2 {
@@ -193,10 +252,10 @@ func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time)
 		return true
 	default:
 	}
-	if backup == nil {
+	if len(backups) == 0 {
 		return silent > n.cfg.StallTimeout
 	}
-	// Ask the backup for what follows our newest chunk, and for the newest
+	// Ask the backups for what follows our newest chunk, and for the newest
 	// itself, which any live backup holds: its answer proves it alive even
 	// when the source is late and nobody has anything newer.
 	newest := n.newest.Load()
@@ -206,37 +265,58 @@ func (n *Node) stalled(ctx context.Context, parent, backup *peer, now time.Time)
 			req.Seqs = append(req.Seqs, uint64(newest+i))
 		}
 	}
-	n.send(ctx, backup, req)
+	for _, b := range backups {
+		n.send(ctx, b, req)
+	}
 	if silent < n.cfg.StallTimeout {
 		return false
 	}
-	// The backup had audio the parent did not send, or the backup is gone
-	// too (it has not answered for half the stall timeout, though asked
-	// every tick since), or this lasted half as long again (the backup may
-	// be cut off as well; a source late by that much is rarer): the parent
-	// is the problem, not the source.
-	backupSilent := now.Sub(time.Unix(0, backup.lastHeard.Load()))
-	return backup.lastNew.Load() > last.UnixNano() || backupSilent > n.cfg.StallTimeout/2 || silent > 3*n.cfg.StallTimeout/2
+	// A backup had audio the parent did not send, or every backup is gone
+	// too (none has answered for half the stall timeout, though asked every
+	// tick since), or this lasted half as long again (the backups may be cut
+	// off as well; a source late by that much is rarer): the parent is the
+	// problem, not the source.
+	allSilent := true
+	for _, b := range backups {
+		if b.lastNew.Load() > last.UnixNano() {
+			return true
+		}
+		if now.Sub(time.Unix(0, b.lastHeard.Load())) <= n.cfg.StallTimeout/2 {
+			allSilent = false
+		}
+	}
+	return allSilent || silent > 3*n.cfg.StallTimeout/2
 }
 
 // repairLag is how long a chunk may be missing behind the newest before it
-// is requested from a neighbour; repairAgain is how long before asking again.
+// is requested from a neighbour; repairAgain is how long before asking the
+// next one.
 const (
 	repairLag   = 300 * time.Millisecond
-	repairAgain = 400 * time.Millisecond
+	repairAgain = 250 * time.Millisecond
 	repairSpan  = 30 // chunks behind the newest that are checked
 )
 
-// repair asks the backup (or, without one, the parent) for the chunks
-// missing behind the newest one received, well before their playout
-// deadline: a chunk lost on the way or dropped by a busy parent is pulled.
-func (n *Node) repair(ctx context.Context, parent, backup *peer, now time.Time, asked map[uint64]time.Time) {
+// repairTry is a missing chunk's requests so far.
+type repairTry struct {
+	at    time.Time // the last request
+	tries int
+}
+
+// repair pulls the chunks missing behind the newest one received, well
+// before their playout deadline: a chunk lost on the way or dropped by a
+// busy parent is requested from a neighbour whose buffer map shows it (the
+// backups first, then the parent), and if it has not come after
+// repairAgain, from the next one, and so on, until it comes or its turn to
+// play passes (then the player conceals it).
+func (n *Node) repair(ctx context.Context, parent *peer, backups []*peer, now time.Time, asked map[uint64]*repairTry) {
 	newest := n.newest.Load()
 	if newest < 1 {
 		return
 	}
 	from := max(newest-repairSpan, 0)
-	req := &control.Request{}
+	sources := append(slices.Clone(backups), parent)
+	reqs := make(map[*peer]*control.Request)
 	for seq := from; seq < newest; seq++ {
 		if n.window.Get(uint64(seq)) != nil {
 			delete(asked, uint64(seq))
@@ -246,17 +326,28 @@ func (n *Node) repair(ctx context.Context, parent, backup *peer, now time.Time, 
 		if seq < n.firstSeq.Load() {
 			continue
 		}
-		if t, ok := asked[uint64(seq)]; ok && now.Sub(t) < repairAgain {
+		try := asked[uint64(seq)]
+		if try != nil && now.Sub(try.at) < repairAgain {
 			continue
 		}
 		// A chunk is missing only once a later one is here for repairLag.
-		if now.Sub(time.Unix(0, n.seenAt(uint64(seq+1)))) < repairLag {
+		if try == nil && now.Sub(time.Unix(0, n.seenAt(uint64(seq+1)))) < repairLag {
 			continue
 		}
-		asked[uint64(seq)] = now
-		req.Seqs = append(req.Seqs, uint64(seq))
-		if len(req.Seqs) == control.MaxRequest {
-			break
+		if try == nil {
+			try = &repairTry{}
+			asked[uint64(seq)] = try
+		}
+		to := pickSource(sources, uint64(seq), try.tries)
+		try.at = now
+		try.tries++
+		req := reqs[to]
+		if req == nil {
+			req = &control.Request{}
+			reqs[to] = req
+		}
+		if len(req.Seqs) < control.MaxRequest {
+			req.Seqs = append(req.Seqs, uint64(seq))
 		}
 	}
 	for seq := range asked {
@@ -264,15 +355,42 @@ func (n *Node) repair(ctx context.Context, parent, backup *peer, now time.Time, 
 			delete(asked, seq)
 		}
 	}
-	if len(req.Seqs) == 0 {
-		return
+	for to, req := range reqs {
+		n.repairs.Add(int64(len(req.Seqs)))
+		n.send(ctx, to, req)
 	}
-	to := backup
-	if to == nil {
-		to = parent
+}
+
+// pickSource chooses whom to ask for seq on its try-th request: the
+// neighbours that hold it by their buffer maps, best evidence first, in
+// turn; when none seems to, every neighbour in turn.
+func pickSource(sources []*peer, seq uint64, try int) *peer {
+	var best []*peer
+	bestRank := 0
+	for _, p := range sources {
+		switch r := p.holds(seq); {
+		case r > bestRank:
+			best, bestRank = []*peer{p}, r
+		case r == bestRank && r > 0:
+			best = append(best, p)
+		}
 	}
-	n.repairs.Add(int64(len(req.Seqs)))
-	n.send(ctx, to, req)
+	if len(best) == 0 {
+		best = sources
+	}
+	// Past the first try, rotate over everyone who may hold it.
+	if try > 0 {
+		var maybe []*peer
+		for _, p := range sources {
+			if p.holds(seq) > 0 {
+				maybe = append(maybe, p)
+			}
+		}
+		if len(maybe) > 1 {
+			best = maybe
+		}
+	}
+	return best[try%len(best)]
 }
 
 // registerLoop keeps a broadcaster that uses an external rendezvous
@@ -358,8 +476,21 @@ func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 			r.p.conn.Close(codeGoodbye, "")
 			return false
 		}
-		old := n.backup
-		n.parent, n.backup = r.p, parent
+		// The old parent becomes the first backup (it is fed by none of
+		// our new ancestors: it is deeper than the new parent); the last
+		// backup goes when there are too many.
+		n.parent = r.p
+		n.backups = slices.DeleteFunc(n.backups, func(b *peer) bool { return b == r.p })
+		var old *peer
+		if n.cfg.Backups > 0 {
+			n.backups = slices.Insert(n.backups, 0, parent)
+		} else {
+			old = parent
+		}
+		if len(n.backups) > max(n.cfg.Backups, 0) {
+			old = n.backups[len(n.backups)-1]
+			n.backups = n.backups[:len(n.backups)-1]
+		}
 		n.mu.Unlock()
 		if old != nil {
 			old.conn.Close(codeGoodbye, "replaced")
@@ -380,9 +511,7 @@ func (n *Node) promote(ctx context.Context, b *peer) bool {
 		return false
 	}
 	n.mu.Lock()
-	if n.backup == b {
-		n.backup = nil
-	}
+	n.backups = slices.DeleteFunc(n.backups, func(p *peer) bool { return p == b })
 	n.parent = b
 	n.mu.Unlock()
 	n.adoptPath(b)
@@ -492,7 +621,7 @@ const probeGrace = 50 * time.Millisecond
 func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot bool, most int, avoid []control.NodeID) []ranked {
 	self := n.id()
 	n.mu.Lock()
-	for _, p := range []*peer{n.parent, n.backup} {
+	for _, p := range append([]*peer{n.parent}, n.backups...) {
 		if p != nil {
 			cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool { return c.ID == p.id })
 		}
@@ -596,10 +725,7 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 			n.mu.Unlock()
 			n.adoptPath(parent)
 			n.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
-		case parent != nil && n.backup == nil && !n.dependsOn(r.p, parent.id):
-			n.mu.Lock()
-			n.backup = r.p
-			n.mu.Unlock()
+		case parent != nil && !n.dependsOn(r.p, parent.id) && n.addBackup(r.p):
 		default:
 			r.p.conn.Close(codeGoodbye, "")
 		}
@@ -610,19 +736,22 @@ func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	return parent
 }
 
-// findBackup connects to one more candidate, kept warm for a fast switch.
-func (n *Node) findBackup(ctx context.Context, rv *rendezvous) {
+// findBackups connects to more candidates, kept warm for repair and a
+// fast switch: none fed by our ancestors, nor by another backup (so that
+// one death costs at most one of them).
+func (n *Node) findBackups(ctx context.Context, rv *rendezvous) {
 	cands := rv.candidates(ctx)
-	found := n.probe(ctx, cands, false, 2, n.ancestors())
-	for i, r := range found {
-		n.mu.Lock()
-		if i == 0 && n.backup == nil {
-			n.backup = r.p
-			n.mu.Unlock()
-			continue
+	avoid := n.ancestors()
+	n.mu.Lock()
+	for _, b := range n.backups {
+		avoid = append(avoid, b.id)
+	}
+	n.mu.Unlock()
+	found := n.probe(ctx, cands, false, 2, avoid)
+	for _, r := range found {
+		if !n.addBackup(r.p) {
+			r.p.conn.Close(codeGoodbye, "")
 		}
-		n.mu.Unlock()
-		r.p.conn.Close(codeGoodbye, "")
 	}
 }
 

@@ -56,7 +56,7 @@ type Node struct {
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
 	parent  *peer
-	backup  *peer
+	backups []*peer // warm, fed by none of our ancestors; the first is promoted first
 	depth   int
 	path    []control.NodeID // root first, parent last
 	title   string
@@ -413,7 +413,7 @@ type Stats struct {
 	Station     string
 	// Depth is the hops from the broadcaster (0 for it; -1 while joining).
 	Depth    int
-	Parents  []string // addresses: the pushing parent first, then the backup
+	Parents  []string // addresses: the pushing parent first, then the backups
 	Children int
 	Slots    int
 	Peers    int
@@ -460,8 +460,8 @@ func (n *Node) Stats() Stats {
 	if n.parent != nil {
 		s.Parents = append(s.Parents, n.parent.conn.RemoteAddr())
 	}
-	if n.backup != nil {
-		s.Parents = append(s.Parents, n.backup.conn.RemoteAddr())
+	for _, b := range n.backups {
+		s.Parents = append(s.Parents, b.conn.RemoteAddr())
 	}
 	started := n.started
 	n.mu.Unlock()

@@ -72,8 +72,14 @@ type Config struct {
 	// (about 1.4 s, a little more than the default playout target).
 	Burst int
 	// StallTimeout is how long without a chunk from the parent before the
-	// node switches to its backup. Zero means 1 s.
+	// node switches to a backup. Zero means 1 s.
 	StallTimeout time.Duration
+	// Backups is how many warm backups a listener keeps besides its
+	// pushing parent: neighbours fed by none of its ancestors, which it
+	// pulls missing chunks from (each asked in turn, by what their buffer
+	// maps say they hold) and switches to when the parent dies. Zero means
+	// 2; negative means none.
+	Backups int
 	// NoTracker keeps a broadcaster from running the embedded rendezvous
 	// (it must then register with an external one, see Rendezvous).
 	NoTracker bool
@@ -124,6 +130,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = time.Second
+	}
+	if c.Backups == 0 {
+		c.Backups = 2
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

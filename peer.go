@@ -3,6 +3,7 @@ package p2pradio
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,9 @@ type peer struct {
 	freeSlots int
 	path      []control.NodeID
 	newest    int64         // its newest chunk's sequence number, -1 none
+	upload    int           // its upload budget, kbit/s (Hello)
+	have      control.Have  // its last buffer map
+	mapNewest int64         // the newest chunk that map shows, -1 none
 	listen    string        // where it says it listens (Hello)
 	helloed   chan struct{} // closed when its Hello arrived
 	welcome   chan bool     // the answer to our Subscribe
@@ -79,9 +83,7 @@ func (n *Node) dropPeer(p *peer) {
 		n.parent = nil
 		n.depth, n.path = -1, nil
 	}
-	if n.backup == p {
-		n.backup = nil
-	}
+	n.backups = slices.DeleteFunc(n.backups, func(b *peer) bool { return b == p })
 	n.mu.Unlock()
 	if lost {
 		n.log.Info("parent lost", "addr", p.conn.RemoteAddr(), "err", p.conn.Err())
@@ -179,7 +181,7 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 		}
 		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		p.mu.Lock()
-		p.listen = m.ListenAddr
+		p.listen, p.upload = m.ListenAddr, m.UploadKbps
 		first := false
 		select {
 		case <-p.helloed:
@@ -224,10 +226,48 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 	case *control.PeerList:
 		// Candidates learned from neighbours; kept for rejoining.
 		n.learn(m.Peers)
+	case *control.Have:
+		p.setHave(m)
+	case *control.Ping:
+		return n.send(ctx, p, &control.Pong{Nonce: m.Nonce, Time: m.Time})
+	case *control.Pong:
+		// lastHeard is updated; nothing else to do.
 	default:
 		return errors.New("unexpected message")
 	}
 	return nil
+}
+
+// setHave takes a buffer map the peer sent.
+func (p *peer) setHave(m *control.Have) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.have, p.mapNewest = *m, -1
+	for i := len(m.Bitmap)*8 - 1; i >= 0; i-- {
+		if m.Bitmap[i/8]&(0x80>>(i%8)) != 0 {
+			p.mapNewest = int64(m.First) + int64(i)
+			break
+		}
+	}
+	p.newest = max(p.newest, p.mapNewest)
+}
+
+// holds estimates whether p holds chunk seq: 2 when its buffer map says
+// so, 1 when seq is past the newest chunk in the map (it has probably
+// arrived there since) or, without a map, not past the newest it
+// announced; 0 when the map shows a hole there or nothing is known.
+func (p *peer) holds(seq uint64) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.have.Has(seq):
+		return 2
+	case p.have.Bitmap != nil && seq > p.have.First && int64(seq) > p.mapNewest:
+		return 1
+	case p.have.Bitmap == nil && int64(seq) <= p.newest:
+		return 1
+	}
+	return 0
 }
 
 func (p *peer) update(depth, free int, path []control.NodeID, newest uint64) {

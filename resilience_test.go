@@ -134,7 +134,7 @@ func TestParentKilledNoConcealment(t *testing.T) {
 		time.Sleep(5 * time.Second)
 		st := a.n.Stats()
 		require.Equal(t, 2, st.Depth)
-		require.Len(t, st.Parents, 2, "a pushing parent and a warm backup")
+		require.GreaterOrEqual(t, len(st.Parents), 2, "a pushing parent and a warm backup")
 		parent := b1
 		if st.Parents[0] == b2.n.LocalAddr() {
 			parent = b2
@@ -221,7 +221,7 @@ func TestLossyParentRepairedFromBackup(t *testing.T) {
 		a := s.add(300)
 		time.Sleep(3 * time.Second)
 		st := a.n.Stats()
-		require.Len(t, st.Parents, 2)
+		require.GreaterOrEqual(t, len(st.Parents), 2)
 		parent := b1
 		if st.Parents[0] == b2.n.LocalAddr() {
 			parent = b2
@@ -241,6 +241,35 @@ func TestLossyParentRepairedFromBackup(t *testing.T) {
 
 // TestOrphanedSiblingsRejoinWithoutLoop: when a parent leaves, its two
 // children (each the other's natural backup) must neither pick each other
+// TestRepairAsksAnotherNeighbour: the parent's link drops chunks and the
+// first backup's link is too slow to answer in time; the missing chunks
+// are requested from the next neighbour before their deadline.
+func TestRepairAsksAnotherNeighbour(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}, SendQueue: 2}
+		s := newMemSwarm(t, cfg, 300)
+		time.Sleep(2 * time.Second)
+		s.add(300)
+		s.add(300)
+		time.Sleep(3 * time.Second)
+		a := s.add(300)
+		time.Sleep(5 * time.Second)
+		st := a.n.Stats()
+		require.Len(t, st.Parents, 3, "a pushing parent and two backups")
+		// The parent's link becomes too slow for the stream: whole chunks
+		// are dropped from its queue. The first backup's link becomes
+		// useless (1 kB/s): a request to it is not answered in time.
+		s.net.SetLink(st.Parents[0], a.n.LocalAddr(), control.LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 100_000 / 8})
+		s.net.SetLink(st.Parents[1], a.n.LocalAddr(), control.LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 1000})
+		before := a.n.Stats()
+		time.Sleep(20 * time.Second)
+		after := a.n.Stats()
+		require.Greater(t, after.Repairs, before.Repairs, "missing chunks were requested")
+		require.Zero(t, after.Playout.FramesConcealed-before.Playout.FramesConcealed, "repaired before the deadline")
+		require.Greater(t, after.Playout.FramesPlayed-before.Playout.FramesPlayed, int64(700))
+	})
+}
+
 // (a loop) nor lose audio.
 func TestOrphanedSiblingsRejoinWithoutLoop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
