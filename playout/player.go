@@ -49,6 +49,16 @@ type Config struct {
 	// Player stops and buffers Target again. Zero means DefaultRebuffer
 	// (4 s); a negative value means never.
 	Rebuffer time.Duration
+	// Batch lets the Player hand the sink up to Lead plus Batch of audio
+	// at once, so that it wakes about once per Batch instead of once per
+	// frame (timer wake-ups are most of a NoDecode listener's cost). Frames
+	// are still taken in order and a missing one is waited for, and
+	// concealed, at its deadline as without Batch; received frames are just
+	// handed over up to Batch earlier, and Lag is measured as if each had
+	// been handed over Lead before it is due. With a ClockedSink the queue
+	// grows up to Lead plus Batch. Zero means a frame at a time; negative
+	// is an error.
+	Batch time.Duration
 	// Logger receives structured logs; nil means silent.
 	Logger *slog.Logger
 	// NoDecode skips decoding: the sink gets silence of each frame's
@@ -89,7 +99,8 @@ type Stats struct {
 	// Startup is from the call of Run to Started.
 	Startup time.Duration
 	// Lag is, for the last frame handed to the sink that carried a
-	// production time, the time of the handoff minus the time the
+	// production time, the time of the handoff (with Config.Batch, the
+	// later of it and Lead before the frame is due) minus the time the
 	// broadcaster's input produced it. MaxLag is the largest such value.
 	Lag, MaxLag time.Duration
 	// LagP50 and LagP95 are quantiles of the lag over every frame played.
@@ -127,6 +138,7 @@ type Player struct {
 	target  time.Duration
 	lead    time.Duration
 	margin  time.Duration
+	batch   time.Duration
 	rebuf   time.Duration // <= 0: never
 	log     *slog.Logger
 	onTitle func(string)
@@ -155,8 +167,8 @@ func New(frames Frames, cfg Config) (*Player, error) {
 	if frames == nil {
 		return nil, fmt.Errorf("%w: nil Frames", ErrBadConfig)
 	}
-	if cfg.Target < 0 || cfg.Lead < 0 || cfg.Margin < 0 {
-		return nil, fmt.Errorf("%w: negative Target, Lead or Margin", ErrBadConfig)
+	if cfg.Target < 0 || cfg.Lead < 0 || cfg.Margin < 0 || cfg.Batch < 0 {
+		return nil, fmt.Errorf("%w: negative Target, Lead, Margin or Batch", ErrBadConfig)
 	}
 	p := &Player{
 		frames:  frames,
@@ -164,6 +176,7 @@ func New(frames Frames, cfg Config) (*Player, error) {
 		target:  cfg.Target,
 		lead:    cfg.Lead,
 		margin:  cfg.Margin,
+		batch:   cfg.Batch,
 		rebuf:   cfg.Rebuffer,
 		log:     cfg.Logger,
 		onTitle: cfg.OnTitle,
@@ -320,6 +333,7 @@ type loop struct {
 	ended     bool // the stream has ended (EndedFrames), no more will come
 	eof       bool // Frames returned io.EOF
 	started   bool // the first frame was handed to the sink
+	topping   bool // woken at Lead: hand over up to Lead+Batch
 	conceal   time.Duration
 	dry       time.Time // since when no frame could be handed over, late
 }
@@ -375,12 +389,19 @@ func (p *Player) run(ctx context.Context) error {
 		if !l.restart || p.clocked != nil {
 			ahead = p.ahead(now)
 		}
-		if !l.restart && ahead > p.lead {
+		limit := p.lead
+		if l.topping {
+			limit += p.batch
+		}
+		if !l.restart && ahead > limit {
+			// Sleep until the sink is down to Lead, then top it up.
+			l.topping = false
 			if err := wait(p.pace(ahead-p.lead), false); err != nil {
 				return err
 			}
 			continue
 		}
+		l.topping = true
 		slot, ok, err := p.take(&l, false)
 		if err == nil && !ok && (l.restart || ahead <= p.margin) {
 			slot, ok, err = p.take(&l, true)
@@ -525,15 +546,24 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	dur := samplesDuration(samples, format.SampleRate)
 
 	now := time.Now()
+	// handoff is when the frame is handed over a frame at a time: now, or,
+	// for a frame handed over early in a Batch, Lead before it is due.
+	handoff := now
 	underrun := false
-	switch {
-	case l.restart:
+	if l.restart {
 		p.clk.align(now)
-	case p.clocked != nil:
-		underrun = p.clocked.Queued() <= 0
-	case p.ahead(now) < 0:
-		underrun = true
-		p.clk.align(now) // as a device would: it played silence meanwhile
+	} else {
+		ahead := p.ahead(now)
+		switch {
+		case p.clocked != nil:
+			underrun = ahead <= 0
+		case ahead < 0:
+			underrun = true
+			p.clk.align(now) // as a device would: it played silence meanwhile
+		}
+		if ahead > p.lead {
+			handoff = now.Add(ahead - p.lead)
+		}
 	}
 	if underrun {
 		p.log.Debug("playout: underrun", "timestamp", slot.Timestamp)
@@ -562,7 +592,7 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	}
 	p.stats.Playing = true
 	if !slot.Concealed && slot.Produced != 0 {
-		lag := now.Sub(time.UnixMicro(slot.Produced))
+		lag := handoff.Sub(time.UnixMicro(slot.Produced))
 		p.stats.Lag = lag
 		p.stats.MaxLag = max(p.stats.MaxLag, lag)
 		p.lags.Record(lag)

@@ -36,7 +36,7 @@ func requireNear(t *testing.T, want, got time.Time, msgAndArgs ...any) {
 func TestNewConfig(t *testing.T) {
 	ff := newFakeFrames()
 	for _, cfg := range []Config{
-		{Target: -1}, {Lead: -1}, {Margin: -1},
+		{Target: -1}, {Lead: -1}, {Margin: -1}, {Batch: -1},
 		{Lead: 100 * time.Millisecond, Margin: 100 * time.Millisecond},
 		{Margin: DefaultLead},
 	} {
@@ -531,4 +531,74 @@ func TestPlayerSinkError(t *testing.T) {
 		require.NoError(t, err)
 		require.ErrorIs(t, p.Run(context.Background()), boom)
 	})
+}
+
+// TestPlayerBatch: with Batch the player hands received frames over in
+// batches, waking far less often, yet plays and conceals the same frames at
+// the same deadlines and reports the same figures as a frame at a time.
+func TestPlayerBatch(t *testing.T) {
+	frames := testFrames(t, "cbr128.mp3")[:200]
+	type result struct {
+		st     Stats
+		writes []Write
+		pcm    []byte
+		start  time.Time
+	}
+	play := func(batch time.Duration) result {
+		var r result
+		synctest.Test(t, func(t *testing.T) {
+			produced := time.Now().Add(-time.Second).UnixMicro()
+			slots := slotsOf(frames)
+			for i := range slots {
+				slots[i].Produced = produced + due(i).Microseconds()
+			}
+			ff := newFakeFrames()
+			ff.pushSlots(slots[:50]...)
+			ff.hole(1, frames[50]) // concealed at its deadline
+			ff.pushSlots(slots[51:120]...)
+			ff.hole(1, frames[120]) // arrives late, before its deadline
+			ff.pushSlots(slots[121:]...)
+			sink := &MemorySink{}
+			p, err := New(ff, Config{Sink: sink, Batch: batch})
+			require.NoError(t, err)
+			r.start = time.Now()
+			errc := runPlayer(p, context.Background())
+			time.Sleep(due(120) - 100*time.Millisecond)
+			ff.mu.Lock()
+			i := len(ff.slots) - (200 - 120)
+			require.True(t, ff.slots[i].hole, "the player waits at the missing frame")
+			ff.slots[i].slot = slots[120]
+			ff.mu.Unlock()
+			ff.fill(i)
+			ff.end()
+			require.NoError(t, <-errc)
+			r.st, r.writes, r.pcm = p.Stats(), sink.Writes(), sink.PCM()
+		})
+		return r
+	}
+	one, batched := play(0), play(100*time.Millisecond)
+
+	require.Equal(t, one.st, batched.st, "the same figures")
+	require.EqualValues(t, 199, batched.st.FramesPlayed)
+	require.EqualValues(t, 1, batched.st.FramesConcealed)
+	require.Zero(t, batched.st.Underruns)
+	require.Equal(t, one.pcm, batched.pcm)
+	require.Len(t, batched.writes, 200)
+
+	wakes := 0
+	for i, w := range batched.writes {
+		at, was := w.At.Sub(batched.start), one.writes[i].At.Sub(one.start)
+		require.LessOrEqual(t, at, was, "frame %d handed over later than a frame at a time", i)
+		require.GreaterOrEqual(t, at, was-100*time.Millisecond-frames[0].Format().FrameDuration(),
+			"frame %d handed over more than Batch early", i)
+		if i == 0 || w.At != batched.writes[i-1].At {
+			wakes++
+		}
+	}
+	// The concealed frame at its deadline, the late one on arrival.
+	require.Equal(t, one.writes[50].At.Sub(one.start), batched.writes[50].At.Sub(batched.start))
+	require.Equal(t, due(50)-DefaultLead/2, batched.writes[50].At.Sub(batched.start))
+	require.Equal(t, due(120)-100*time.Millisecond, batched.writes[120].At.Sub(batched.start))
+	t.Logf("handed over at %d distinct times, against %d a frame at a time", wakes, len(one.writes))
+	require.Less(t, wakes, len(batched.writes)/3)
 }

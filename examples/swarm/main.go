@@ -55,6 +55,7 @@ type options struct {
 	minAlive  time.Duration
 	verbose   bool
 	cpuprof   string
+	batch     time.Duration
 }
 
 func main() {
@@ -76,6 +77,7 @@ func main() {
 	flag.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
+	flag.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "swarm:", err)
@@ -302,7 +304,7 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		Station:    s.station,
 		UploadKbps: s.o.upload,
 		Sink:       &playout.Discard{},
-		Playout:    playout.Config{NoDecode: !s.o.decode},
+		Playout:    playout.Config{NoDecode: !s.o.decode, Batch: s.o.batch},
 	}
 	if err := s.transport(&cfg, link); err != nil {
 		return err
