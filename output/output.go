@@ -35,9 +35,17 @@ func Multi(outs ...Output) Output {
 type Window struct {
 	mu     sync.Mutex
 	size   int
-	chunks []*mux.Chunk // ring indexed by Seq % size
+	ring   []windowSlot // indexed by Seq % size
 	newest uint64
 	any    bool
+}
+
+// windowSlot keeps a chunk's sequence number beside it, so that a lookup
+// (a listener checks dozens for repairs and buffer maps every tick) reads
+// the ring only, not each chunk.
+type windowSlot struct {
+	seq uint64
+	c   *mux.Chunk // nil: empty
 }
 
 var _ Output = (*Window)(nil)
@@ -48,7 +56,7 @@ func NewWindow(size int) *Window {
 	if size < 1 {
 		size = 50
 	}
-	return &Window{size: size, chunks: make([]*mux.Chunk, size)}
+	return &Window{size: size, ring: make([]windowSlot, size)}
 }
 
 // WriteChunk adds c, replacing the chunk size sequence numbers older.
@@ -58,7 +66,7 @@ func (w *Window) WriteChunk(c *mux.Chunk) {
 	if w.any && c.Seq+uint64(w.size) <= w.newest {
 		return // older than anything the window holds
 	}
-	w.chunks[c.Seq%uint64(w.size)] = c
+	w.ring[c.Seq%uint64(w.size)] = windowSlot{seq: c.Seq, c: c}
 	if !w.any || c.Seq > w.newest {
 		w.newest, w.any = c.Seq, true
 	}
@@ -68,11 +76,10 @@ func (w *Window) WriteChunk(c *mux.Chunk) {
 func (w *Window) Get(seq uint64) *mux.Chunk {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	c := w.chunks[seq%uint64(w.size)]
-	if c == nil || c.Seq != seq {
-		return nil
+	if e := w.ring[seq%uint64(w.size)]; e.seq == seq {
+		return e.c
 	}
-	return c
+	return nil
 }
 
 // Newest returns the highest sequence number held and whether any is.
@@ -95,8 +102,8 @@ func (w *Window) Since(seq uint64) []*mux.Chunk {
 	}
 	var out []*mux.Chunk
 	for s := seq; s <= w.newest; s++ {
-		if c := w.chunks[s%uint64(w.size)]; c != nil && c.Seq == s {
-			out = append(out, c)
+		if e := w.ring[s%uint64(w.size)]; e.c != nil && e.seq == s {
+			out = append(out, e.c)
 		}
 	}
 	return out
