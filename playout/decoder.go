@@ -40,20 +40,11 @@ func NewDecoder() *Decoder { return &Decoder{} }
 // frame of the last format it saw (nothing if it saw none), drops its
 // decoder and returns an error wrapping ErrDecode and the mux error.
 func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) {
-	f, err := mux.ParseFrame(slot.Frame)
+	f, n, err := d.check(slot)
 	if err != nil {
-		d.dec = nil
-		if d.known {
-			dst = appendZeros(dst, d.format.SamplesPerFrame()*4)
-		}
-		return dst, d.format, fmt.Errorf("%w: %w", ErrDecode, err)
+		return appendZeros(dst, n), d.format, err
 	}
-	format := f.Format()
-	if slot.Discontinuity || format != d.format {
-		d.dec = nil
-	}
-	d.format, d.known = format, true
-	n := format.SamplesPerFrame() * 4
+	format := d.format
 	off := len(dst)
 	dst = appendZeros(dst, n)
 	out := dst[off:]
@@ -70,6 +61,35 @@ func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) 
 		clear(out)
 	}
 	return dst, format, nil
+}
+
+// check parses slot's frame and keeps the Decoder's format and decoder in
+// step with it, as Decode does; n is the length of the PCM Decode appends.
+// On error (wrapping ErrDecode), n is the silence of one frame of the last
+// format seen, or 0.
+func (d *Decoder) check(slot mux.Slot) (f mux.Frame, n int, err error) {
+	f, err = mux.ParseFrame(slot.Frame)
+	if err != nil {
+		d.dec = nil
+		if d.known {
+			n = d.format.SamplesPerFrame() * 4
+		}
+		return nil, n, fmt.Errorf("%w: %w", ErrDecode, err)
+	}
+	format := f.Format()
+	if slot.Discontinuity || format != d.format {
+		d.dec = nil
+	}
+	d.format, d.known = format, true
+	return f, format.SamplesPerFrame() * 4, nil
+}
+
+// silence is Decode for a Decoder that does not decode (Config.NoDecode):
+// it returns the length of the silence Decode would append, without
+// writing it.
+func (d *Decoder) silence(slot mux.Slot) (n int, format mux.Format, err error) {
+	_, n, err = d.check(slot)
+	return n, d.format, err
 }
 
 // decode feeds f to the decoder (starting one if needed) and reads its PCM

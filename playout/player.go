@@ -144,10 +144,11 @@ type Player struct {
 	onTitle func(string)
 
 	// Used by Run's goroutine only.
-	dec  Decoder
-	pcm  []byte
-	held []mux.Slot // taken from frames while rebuffering, played first
-	clk  clock
+	dec   Decoder
+	pcm   []byte
+	zeros []byte     // NoDecode's PCM: never written
+	held  []mux.Slot // taken from frames while rebuffering, played first
+	clk   clock
 
 	sinkOnce sync.Once
 	sinkErr  error
@@ -525,17 +526,31 @@ func frameDuration(f mux.Frame) time.Duration {
 	return f.Format().FrameDuration()
 }
 
+// decode returns the PCM of slot's frame, in a buffer reused by the next
+// call. Without decoding it is a slice of zeros that stays zero, as sinks
+// do not modify the PCM they are given: nothing is written per frame.
+func (p *Player) decode(slot mux.Slot) ([]byte, mux.Format, error) {
+	if p.dec.silent {
+		n, format, err := p.dec.silence(slot)
+		if len(p.zeros) < n {
+			p.zeros = make([]byte, n)
+		}
+		return p.zeros[:n], format, err
+	}
+	pcm, format, err := p.dec.Decode(p.pcm[:0], slot)
+	p.pcm = pcm[:0]
+	return pcm, format, err
+}
+
 // play decodes slot and hands its PCM to the sink.
 func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	if slot.Prime {
 		// Before the first exact frame: fill the decoder's bit reservoir and
 		// history, play nothing.
-		pcm, _, _ := p.dec.Decode(p.pcm[:0], slot)
-		p.pcm = pcm[:0]
+		p.decode(slot)
 		return nil
 	}
-	pcm, format, derr := p.dec.Decode(p.pcm[:0], slot)
-	p.pcm = pcm[:0]
+	pcm, format, derr := p.decode(slot)
 	if derr != nil {
 		p.log.Debug("playout: frame not decoded", "timestamp", slot.Timestamp, "err", derr)
 	}

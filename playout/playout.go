@@ -43,7 +43,8 @@ type EndedFrames interface {
 // The one exception: Close may be called from another goroutine while
 // WritePCM blocks, and WritePCM must then return promptly (ErrClosed).
 // WritePCM may block (a device applying back-pressure by its clock) but must
-// not keep pcm after it returns. Close is idempotent.
+// not modify pcm, even temporarily (as io.Writer), nor keep it after it
+// returns. Close is idempotent.
 type Sink interface {
 	// WritePCM hands the sink len(pcm)/4 sample frames at sampleRate Hz. A
 	// change of sampleRate between calls is allowed; a sink that cannot

@@ -12,7 +12,7 @@ import (
 )
 
 // SinkFunc adapts a function to a Sink whose Close does nothing. The
-// function must not keep pcm after it returns.
+// function must not modify pcm nor keep it after it returns.
 type SinkFunc func(pcm []byte, sampleRate int) error
 
 var _ Sink = SinkFunc(nil)
