@@ -55,7 +55,8 @@ type Chunk struct {
 	Frames    []Frame // at least one, all of one Format
 	Signature [SignatureSize]byte
 
-	raw []byte // the encoding, once known
+	raw     []byte // the encoding, once known
+	samples int64  // Samples, once known (set with raw by Sign and ParseChunk)
 }
 
 // Format is the format of the chunk's frames.
@@ -63,6 +64,16 @@ func (c *Chunk) Format() Format { return c.Frames[0].Format() }
 
 // Samples is the number of samples per channel in the chunk.
 func (c *Chunk) Samples() int64 {
+	if c.samples != 0 {
+		return c.samples
+	}
+	return c.countSamples()
+}
+
+// countSamples computes Samples from the frame headers. A player and a
+// relay ask for it many times per chunk (End), so Sign and ParseChunk keep
+// it: the chunk must not change after them anyway.
+func (c *Chunk) countSamples() int64 {
 	return int64(len(c.Frames) * c.Frames[0].Samples())
 }
 
@@ -149,6 +160,7 @@ func (c *Chunk) Sign(key ed25519.PrivateKey) error {
 	sig := ed25519.Sign(key, signedMessage(pub, b))
 	copy(c.Signature[:], sig)
 	c.raw = append(b, sig...)
+	c.samples = c.countSamples()
 	return nil
 }
 
@@ -259,5 +271,6 @@ func ParseChunk(b []byte) (*Chunk, error) {
 	}
 	copy(c.Signature[:], b[body:])
 	c.raw = b
+	c.samples = c.countSamples()
 	return c, nil
 }

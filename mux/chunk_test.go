@@ -81,6 +81,14 @@ func TestChunkTiming(t *testing.T) {
 	require.Equal(t, int64(14*1152), c.End())
 	require.Equal(t, 104489795*time.Nanosecond, c.Duration())
 	require.Equal(t, time.Date(2025, 1, 2, 3, 4, 5, 6000, time.UTC), c.ProducedTime().UTC())
+
+	// Kept by Sign and ParseChunk, computed for a chunk made by hand.
+	p, err := ParseChunk(c.Bytes())
+	require.NoError(t, err)
+	require.Equal(t, int64(4*1152), p.Samples())
+	byHand := &Chunk{Timestamp: c.Timestamp, Frames: c.Frames[:2]}
+	require.Equal(t, int64(2*1152), byHand.Samples())
+	require.Equal(t, int64(12*1152), byHand.End())
 }
 
 // TestChunkTamper: changing any byte of a signed chunk makes it fail to
