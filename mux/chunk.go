@@ -55,26 +55,43 @@ type Chunk struct {
 	Frames    []Frame // at least one, all of one Format
 	Signature [SignatureSize]byte
 
-	raw     []byte // the encoding, once known
-	samples int64  // Samples, once known (set with raw by Sign and ParseChunk)
+	raw []byte // the encoding, once known
+	// Format and Samples, once known (kept by Sign and ParseChunk, after
+	// which the chunk must not change): a player and a relay ask for them
+	// on every frame, and computing them reads a frame header.
+	format  Format
+	samples int64 // 0: not kept
 }
 
 // Format is the format of the chunk's frames.
-func (c *Chunk) Format() Format { return c.Frames[0].Format() }
+func (c *Chunk) Format() Format {
+	if c.samples != 0 {
+		return c.format
+	}
+	return c.Frames[0].Format()
+}
 
 // Samples is the number of samples per channel in the chunk.
 func (c *Chunk) Samples() int64 {
 	if c.samples != 0 {
 		return c.samples
 	}
-	return c.countSamples()
+	return int64(len(c.Frames) * c.Frames[0].Samples())
 }
 
-// countSamples computes Samples from the frame headers. A player and a
-// relay ask for it many times per chunk (End), so Sign and ParseChunk keep
-// it: the chunk must not change after them anyway.
-func (c *Chunk) countSamples() int64 {
-	return int64(len(c.Frames) * c.Frames[0].Samples())
+// frameSamples is the number of samples per channel in each of the chunk's
+// frames.
+func (c *Chunk) frameSamples() int {
+	if c.samples != 0 {
+		return c.format.SamplesPerFrame()
+	}
+	return c.Frames[0].Samples()
+}
+
+// keep computes Format and Samples once, for a chunk that is complete.
+func (c *Chunk) keep() {
+	c.format = c.Frames[0].Format()
+	c.samples = int64(len(c.Frames) * c.format.SamplesPerFrame())
 }
 
 // End is the timestamp just after the chunk's last sample.
@@ -160,7 +177,7 @@ func (c *Chunk) Sign(key ed25519.PrivateKey) error {
 	sig := ed25519.Sign(key, signedMessage(pub, b))
 	copy(c.Signature[:], sig)
 	c.raw = append(b, sig...)
-	c.samples = c.countSamples()
+	c.keep()
 	return nil
 }
 
@@ -271,6 +288,6 @@ func ParseChunk(b []byte) (*Chunk, error) {
 	}
 	copy(c.Signature[:], b[body:])
 	c.raw = b
-	c.samples = c.countSamples()
+	c.keep()
 	return c, nil
 }

@@ -86,9 +86,13 @@ func TestChunkTiming(t *testing.T) {
 	p, err := ParseChunk(c.Bytes())
 	require.NoError(t, err)
 	require.Equal(t, int64(4*1152), p.Samples())
+	require.Equal(t, Format{MPEG1, 44100, 2}, p.Format())
+	require.Equal(t, 1152, p.frameSamples())
 	byHand := &Chunk{Timestamp: c.Timestamp, Frames: c.Frames[:2]}
 	require.Equal(t, int64(2*1152), byHand.Samples())
 	require.Equal(t, int64(12*1152), byHand.End())
+	require.Equal(t, Format{MPEG1, 44100, 2}, byHand.Format())
+	require.Equal(t, 1152, byHand.frameSamples())
 }
 
 // TestChunkTamper: changing any byte of a signed chunk makes it fail to

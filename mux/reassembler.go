@@ -234,16 +234,17 @@ func (r *Reassembler) Next(conceal bool) (Slot, bool, error) {
 
 // fromChunk hands out the frame of c at the playhead.
 func (r *Reassembler) fromChunk(c *Chunk) Slot {
-	spf := int64(c.Frames[0].Samples())
+	format := c.Format() // every frame's
+	spf := int64(c.frameSamples())
 	off := r.playhead - c.Timestamp
 	i := int((off + spf - 1) / spf) // round up onto c's frame grid
 	f := c.Frames[i]
 	s := Slot{
 		Frame:     f,
 		Timestamp: c.Timestamp + int64(i)*spf,
-		Produced:  c.Produced + c.Format().Duration(int64(i)*spf).Microseconds(),
+		Produced:  c.Produced + format.Duration(int64(i)*spf).Microseconds(),
 	}
-	if c.Flags&FlagDiscontinuity != 0 && i == 0 || f.Format() != r.format && r.format.SampleRate != 0 {
+	if c.Flags&FlagDiscontinuity != 0 && i == 0 || format != r.format && r.format.SampleRate != 0 {
 		s.Discontinuity = true
 		r.reservoir = 0
 		r.cleanRun = cleanHistory // a new decoder starts clean
@@ -259,7 +260,7 @@ func (r *Reassembler) fromChunk(c *Chunk) Slot {
 	// slots: one frame back in MPEG-1 (two granules a frame), two frames
 	// back in MPEG-2 (one granule).
 	need := 1
-	if f.Header().Version() != MPEG1 {
+	if format.Version != MPEG1 {
 		need = 2
 	}
 	s.Muted = !clean || r.cleanRun < need
@@ -274,7 +275,7 @@ func (r *Reassembler) fromChunk(c *Chunk) Slot {
 		r.primed = !s.Prime
 	}
 	r.reservoir = min(r.reservoir+f.MainDataSize(), 1<<12)
-	r.format = f.Format()
+	r.format = format
 	r.lastSeq, r.havePlay = c.Seq, true
 	r.playhead = s.Timestamp + spf
 	return s
