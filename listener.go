@@ -139,6 +139,8 @@ func (n *Node) maintain(ctx context.Context) {
 	var lastBackupTry, parentAt, lastClimb time.Time
 	var lostParent control.NodeID        // the parent we last lost
 	asked := make(map[uint64]*repairTry) // repair requests in flight
+	searched := make(chan bool, 1)       // a search ended (true: we climbed)
+	searching := false
 	for {
 		n.mu.Lock()
 		parent, backups := n.parent, slices.Clone(n.backups)
@@ -156,6 +158,7 @@ func (n *Node) maintain(ctx context.Context) {
 			for _, b := range backups {
 				switch {
 				case now.Sub(time.Unix(0, b.lastHeard.Load())) > 3*n.cfg.StallTimeout/2:
+					n.markFailed(b.id)
 					b.conn.Close(codeGoodbye, "silent")
 				case n.dependsOn(b, lostParent):
 					// Fed through the parent we lost: it is cut off with us.
@@ -163,6 +166,7 @@ func (n *Node) maintain(ctx context.Context) {
 				default:
 					continue
 				}
+				n.log.Debug("backup dropped with the parent", "addr", b.conn.RemoteAddr())
 				n.dropPeer(b)
 			}
 			n.mu.Lock()
@@ -189,6 +193,7 @@ func (n *Node) maintain(ctx context.Context) {
 			for _, b := range backups {
 				if n.fedThrough(b, ancestors) {
 					// The backup moved under one of our ancestors: find another.
+					n.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
 					b.conn.Close(codeGoodbye, "no longer independent")
 					n.dropPeer(b)
 				}
@@ -199,15 +204,27 @@ func (n *Node) maintain(ctx context.Context) {
 		} else if parentAt.IsZero() {
 			parentAt = now
 		}
-		if parent != nil && n.needBackups() > 0 && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
-			lastBackupTry = now
-			n.findBackups(ctx, rv)
-		}
-		if parent != nil && now.Sub(lastClimb) > climbInterval && now.Sub(parentAt) > climbInterval {
-			lastClimb = now
-			if n.climb(ctx, rv, parent) {
+		// Searches (a rendezvous round trip, dials, a subscription) run
+		// beside this loop, one at a time, so that they never delay the
+		// detection of a dead parent.
+		select {
+		case climbed := <-searched:
+			searching = false
+			if climbed {
 				parentAt = now
 			}
+		default:
+		}
+		if parent != nil && !searching && n.needBackups() > 0 && now.Sub(lastBackupTry) > backupInterval && now.Sub(parentAt) > backupAfter {
+			lastBackupTry, searching = now, true
+			n.goFunc(func() {
+				n.findBackups(ctx, rv)
+				searched <- false
+			})
+		}
+		if parent != nil && !searching && now.Sub(lastClimb) > climbInterval && now.Sub(parentAt) > climbInterval {
+			lastClimb, searching = now, true
+			n.goFunc(func() { searched <- n.climb(ctx, rv, parent) })
 		}
 		rv.maybeRegister(ctx)
 		select {
@@ -233,6 +250,7 @@ func (n *Node) addBackup(p *peer) bool {
 		return false
 	}
 	n.backups = append(n.backups, p)
+	n.log.Debug("backup added", "addr", p.conn.RemoteAddr(), "backups", len(n.backups))
 	return true
 }
 
@@ -444,15 +462,16 @@ func (n *Node) dependsOn(p *peer, id control.NodeID) bool {
 const climbInterval = 5 * time.Second
 
 // climb keeps the tree shallow under churn: a node at depth d that learns
-// of a parent with a free slot at depth d-2 or less (never one of its
+// of a parent with a free slot at depth d-3 or less (never one of its
 // descendants) moves there without a gap: it subscribes to the new parent
 // from its next chunk before it leaves the old one, which stays as backup
-// when it can.
+// when it can. A node that can relay also takes the place of a leaf at
+// depth d-1 or less (capable uploaders move up, with their subtrees).
 func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 	n.mu.Lock()
 	depth := n.depth
 	n.mu.Unlock()
-	if depth < 3 {
+	if depth < 2 {
 		return false
 	}
 	var better []control.PeerInfo
@@ -461,12 +480,24 @@ func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 			better = append(better, c)
 		}
 	}
+	needSlot, most := true, depth-3
+	if len(better) == 0 && n.slots() > 0 {
+		// No free slot high enough: take a leaf's place one level up or
+		// more (the parent moves the leaf away). It cannot swing back: a
+		// leaf never displaces.
+		for _, c := range rv.displaceable() {
+			if c.Depth >= 0 && c.Depth <= depth-2 {
+				better = append(better, c)
+			}
+		}
+		needSlot, most = false, depth-2
+	}
 	if len(better) == 0 {
 		return false
 	}
-	found := n.probe(ctx, better, true, 2, nil)
+	found := n.probe(ctx, better, needSlot, 2, nil)
 	for i, r := range found {
-		if i > 0 || r.depth > depth-3 || !n.subscribeTo(ctx, r.p, uint64(n.newest.Load()+1)) {
+		if i > 0 || r.depth > most || !n.subscribeTo(ctx, r.p, uint64(n.newest.Load()+1)) {
 			r.p.conn.Close(codeGoodbye, "")
 			continue
 		}
@@ -507,6 +538,7 @@ func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 func (n *Node) promote(ctx context.Context, b *peer) bool {
 	from := uint64(max(n.newest.Load()+1, 0))
 	if !n.subscribeTo(ctx, b, from) {
+		n.log.Debug("backup refused", "addr", b.conn.RemoteAddr())
 		b.conn.Close(codeGoodbye, "refused")
 		return false
 	}
@@ -610,8 +642,13 @@ type ranked struct {
 	newest int64 // its newest chunk then
 }
 
-// probeGrace is how long probe waits for more answers after the first.
-const probeGrace = 50 * time.Millisecond
+// probeGrace is how long probe waits for more answers after the first;
+// probeStagger is how long it waits for a first answer before it dials
+// more candidates.
+const (
+	probeGrace   = 50 * time.Millisecond
+	probeStagger = 300 * time.Millisecond
+)
 
 // probe dials up to maxCandidates candidates at once and returns those that
 // answered and could serve us, best first: not behind us (a node cut off
@@ -634,7 +671,14 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 	slices.SortStableFunc(cands, func(a, b control.PeerInfo) int {
 		return cmp.Or(cmp.Compare(min(b.FreeSlots, 1), min(a.FreeSlots, 1)), cmp.Compare(a.Depth, b.Depth))
 	})
-	cands = cands[:min(len(cands), most)]
+	// Each candidate once, the recently failed ones not at all.
+	seen := make(map[control.NodeID]bool)
+	cands = slices.DeleteFunc(cands, func(c control.PeerInfo) bool {
+		dup := seen[c.ID]
+		seen[c.ID] = true
+		return dup || n.failedRecently(c.ID)
+	})
+	cands = cands[:min(len(cands), 4*most)]
 	if len(cands) == 0 {
 		return nil
 	}
@@ -644,11 +688,12 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 		closed  bool
 		results = make(chan struct{}, len(cands))
 	)
-	for _, c := range cands {
+	dial := func(c control.PeerInfo) {
 		n.goFunc(func() {
 			defer func() { results <- struct{}{} }()
 			p, rtt := n.dialPeer(ctx, c)
 			if p == nil {
+				n.markFailed(c.ID)
 				return
 			}
 			p.mu.Lock()
@@ -668,9 +713,18 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 			mu.Unlock()
 		})
 	}
+	// The best `most` are dialed at once; while none has answered, the
+	// next ones follow every probeStagger (a candidate the rendezvous
+	// still lists may be dead and only time out).
+	next := min(most, len(cands))
+	for _, c := range cands[:next] {
+		dial(c)
+	}
+	stagger := time.NewTicker(probeStagger)
+	defer stagger.Stop()
 	var grace <-chan time.Time
 wait:
-	for pending := len(cands); pending > 0; {
+	for pending := next; pending > 0 || next < len(cands); {
 		select {
 		case <-results:
 			pending--
@@ -679,6 +733,25 @@ wait:
 			mu.Unlock()
 			if grace == nil && got > 0 {
 				grace = time.After(probeGrace)
+			}
+			if pending == 0 && grace == nil && next < len(cands) {
+				stagger.Reset(probeStagger)
+				for _, c := range cands[next:min(next+most, len(cands))] {
+					dial(c)
+					pending++
+				}
+				next = min(next+most, len(cands))
+			}
+			if pending == 0 && (grace != nil || next == len(cands)) {
+				break wait
+			}
+		case <-stagger.C:
+			if grace == nil && next < len(cands) {
+				for _, c := range cands[next:min(next+most, len(cands))] {
+					dial(c)
+					pending++
+				}
+				next = min(next+most, len(cands))
 			}
 		case <-grace:
 			break wait
@@ -708,13 +781,14 @@ wait:
 }
 
 // join finds a parent through the rendezvous and subscribes to it; the
-// runner-up becomes the backup.
+// runners-up become backups. A node that can relay and finds no free slot
+// takes a leaf's place.
 func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
 	cands := rv.candidates(ctx)
-	if len(cands) == 0 {
-		return nil
-	}
 	found := n.probe(ctx, cands, true, maxCandidates, nil)
+	if len(found) == 0 && n.slots() > 0 {
+		found = n.probe(ctx, rv.displaceable(), false, 2, nil)
+	}
 	var parent *peer
 	for _, r := range found {
 		switch {
@@ -755,6 +829,31 @@ func (n *Node) findBackups(ctx context.Context, rv *rendezvous) {
 	}
 }
 
+// failedFor is how long a peer that died or did not answer is not dialed
+// again (the rendezvous and neighbours may still list it).
+const failedFor = 10 * time.Second
+
+func (n *Node) markFailed(id control.NodeID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	n.failed[id] = now
+	if len(n.failed) > maxKnownPeers {
+		for k, at := range n.failed {
+			if now.Sub(at) > failedFor {
+				delete(n.failed, k)
+			}
+		}
+	}
+}
+
+func (n *Node) failedRecently(id control.NodeID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	at, ok := n.failed[id]
+	return ok && time.Since(at) < failedFor
+}
+
 // learn adds peers heard of from neighbours to the candidates.
 func (n *Node) learn(peers []control.PeerInfo) {
 	n.mu.Lock()
@@ -768,9 +867,11 @@ func (n *Node) learn(peers []control.PeerInfo) {
 // rendezvous is a listener's session with the station's tracker.
 type rendezvous struct {
 	n        *Node
+	dialMu   sync.Mutex
 	mu       sync.Mutex
 	conn     control.Conn
 	cands    []control.PeerInfo
+	displace []control.PeerInfo // full parents whose leaf child we may replace
 	got      chan struct{}
 	lastReg  time.Time
 	regDepth int // the depth last registered
@@ -787,6 +888,8 @@ func (r *rendezvous) close() {
 
 // connect dials the tracker if not connected.
 func (r *rendezvous) connect(ctx context.Context) control.Conn {
+	r.dialMu.Lock() // one dial at a time
+	defer r.dialMu.Unlock()
 	r.mu.Lock()
 	c := r.conn
 	r.mu.Unlock()
@@ -822,7 +925,7 @@ func (r *rendezvous) connect(ctx context.Context) control.Conn {
 			}
 			if cs, ok := m.(*control.Candidates); ok {
 				r.mu.Lock()
-				r.cands = cs.Peers
+				r.cands, r.displace = cs.Peers, cs.Displace
 				r.mu.Unlock()
 				select {
 				case got <- struct{}{}:
@@ -847,6 +950,7 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 		Depth:      n.depth,
 		FreeSlots:  n.freeSlots(),
 		Want:       want,
+		Leaf:       n.slots() == 0,
 	}
 	if n.parent != nil {
 		reg.Parent = n.parent.id
@@ -901,6 +1005,13 @@ func (r *rendezvous) known() []control.PeerInfo {
 	out = append(out, r.n.heard...)
 	r.n.mu.Unlock()
 	return out
+}
+
+// displaceable is the last list of full parents with a leaf child.
+func (r *rendezvous) displaceable() []control.PeerInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.displace)
 }
 
 // refresh forces the next maintain tick to register again.

@@ -60,8 +60,9 @@ type Node struct {
 	depth   int
 	path    []control.NodeID // root first, parent last
 	title   string
-	heard   []control.PeerInfo // peers learned from neighbours
-	started time.Time          // Run was called
+	heard   []control.PeerInfo           // peers learned from neighbours
+	failed  map[control.NodeID]time.Time // peers that died or did not answer lately
+	started time.Time                    // Run was called
 	closed  bool
 
 	// figures
@@ -93,6 +94,7 @@ func New(cfg Config) (*Node, error) {
 		key:     cfg.Key,
 		log:     cfg.Logger,
 		peers:   make(map[*peer]struct{}),
+		failed:  make(map[control.NodeID]time.Time),
 		runDone: make(chan struct{}),
 		window:  output.NewWindow(cfg.Window),
 		reasm:   mux.NewReassembler(mux.ReassemblerConfig{}),
@@ -297,17 +299,20 @@ func (n *Node) shutdown() {
 	}
 }
 
-// slots is how many children the upload budget allows at the stream's
-// bitrate (with 5% for protocol overhead).
-func (n *Node) slots() int {
-	if n.cfg.UploadKbps < 0 {
+// slots is how many children the upload budget allows.
+func (n *Node) slots() int { return n.slotsFor(n.cfg.UploadKbps) }
+
+// slotsFor is how many children an upload budget allows at the stream's
+// bitrate (with 5% for protocol overhead); a node with none is a leaf.
+func (n *Node) slotsFor(uploadKbps int) int {
+	if uploadKbps <= 0 {
 		return 0
 	}
 	kbps := n.kbps.Load()
 	if kbps <= 0 {
 		kbps = 128
 	}
-	return int(float64(n.cfg.UploadKbps) / (float64(kbps) * 1.05))
+	return int(float64(uploadKbps) / (float64(kbps) * 1.05))
 }
 
 func (n *Node) freeSlots() int {

@@ -86,6 +86,7 @@ func (n *Node) dropPeer(p *peer) {
 	n.backups = slices.DeleteFunc(n.backups, func(b *peer) bool { return b == p })
 	n.mu.Unlock()
 	if lost {
+		n.markFailed(p.id)
 		n.log.Info("parent lost", "addr", p.conn.RemoteAddr(), "err", p.conn.Err())
 	}
 }
@@ -204,9 +205,22 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 	case *control.Subscribe:
 		return n.subscribe(ctx, p, m)
 	case *control.Unsubscribe:
+		// From a child: it leaves. From our parent: it displaced us (see
+		// subscribe); its PeerList came first.
 		n.fanout.Remove(p.conn)
 		p.child.Store(false)
 		n.updateTracker()
+		n.mu.Lock()
+		displaced := n.parent == p
+		if displaced {
+			n.parent = nil
+			n.depth, n.path = -1, nil
+		}
+		n.mu.Unlock()
+		if displaced {
+			n.log.Info("displaced by a relaying node", "parent", p.conn.RemoteAddr())
+			p.conn.Close(codeGoodbye, "displaced")
+		}
 	case *control.Welcome:
 		select {
 		case p.welcome <- true:
@@ -298,8 +312,15 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 		return n.send(ctx, p, &control.Refuse{Reason: "not joined"})
 	case inPath:
 		return n.send(ctx, p, &control.Refuse{Reason: "loop: you are my ancestor"})
-	case n.freeSlots() == 0:
-		return n.send(ctx, p, &control.Refuse{Reason: "no free slot"})
+	}
+	var victim *peer
+	if n.freeSlots() == 0 {
+		// Capable uploaders move up: a newcomer that can relay takes the
+		// place of a child that cannot, which is moved away.
+		if victim = n.leafChild(p); victim == nil {
+			return n.send(ctx, p, &control.Refuse{Reason: "no free slot"})
+		}
+		n.displace(ctx, victim, p)
 	}
 	if err := n.send(ctx, p, &control.Welcome{}); err != nil {
 		return err
@@ -330,6 +351,46 @@ func (n *Node) subscribe(ctx context.Context, p *peer, m *control.Subscribe) err
 	n.updateTracker()
 	n.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", len(burst))
 	return nil
+}
+
+// leafChild returns one of our children that can take no children itself
+// when p can (nil otherwise).
+func (n *Node) leafChild(p *peer) *peer {
+	p.mu.Lock()
+	upload := p.upload
+	p.mu.Unlock()
+	if n.slotsFor(upload) == 0 {
+		return nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for q := range n.peers {
+		q.mu.Lock()
+		leaf := n.slotsFor(q.upload) == 0
+		q.mu.Unlock()
+		if q != p && leaf && q.child.Load() {
+			return q
+		}
+	}
+	return nil
+}
+
+// displace stops pushing to the leaf child victim, so that by takes its
+// slot: it is told where by went (a parent with free slots now) and that
+// we unsubscribe it; it switches to a backup without a gap.
+func (n *Node) displace(ctx context.Context, victim, by *peer) {
+	n.fanout.Remove(victim.conn)
+	victim.child.Store(false)
+	info := control.PeerInfo{ID: by.id, Addr: by.conn.RemoteAddr(), FreeSlots: 1}
+	by.mu.Lock()
+	info.UploadKbps = by.upload
+	by.mu.Unlock()
+	n.mu.Lock()
+	info.Depth = n.depth + 1
+	n.mu.Unlock()
+	n.send(ctx, victim, &control.PeerList{Peers: []control.PeerInfo{info}})
+	n.send(ctx, victim, &control.Unsubscribe{})
+	n.log.Info("child displaced by a relaying node", "leaf", victim.conn.RemoteAddr(), "by", by.conn.RemoteAddr())
 }
 
 // neighbours describes up to 8 of our peers that have joined, except p.

@@ -63,6 +63,7 @@ func (s *memSwarm) add(uploadKbps int) *memNode {
 		Playout:    playout.Config{NoDecode: true},
 
 		SignatureCache: s.sigs,
+		Logger:         testLogger(s.t, tr.Addr()),
 	})
 	require.NoError(s.t, err)
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -185,7 +186,7 @@ func TestChurnNoListenerStops(t *testing.T) {
 			}
 			st := m.n.Stats()
 			require.True(t, st.Playout.Playing, "listener %s stopped", m.n.LocalAddr())
-			require.GreaterOrEqual(t, st.Continuity, 0.99, "listener %s", m.n.LocalAddr())
+			require.GreaterOrEqual(t, st.Continuity, 0.99, "listener %s: %+v", m.n.LocalAddr(), st)
 			require.LessOrEqual(t, st.Depth, 8)
 		}
 	})
@@ -241,6 +242,43 @@ func TestLossyParentRepairedFromBackup(t *testing.T) {
 
 // TestOrphanedSiblingsRejoinWithoutLoop: when a parent leaves, its two
 // children (each the other's natural backup) must neither pick each other
+// TestCapableUploadersMoveUp: leaves (no upload) that joined first hold
+// the broadcaster's slots; nodes that can relay join later by taking their
+// places, and the leaves move below them without a gap.
+func TestCapableUploadersMoveUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
+		time.Sleep(2 * time.Second)
+		leaves := []*memNode{s.add(-1), s.add(-1)} // the broadcaster's two slots
+		time.Sleep(3 * time.Second)
+		for _, l := range leaves {
+			require.Equal(t, 1, l.n.Stats().Depth)
+		}
+		var relays []*memNode
+		for range 4 {
+			relays = append(relays, s.add(300))
+			time.Sleep(time.Second)
+			s.checkNoLoop()
+		}
+		time.Sleep(15 * time.Second)
+		s.checkNoLoop()
+		deepestRelay := 0
+		for _, r := range relays {
+			st := r.n.Stats()
+			require.True(t, st.Playout.Playing, "relay %s plays", r.n.LocalAddr())
+			deepestRelay = max(deepestRelay, st.Depth)
+		}
+		require.Equal(t, 2, s.b.Stats().Children)
+		for _, l := range leaves {
+			st := l.n.Stats()
+			require.GreaterOrEqual(t, st.Depth, deepestRelay, "leaf %s below every relay", l.n.LocalAddr())
+			require.True(t, st.Playout.Playing)
+			require.Zero(t, st.Playout.FramesConcealed, "leaf %s moved without a gap", l.n.LocalAddr())
+			require.Equal(t, 1.0, st.Continuity)
+		}
+	})
+}
+
 // TestRepairAsksAnotherNeighbour: the parent's link drops chunks and the
 // first backup's link is too slow to answer in time; the missing chunks
 // are requested from the next neighbour before their deadline.

@@ -37,12 +37,18 @@ type Tracker struct {
 	// O(swarm), which a rendezvous of 10,000 nodes needs.
 	free     map[int]map[NodeID]*tracked
 	maxDepth int
-	regs     int // registrations since the last sweep for expired nodes
+	// leaves indexes the joined nodes that take no children by depth: a
+	// node that can take children may displace one (capable uploaders
+	// move up, leaves stay at the bottom).
+	leaves  map[int]map[NodeID]*tracked
+	maxLeaf int // the deepest level leaves was ever given
+	regs    int // registrations since the last sweep for expired nodes
 }
 
 type tracked struct {
 	info   PeerInfo
 	parent NodeID
+	leaf   bool
 	seen   time.Time
 }
 
@@ -66,7 +72,7 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
-		rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -82,23 +88,34 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 	t.index(t.self)
 }
 
-// index adds n to the free-slot index if it can take a child.
+// index adds n to the free-slot index if it can take a child, or to the
+// leaf index if it is a joined leaf.
 func (t *Tracker) index(n *tracked) {
 	d := n.info.Depth
-	if d < 0 || n.info.FreeSlots <= 0 {
-		return
+	switch {
+	case d > 0 && n.leaf && !n.parent.IsZero():
+		addTo(t.leaves, d, n)
+		t.maxLeaf = max(t.maxLeaf, d)
+	case d >= 0 && n.info.FreeSlots > 0:
+		addTo(t.free, d, n)
+		t.maxDepth = max(t.maxDepth, d)
 	}
-	b := t.free[d]
+}
+
+func addTo(idx map[int]map[NodeID]*tracked, d int, n *tracked) {
+	b := idx[d]
 	if b == nil {
 		b = make(map[NodeID]*tracked)
-		t.free[d] = b
+		idx[d] = b
 	}
 	b[n.info.ID] = n
-	t.maxDepth = max(t.maxDepth, d)
 }
 
 func (t *Tracker) unindex(n *tracked) {
 	if b := t.free[n.info.Depth]; b != nil {
+		delete(b, n.info.ID)
+	}
+	if b := t.leaves[n.info.Depth]; b != nil {
 		delete(b, n.info.ID)
 	}
 }
@@ -129,11 +146,11 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 			c.Close(CodeProtocol, "rendezvous expects Register")
 			return
 		}
-		peers := t.register(id, c.RemoteAddr(), reg)
+		cands := t.register(id, c.RemoteAddr(), reg)
 		if reg.Want {
 			// Only a Register that wants candidates is answered.
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
-			err := c.Send(sctx, AppendMessage(nil, &Candidates{Peers: peers}))
+			err := c.Send(sctx, AppendMessage(nil, cands))
 			cancel()
 			if err != nil {
 				return
@@ -150,8 +167,9 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 	}
 }
 
-// register records a node and returns candidate parents for it.
-func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
+// register records a node and, when it wants them, returns candidate
+// parents for it.
+func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -163,7 +181,7 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
 		t.unindex(n)
 	}
 	n.info = PeerInfo{ID: id, Addr: observed, Depth: r.Depth, FreeSlots: r.FreeSlots, UploadKbps: r.UploadKbps}
-	n.parent = r.Parent
+	n.parent, n.leaf = r.Parent, r.Leaf
 	n.seen = now
 	t.index(n)
 	if t.regs++; t.regs >= max(len(t.nodes), 64) {
@@ -177,7 +195,11 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) []PeerInfo {
 	if !r.Want {
 		return nil
 	}
-	return t.candidates(id, now)
+	c := &Candidates{Peers: t.candidates(id, now)}
+	if !r.Leaf {
+		c.Displace = t.displaceable(id, r.Depth)
+	}
+	return c
 }
 
 // isDescendant reports whether node c has id among its ancestors.
@@ -216,6 +238,31 @@ func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
 		out = append(out, level...)
 	}
 	return out[:min(len(out), t.cfg.MaxCandidates)]
+}
+
+// maxDisplace is how many parents of leaves one answer lists.
+const maxDisplace = 4
+
+// displaceable lists parents of leaves, the shallowest first, where the
+// asker (not a leaf) would sit above its depth (at any level when it has
+// none): none of them its descendant.
+func (t *Tracker) displaceable(id NodeID, depth int) []PeerInfo {
+	var out []PeerInfo
+	seen := make(map[NodeID]bool)
+	for d := 1; d <= t.maxLeaf && len(out) < maxDisplace && (depth < 0 || d < depth); d++ {
+		for _, leaf := range t.leaves[d] {
+			p := t.nodes[leaf.parent]
+			if p == nil || leaf.info.ID == id || p.info.ID == id || seen[p.info.ID] || p.info.Depth != d-1 || t.isDescendant(p, id) {
+				continue
+			}
+			seen[p.info.ID] = true
+			out = append(out, p.info)
+			if len(out) == maxDisplace {
+				break
+			}
+		}
+	}
+	return out
 }
 
 // Nodes returns a snapshot of every node registered, the root included.

@@ -18,15 +18,15 @@ func TestTrackerCandidates(t *testing.T) {
 	tr.register(id(5), "a5", &Register{Depth: 1, FreeSlots: 0, Parent: id(1)})
 
 	// 2 asks: its descendants 3 and 4 are never offered, the full root and 5 neither.
-	got := tr.register(id(2), "a2", &Register{Depth: 1, FreeSlots: 1, Parent: id(1), Want: true})
+	got := tr.register(id(2), "a2", &Register{Depth: 1, FreeSlots: 1, Parent: id(1), Want: true}).Peers
 	require.Empty(t, got)
 	// A newcomer gets the shallowest first.
-	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true})
+	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers
 	require.Equal(t, []string{"a2", "a3", "a4"}, []string{got[0].Addr, got[1].Addr, got[2].Addr})
 	// 5 frees a slot: it is found at depth 1; 2 fills up and leaves the index.
 	tr.register(id(5), "a5", &Register{Depth: 1, FreeSlots: 1, Parent: id(1)})
 	tr.register(id(2), "a2", &Register{Depth: 1, FreeSlots: 0, Parent: id(1)})
-	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true})
+	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers
 	require.Equal(t, "a5", got[0].Addr)
 	for _, p := range got {
 		require.NotEqual(t, "a2", p.Addr)
@@ -39,10 +39,50 @@ func TestTrackerCandidates(t *testing.T) {
 		}
 	}
 	tr.mu.Unlock()
-	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true})
+	got = tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers
 	require.Empty(t, got, "expired nodes are not offered")
 	for range 64 { // the sweep is amortised over registrations
 		tr.register(id(9), "a9", &Register{Depth: -1})
 	}
 	require.Len(t, tr.Nodes(), 2, "the root and the asker")
+}
+
+func TestTrackerDisplaceLeaves(t *testing.T) {
+	tr := NewTracker(TrackerConfig{})
+	id := func(i byte) NodeID { return NodeID{i} }
+	tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+	// The root's slots are held by leaf 2 and by 3, which can take
+	// children; 3 has leaf 4 and capable 5 below it, and 6 below 5.
+	tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1), Leaf: true})
+	tr.register(id(3), "a3", &Register{Depth: 1, Parent: id(1)})
+	tr.register(id(4), "a4", &Register{Depth: 2, Parent: id(3), Leaf: true})
+	tr.register(id(5), "a5", &Register{Depth: 2, Parent: id(3)})
+	tr.register(id(6), "a6", &Register{Depth: 3, Parent: id(5)})
+
+	// A capable newcomer may displace a leaf: the root's (shallowest) first.
+	c := tr.register(id(9), "a9", &Register{Depth: -1, Want: true})
+	require.Empty(t, c.Peers, "no free slot anywhere")
+	require.Equal(t, []string{"root", "a3"}, addrs(c.Displace))
+	// A leaf may not.
+	c = tr.register(id(8), "a8", &Register{Depth: -1, Want: true, Leaf: true})
+	require.Empty(t, c.Displace)
+	// 5 at depth 2 is offered only a place above it: at the root (depth
+	// 1), not beside it under 3.
+	c = tr.register(id(5), "a5", &Register{Depth: 2, Parent: id(3), Want: true})
+	require.Equal(t, []string{"root"}, addrs(c.Displace))
+	// A node is never offered its own descendant: leaf 7 hangs below 6,
+	// whose parent 5 asks (as if it were deep).
+	tr.register(id(7), "a7", &Register{Depth: 4, Parent: id(6), Leaf: true})
+	c = tr.register(id(9), "a9", &Register{Depth: -1, Want: true})
+	require.Contains(t, addrs(c.Displace), "a6")
+	c = tr.register(id(5), "a5", &Register{Depth: 6, Parent: id(3), Want: true})
+	require.Equal(t, []string{"root", "a3"}, addrs(c.Displace))
+}
+
+func addrs(peers []PeerInfo) []string {
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.Addr)
+	}
+	return out
 }

@@ -449,6 +449,9 @@ type Register struct {
 	// Want asks for candidate parents; without it the answer is an empty
 	// Candidates (a cheap keep-alive that spares the tracker a search).
 	Want bool
+	// Leaf says the sender can take no children (its upload budget is
+	// less than one stream). A node that can may displace a leaf.
+	Leaf bool
 }
 
 // Type returns TypeRegister.
@@ -460,11 +463,14 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.FreeSlots)
 	b = append(b, m.Parent[:]...)
-	want := uint8(0)
-	if m.Want {
-		want = 1
+	return append(b, boolByte(m.Want), boolByte(m.Leaf))
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
 	}
-	return append(b, want)
+	return 0
 }
 
 func (m *Register) parsePayload(r *wireReader) {
@@ -476,19 +482,33 @@ func (m *Register) parsePayload(r *wireReader) {
 	if r.err == nil && len(r.b) > 0 {
 		m.Want = r.u8() != 0
 	}
+	if r.err == nil && len(r.b) > 0 {
+		m.Leaf = r.u8() != 0
+	}
 }
 
 // Candidates is the tracker's answer to Register: possible parents.
 type Candidates struct {
 	Peers []PeerInfo // at most MaxPeers
+	// Displace lists full parents, shallow first, with a leaf child that a
+	// sender who is not a leaf may take the place of (the parent then
+	// moves the leaf away). At most MaxPeers; sent only to non-leaves.
+	Displace []PeerInfo
 }
 
 // Type returns TypeCandidates.
 func (*Candidates) Type() MessageType { return TypeCandidates }
 
-func (m *Candidates) appendPayload(b []byte) []byte { return appendPeers(b, m.Peers) }
+func (m *Candidates) appendPayload(b []byte) []byte {
+	return appendPeers(appendPeers(b, m.Peers), m.Displace)
+}
 
-func (m *Candidates) parsePayload(r *wireReader) { m.Peers = r.peers() }
+func (m *Candidates) parsePayload(r *wireReader) {
+	m.Peers = r.peers()
+	if r.err == nil && len(r.b) > 0 {
+		m.Displace = r.peers()
+	}
+}
 
 // Ping asks for a Pong with the same Nonce and Time.
 type Ping struct {

@@ -48,7 +48,9 @@ func sampleMessages() []Message {
 		&PeerList{},
 		&Register{ListenAddr: "127.0.0.1:7000", UploadKbps: 300, Depth: 2, FreeSlots: 1, Parent: testID(7)},
 		&Register{Depth: -1},
+		&Register{Depth: 3, Want: true, Leaf: true},
 		&Candidates{Peers: peers[:2]},
+		&Candidates{Peers: peers[:1], Displace: peers[1:3]},
 		&Candidates{},
 		&Ping{Nonce: 42, Time: -5},
 		&Pong{Nonce: math.MaxUint64, Time: math.MaxInt64},
@@ -74,12 +76,17 @@ func TestWireRoundTrip(t *testing.T) {
 			require.Equal(t, m, got)
 
 			// Every truncation is an error, except one that cuts only the
-			// fields a later version appended (Newest, Want): that reads as
-			// the older message, the appended fields zero.
-			optional := map[MessageType]int{TypeHello: 8, TypeStatus: 8, TypeRegister: 1}[m.Type()]
+			// fields a later version appended (Newest, Want, Leaf, an empty
+			// Displace): that reads as the older message, the appended
+			// fields zero.
+			optional := map[MessageType]int{TypeHello: 8, TypeStatus: 8, TypeRegister: 2}[m.Type()]
+			older := -1 // a Candidates cut after its Peers: an older one
+			if c, ok := m.(*Candidates); ok {
+				older = len(AppendMessage(nil, &Candidates{Peers: c.Peers})) - 1
+			}
 			for n := range len(enc) {
 				_, err := ParseMessage(enc[:n])
-				if n >= len(enc)-optional {
+				if n >= len(enc)-optional || n == older {
 					require.NoError(t, err, "truncated to %d of %d bytes: an older version's message", n, len(enc))
 					continue
 				}
