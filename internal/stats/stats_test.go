@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -28,6 +29,35 @@ func TestHistogramQuantiles(t *testing.T) {
 	m.Merge(&h)
 	require.Equal(t, uint64(20000), m.Count())
 	require.Equal(t, h.Quantile(0.5), m.Quantile(0.5))
+}
+
+// TestHistogramQuantileScan: Quantile, which skips whole groups of
+// buckets, gives what a scan of every bucket gives.
+func TestHistogramQuantileScan(t *testing.T) {
+	var h, m Histogram
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 5000 {
+		d := time.Duration(r.Int64N(int64(10 * time.Second)))
+		if i%3 == 0 {
+			d = time.Duration(r.Int64N(100)) // the exact small buckets
+		}
+		h.Record(d)
+	}
+	m.Merge(&h)
+	scan := func(h *Histogram, q float64) time.Duration {
+		rank := max(uint64(math.Ceil(q*float64(h.n))), 1)
+		var seen uint64
+		for i, c := range h.counts {
+			if seen += uint64(c); seen >= rank {
+				return min(bucketValue(i), h.max)
+			}
+		}
+		return h.max
+	}
+	for q := 0.0; q < 1; q += 0.001 {
+		require.Equal(t, scan(&h, q), h.Quantile(q), "q=%v", q)
+		require.Equal(t, scan(&h, q), m.Quantile(q), "merged, q=%v", q)
+	}
 }
 
 func TestHistogramSmallAndEmpty(t *testing.T) {
