@@ -146,7 +146,16 @@ func (n *Node) maintain(ctx context.Context) {
 		parent, backups := n.parent, slices.Clone(n.backups)
 		n.mu.Unlock()
 		now := time.Now()
+		// A backup silent this long is dead: its Status and Have come
+		// every second.
+		backupSilence := 3 * n.cfg.StallTimeout / 2
 		if parent != nil && n.stalled(ctx, parent, backups, now) {
+			if now.Sub(time.Unix(0, parent.lastData.Load())) >= n.cfg.StallTimeout {
+				// The backups were asked for chunks every tick for half the
+				// stall timeout: a live one has answered by now, and a
+				// subscription to a dead one would only wait for it.
+				backupSilence = n.cfg.StallTimeout / 2
+			}
 			lostParent = parent.id
 			n.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
 			parent.conn.Close(codeGoodbye, "stalled")
@@ -157,7 +166,7 @@ func (n *Node) maintain(ctx context.Context) {
 			n.parentSince.Store(now.UnixNano())
 			for _, b := range backups {
 				switch {
-				case now.Sub(time.Unix(0, b.lastHeard.Load())) > 3*n.cfg.StallTimeout/2:
+				case now.Sub(time.Unix(0, b.lastHeard.Load())) > backupSilence:
 					n.markFailed(b.id)
 					b.conn.Close(codeGoodbye, "silent")
 				case n.dependsOn(b, lostParent):

@@ -56,33 +56,43 @@ type options struct {
 	verbose   bool
 	cpuprof   string
 	batch     time.Duration
+	leaves    float64
+	fakeTime  bool // run inside a testing/synctest bubble (see faketime_test.go)
 }
 
 func main() {
 	var o options
-	flag.IntVar(&o.listeners, "listeners", 20, "number of listeners")
-	flag.DurationVar(&o.duration, "duration", 30*time.Second, "how long to run after the broadcaster starts")
-	flag.IntVar(&o.upload, "upload", 400, "each listener's upload budget, kbit/s")
-	flag.IntVar(&o.srcUpload, "source-upload", 512, "the broadcaster's upload budget, kbit/s")
-	flag.StringVar(&o.in, "in", "", "MP3 file to broadcast (default: the built-in demo audio), looped")
-	flag.StringVar(&o.net, "net", "quic", "transport: quic (real QUIC on loopback) or mem (in-memory)")
-	flag.Float64Var(&o.loss, "loss", 0, "packet loss per link, each way (0..1)")
-	flag.DurationVar(&o.rtt, "rtt", 0, "round-trip time added to every link")
-	flag.Float64Var(&o.churn, "churn", 0, "fraction of listeners killed abruptly per minute, each replaced by a fresh joiner")
-	flag.StringVar(&o.kill, "kill", "", "F@T: kill a fraction F of the listeners at once at time T (e.g. 0.3@30s)")
-	flag.BoolVar(&o.json, "json", false, "print a final JSON summary on stdout")
-	flag.BoolVar(&o.decode, "decode", false, "decode the MP3 at every listener (costs about 1.2% of a core per listener)")
-	flag.Float64Var(&o.joinRate, "join-rate", 20, "listeners joining per second at the start")
-	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "how long the broadcaster runs before the first listener joins")
-	flag.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
-	flag.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
-	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
-	flag.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
+	o.register(flag.CommandLine)
 	flag.Parse()
-	if err := run(o); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if _, err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "swarm:", err)
 		os.Exit(1)
 	}
+}
+
+// register defines the command's flags on fs.
+func (o *options) register(fs *flag.FlagSet) {
+	fs.IntVar(&o.listeners, "listeners", 20, "number of listeners")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to run after the broadcaster starts")
+	fs.IntVar(&o.upload, "upload", 400, "each listener's upload budget, kbit/s")
+	fs.IntVar(&o.srcUpload, "source-upload", 512, "the broadcaster's upload budget, kbit/s")
+	fs.StringVar(&o.in, "in", "", "MP3 file to broadcast (default: the built-in demo audio), looped")
+	fs.StringVar(&o.net, "net", "quic", "transport: quic (real QUIC on loopback) or mem (in-memory)")
+	fs.Float64Var(&o.loss, "loss", 0, "packet loss per link, each way (0..1)")
+	fs.DurationVar(&o.rtt, "rtt", 0, "round-trip time added to every link")
+	fs.Float64Var(&o.churn, "churn", 0, "fraction of listeners killed abruptly per minute, each replaced by a fresh joiner")
+	fs.StringVar(&o.kill, "kill", "", "F@T: kill a fraction F of the listeners at once at time T (e.g. 0.3@30s)")
+	fs.BoolVar(&o.json, "json", false, "print a final JSON summary on stdout")
+	fs.BoolVar(&o.decode, "decode", false, "decode the MP3 at every listener (costs about 1.2% of a core per listener)")
+	fs.Float64Var(&o.joinRate, "join-rate", 20, "listeners joining per second at the start")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "how long the broadcaster runs before the first listener joins")
+	fs.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
+	fs.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
+	fs.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
+	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
+	fs.Float64Var(&o.leaves, "leaves", 0, "fraction of listeners with no upload budget (leaves: they take no children)")
 }
 
 // member is one listener of the swarm, alive or dead.
@@ -94,6 +104,7 @@ type member struct {
 	done   chan struct{}
 	born   time.Time
 	died   time.Time
+	leaf   bool           // no upload budget
 	final  p2pradio.Stats // taken when it died or at the end
 }
 
@@ -108,25 +119,30 @@ type swarm struct {
 
 	mu      sync.Mutex
 	members []*member
+	spawned int
 	killAt  time.Time // when -kill struck
 
 	lastConcealed int64
 }
 
-func run(o options) error {
+// run runs the swarm until the duration has passed or ctx is done, prints
+// its figures and returns them.
+func run(ctx context.Context, o options) (*Summary, error) {
 	if o.net != "quic" && o.net != "mem" {
-		return fmt.Errorf("-net must be quic or mem, not %q", o.net)
+		return nil, fmt.Errorf("-net must be quic or mem, not %q", o.net)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+	if o.leaves < 0 || o.leaves > 1 {
+		return nil, fmt.Errorf("-leaves must be in 0..1, not %v", o.leaves)
+	}
+	wallStart := wallClock()
 	if o.cpuprof != "" {
 		f, err := os.Create(o.cpuprof)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+			return nil, err
 		}
 		defer pprof.StopCPUProfile()
 	}
@@ -143,15 +159,15 @@ func run(o options) error {
 
 	src, err := cli.OpenInput(ctx, o.in, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bcfg := p2pradio.Config{Source: src, UploadKbps: o.srcUpload, Logger: log.With("node", "broadcaster")}
 	if err := s.transport(&bcfg, link); err != nil {
-		return err
+		return nil, err
 	}
 	b, err := p2pradio.New(bcfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer b.Close()
 	bdone := make(chan error, 1)
@@ -164,7 +180,7 @@ func run(o options) error {
 
 	killFrac, killAt, err := parseKill(o.kill)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	end := start.Add(o.duration)
 	timer := func(d time.Duration) <-chan time.Time { return time.After(d) }
@@ -176,7 +192,7 @@ func run(o options) error {
 	gap := time.Duration(float64(time.Second) / max(o.joinRate, 1))
 	for i := 0; i < o.listeners && ctx.Err() == nil; i++ {
 		if err := s.spawn(link); err != nil {
-			return fmt.Errorf("listener %d: %w", i, err)
+			return nil, fmt.Errorf("listener %d: %w", i, err)
 		}
 		time.Sleep(gap)
 	}
@@ -197,7 +213,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case err := <-bdone:
-			return fmt.Errorf("broadcaster stopped: %v", err)
+			return nil, fmt.Errorf("broadcaster stopped: %v", err)
 		case now := <-tick.C:
 			if now.After(end) {
 				break loop
@@ -206,7 +222,7 @@ loop:
 				for now.After(nextChurn) {
 					s.killRandom(rng, 1)
 					if err := s.spawn(link); err != nil {
-						return err
+						return nil, err
 					}
 					nextChurn = nextChurn.Add(churnEvery)
 				}
@@ -227,16 +243,30 @@ loop:
 	}
 	status.Done()
 	sum := s.summary(b, time.Since(start))
+	if o.fakeTime {
+		sum.FakeTime = true
+		sum.WallS = math.Round((wallClock()-wallStart).Seconds()*10) / 10
+	}
 	s.stopAll()
 	b.Close()
 	if o.json {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(sum)
+		return &sum, enc.Encode(sum)
 	}
 	out, _ := json.MarshalIndent(sum, "", "  ")
 	fmt.Fprintln(os.Stderr, string(out))
-	return nil
+	return &sum, nil
+}
+
+// wallClock reads the machine's clock with a system call: inside a
+// synctest bubble time.Now is the bubble's fake clock.
+func wallClock() time.Duration {
+	var tv syscall.Timeval
+	if syscall.Gettimeofday(&tv) != nil {
+		return 0
+	}
+	return time.Duration(tv.Nano())
 }
 
 func parseKill(s string) (float64, time.Duration, error) {
@@ -300,9 +330,19 @@ func (k *killable) WriteTo(b []byte, addr net.Addr) (int, error) {
 }
 
 func (s *swarm) spawn(link control.LinkConfig) error {
+	// Every listener whose turn crosses a multiple of 1/leaves is a leaf.
+	s.mu.Lock()
+	i := float64(s.spawned)
+	s.spawned++
+	s.mu.Unlock()
+	leaf := math.Floor((i+1)*s.o.leaves) > math.Floor(i*s.o.leaves)
+	upload := s.o.upload
+	if leaf {
+		upload = -1
+	}
 	cfg := p2pradio.Config{
 		Station:    s.station,
-		UploadKbps: s.o.upload,
+		UploadKbps: upload,
 		Sink:       &playout.Discard{},
 		Playout:    playout.Config{NoDecode: !s.o.decode, Batch: s.o.batch},
 	}
@@ -314,7 +354,7 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		// signature once, not once per node.
 		cfg.SignatureCache = s.sigs
 	}
-	m := &member{born: time.Now(), done: make(chan struct{})}
+	m := &member{born: time.Now(), done: make(chan struct{}), leaf: leaf}
 	if mt, ok := cfg.Transport.(*control.MemTransport); ok {
 		m.mem = mt
 	}
@@ -447,6 +487,7 @@ type Summary struct {
 	SourceUploadRatio float64     `json:"source_upload_ratio"`
 	SourceChildren    int         `json:"source_children"`
 	MaxDepth          int         `json:"max_depth"`
+	Leaves            *Leaves     `json:"leaves,omitempty"`
 	DepthLimit        int         `json:"depth_limit"`
 	HopDelayMs        HopDelay    `json:"hop_delay_ms"`
 	RecoveryMs        Quantiles   `json:"recovery_ms"`
@@ -455,6 +496,21 @@ type Summary struct {
 	CPUs              float64     `json:"cpu_s"`
 	HeapMB            float64     `json:"heap_mb"`
 	PerListener       PerListener `json:"per_listener"`
+	// A fake-time run (faketime_test.go): durations are the bubble's; cpu_s
+	// and wall_s are the machine's.
+	FakeTime bool    `json:"fake_time,omitempty"`
+	WallS    float64 `json:"wall_s,omitempty"`
+}
+
+// Leaves compares the depths of the listeners with no upload budget with
+// those of the relays: capable uploaders should sit above the leaves.
+type Leaves struct {
+	Counted        int     `json:"counted"`
+	DepthMin       int     `json:"depth_min"`
+	DepthP50       float64 `json:"depth_p50"`
+	RelayDepthP50  float64 `json:"relay_depth_p50"`
+	RelayDepthMax  int     `json:"relay_depth_max"`
+	RelaysBelowMin int     `json:"relays_below_shallowest_leaf"`
 }
 
 // Frames adds up the counted listeners' frames by what became of them.
@@ -502,7 +558,7 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		Loss: s.o.loss, RTTms: ms(s.o.rtt), Churn: s.o.churn, Kill: s.o.kill,
 		DepthLimit: int(math.Ceil(math.Log2(float64(max(s.o.listeners, 2))))) + 2,
 	}
-	var conts []float64
+	var conts, leafDepths, relayDepths []float64
 	var startups, lagP50, lagP95, lagMax, hopP50, hopP99, recov []time.Duration
 	var received int64
 	for _, m := range ms_ {
@@ -549,6 +605,24 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 			recov = append(recov, st.RecoveryMax)
 		}
 		sum.MaxDepth = max(sum.MaxDepth, st.Depth)
+		if m.leaf {
+			leafDepths = append(leafDepths, float64(st.Depth))
+		} else {
+			relayDepths = append(relayDepths, float64(st.Depth))
+		}
+	}
+	if len(leafDepths) > 0 {
+		sort.Float64s(leafDepths)
+		sort.Float64s(relayDepths)
+		l := &Leaves{Counted: len(leafDepths), DepthMin: int(leafDepths[0]), DepthP50: stats.Quantile(leafDepths, 0.5),
+			RelayDepthP50: stats.Quantile(relayDepths, 0.5)}
+		for _, d := range relayDepths {
+			l.RelayDepthMax = max(l.RelayDepthMax, int(d))
+			if d > leafDepths[0] {
+				l.RelaysBelowMin++
+			}
+		}
+		sum.Leaves = l
 	}
 	sort.Float64s(conts)
 	sum.Continuity = Continuity{Min: minOf(conts), P50: stats.Quantile(conts, 0.5), Mean: stats.Mean(conts)}
