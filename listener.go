@@ -319,8 +319,8 @@ func (n *Node) stalled(ctx context.Context, parent *peer, backups []*peer, now t
 // is requested from a neighbour; repairAgain is how long before asking the
 // next one.
 const (
-	repairLag   = 300 * time.Millisecond
-	repairAgain = 250 * time.Millisecond
+	repairLag   = 200 * time.Millisecond
+	repairAgain = 200 * time.Millisecond
 	repairSpan  = 30 // chunks behind the newest that are checked
 )
 

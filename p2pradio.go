@@ -68,8 +68,9 @@ type Config struct {
 	// repair. Zero means 50 (about 5 s).
 	Window int
 	// Burst is how many chunks from its window a parent sends a new child
-	// at once, so it starts fast with its bit reservoir. Zero means 14
-	// (about 1.4 s, a little more than the default playout target).
+	// at once, so it starts fast with its bit reservoir. Zero means 12
+	// (about 1.2 s, a little more than the default playout target: the
+	// buffer a listener plays with, and so most of its lag).
 	Burst int
 	// StallTimeout is how long without a chunk from the parent before the
 	// node switches to a backup. Zero means 1 s.
@@ -126,7 +127,7 @@ func (c *Config) setDefaults() {
 		c.Window = 50
 	}
 	if c.Burst <= 0 {
-		c.Burst = 14
+		c.Burst = 12
 	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = time.Second
