@@ -793,8 +793,17 @@ wait:
 // runners-up become backups. A node that can relay and finds no free slot
 // takes a leaf's place.
 func (n *Node) join(ctx context.Context, rv *rendezvous) *peer {
-	cands := rv.candidates(ctx)
-	found := n.probe(ctx, cands, true, maxCandidates, nil)
+	n.mu.Lock()
+	hint := n.hint
+	n.hint = nil
+	n.mu.Unlock()
+	var found []ranked
+	if hint != nil {
+		found = n.probe(ctx, []control.PeerInfo{*hint}, true, 1, nil)
+	}
+	if len(found) == 0 {
+		found = n.probe(ctx, rv.candidates(ctx), true, maxCandidates, nil)
+	}
 	if len(found) == 0 && n.slots() > 0 {
 		found = n.probe(ctx, rv.displaceable(), false, 2, nil)
 	}

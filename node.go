@@ -62,6 +62,7 @@ type Node struct {
 	title   string
 	heard   []control.PeerInfo           // peers learned from neighbours
 	failed  map[control.NodeID]time.Time // peers that died or did not answer lately
+	hint    *control.PeerInfo            // a parent to try first on the next join
 	started time.Time                    // Run was called
 	closed  bool
 

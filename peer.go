@@ -24,13 +24,14 @@ type peer struct {
 	depth     int
 	freeSlots int
 	path      []control.NodeID
-	newest    int64         // its newest chunk's sequence number, -1 none
-	upload    int           // its upload budget, kbit/s (Hello)
-	have      control.Have  // its last buffer map
-	mapNewest int64         // the newest chunk that map shows, -1 none
-	listen    string        // where it says it listens (Hello)
-	helloed   chan struct{} // closed when its Hello arrived
-	welcome   chan bool     // the answer to our Subscribe
+	newest    int64              // its newest chunk's sequence number, -1 none
+	upload    int                // its upload budget, kbit/s (Hello)
+	have      control.Have       // its last buffer map
+	mapNewest int64              // the newest chunk that map shows, -1 none
+	listen    string             // where it says it listens (Hello)
+	peerList  []control.PeerInfo // the last PeerList it sent
+	helloed   chan struct{}      // closed when its Hello arrived
+	welcome   chan bool          // the answer to our Subscribe
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
@@ -210,11 +211,19 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 		n.fanout.Remove(p.conn)
 		p.child.Store(false)
 		n.updateTracker()
+		p.mu.Lock()
+		by := p.peerList // the node that took our place comes first
+		p.mu.Unlock()
 		n.mu.Lock()
 		displaced := n.parent == p
 		if displaced {
 			n.parent = nil
 			n.depth, n.path = -1, nil
+			if len(by) > 0 {
+				// It has free slots now: the next join tries it first,
+				// without a round trip to the rendezvous.
+				n.hint = &by[0]
+			}
 		}
 		n.mu.Unlock()
 		if displaced {
@@ -240,6 +249,9 @@ func (n *Node) handle(ctx context.Context, p *peer, m control.Message) error {
 	case *control.PeerList:
 		// Candidates learned from neighbours; kept for rejoining.
 		n.learn(m.Peers)
+		p.mu.Lock()
+		p.peerList = m.Peers
+		p.mu.Unlock()
 	case *control.Have:
 		p.setHave(m)
 	case *control.Ping:

@@ -561,7 +561,7 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 	var conts, leafDepths, relayDepths []float64
 	var startups, lagP50, lagP95, lagMax, hopP50, hopP99, recov []time.Duration
 	var received int64
-	for _, m := range ms_ {
+	for i, m := range ms_ {
 		st := m.final
 		alive := m.died.IsZero()
 		if alive {
@@ -590,7 +590,7 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		sum.Frames.Rebuffers += st.Playout.Rebuffers
 		sum.Frames.Repairs += st.Repairs
 		if s.o.verbose && st.Continuity < 1 {
-			s.log.Info("listener below 1", "continuity", st.Continuity, "depth", st.Depth, "concealed", st.Playout.FramesConcealed,
+			s.log.Info("listener below 1", "node", i, "continuity", st.Continuity, "depth", st.Depth, "concealed", st.Playout.FramesConcealed,
 				"muted", st.Playout.FramesMuted, "underruns", st.Playout.Underruns, "repairs", st.Repairs, "recoveries", st.Recoveries, "startup", st.Startup)
 		}
 		startups = append(startups, st.Startup)
