@@ -141,6 +141,9 @@ func (n *Node) maintain(ctx context.Context) {
 	asked := make(map[uint64]*repairTry) // repair requests in flight
 	searched := make(chan bool, 1)       // a search ended (true: we climbed)
 	searching := false
+	bridged := make(chan struct{}, 1) // the bridge ended
+	bridging := false
+	orphaned := false // no parent since the last tick
 	for {
 		n.mu.Lock()
 		parent, backups := n.parent, slices.Clone(n.backups)
@@ -163,7 +166,20 @@ func (n *Node) maintain(ctx context.Context) {
 			parent = nil
 		}
 		if parent == nil {
-			n.parentSince.Store(now.UnixNano())
+			if !orphaned {
+				// The recovery is the gap from the last chunk before this
+				// to the first after, whoever sends it.
+				orphaned = true
+				n.parentSince.Store(now.UnixNano())
+			}
+			if !bridging && len(backups) > 0 && n.newest.Load() >= 0 {
+				// Until a parent pushes again, pull from the backups.
+				bridging = true
+				n.goFunc(func() {
+					n.bridge(ctx)
+					bridged <- struct{}{}
+				})
+			}
 			for _, b := range backups {
 				switch {
 				case now.Sub(time.Unix(0, b.lastHeard.Load())) > backupSilence:
@@ -208,6 +224,7 @@ func (n *Node) maintain(ctx context.Context) {
 				}
 			}
 		}
+		orphaned = parent == nil
 		if parent == nil {
 			parentAt = time.Time{}
 		} else if parentAt.IsZero() {
@@ -216,6 +233,11 @@ func (n *Node) maintain(ctx context.Context) {
 		// Searches (a rendezvous round trip, dials, a subscription) run
 		// beside this loop, one at a time, so that they never delay the
 		// detection of a dead parent.
+		select {
+		case <-bridged:
+			bridging = false
+		default:
+		}
 		select {
 		case climbed := <-searched:
 			searching = false
@@ -243,6 +265,37 @@ func (n *Node) maintain(ctx context.Context) {
 		}
 	}
 }
+
+// bridge pulls the chunks after our newest from the backups, one after
+// another each tick, while the node has no parent (it is rejoining, which
+// can take longer than the buffer lasts when many nodes join at once), so
+// that playback goes on.
+func (n *Node) bridge(ctx context.Context) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		n.mu.Lock()
+		parent, backups := n.parent, slices.Clone(n.backups)
+		n.mu.Unlock()
+		if parent != nil || len(backups) == 0 {
+			return
+		}
+		newest := n.newest.Load()
+		req := &control.Request{}
+		for s := newest + 1; s <= newest+bridgeAhead; s++ {
+			req.Seqs = append(req.Seqs, uint64(s))
+		}
+		n.send(ctx, backups[i%len(backups)], req)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bridgeAhead is how many chunks past the newest a bridge asks for.
+const bridgeAhead = 5
 
 // needBackups is how many more backups the node wants.
 func (n *Node) needBackups() int {
@@ -547,8 +600,12 @@ func (n *Node) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
 func (n *Node) promote(ctx context.Context, b *peer) bool {
 	from := uint64(max(n.newest.Load()+1, 0))
 	if !n.subscribeTo(ctx, b, from) {
-		n.log.Debug("backup refused", "addr", b.conn.RemoteAddr())
-		b.conn.Close(codeGoodbye, "refused")
+		if time.Since(time.Unix(0, b.lastHeard.Load())) > answerTimeout {
+			n.log.Debug("backup silent", "addr", b.conn.RemoteAddr())
+			b.conn.Close(codeGoodbye, "silent")
+		}
+		// A backup that refused (no free slot) stays: it is still a
+		// source to pull from.
 		return false
 	}
 	n.mu.Lock()

@@ -279,6 +279,41 @@ func TestCapableUploadersMoveUp(t *testing.T) {
 	})
 }
 
+// TestOrphanPullsFromBackups: a leaf's parent stops reaching it; the leaf
+// leaves it and finds no free slot elsewhere (every other node is full, and
+// the slot it left is on a node it just gave up on), so it has no parent
+// for seconds. Meanwhile it pulls the stream from its backups and plays on
+// without a gap.
+func TestOrphanPullsFromBackups(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
+		time.Sleep(2 * time.Second)
+		b1, b2 := s.add(150), s.add(150) // the broadcaster's two slots; one slot each
+		time.Sleep(3 * time.Second)
+		c := s.add(-1) // takes one of their slots
+		time.Sleep(2 * time.Second)
+		a := s.add(-1) // takes the other
+		time.Sleep(6 * time.Second)
+		st := a.n.Stats()
+		require.Equal(t, 2, st.Depth)
+		require.Equal(t, 2, c.n.Stats().Depth)
+		require.GreaterOrEqual(t, len(st.Parents), 2, "a backup to pull from")
+		parent := b1
+		if st.Parents[0] == b2.n.LocalAddr() {
+			parent = b2
+		}
+		before := a.n.Stats()
+		s.net.SetLink(parent.n.LocalAddr(), a.n.LocalAddr(), control.LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 100})
+		time.Sleep(8 * time.Second)
+		after := a.n.Stats()
+		require.True(t, after.Playout.Playing)
+		require.Greater(t, after.Playout.FramesPlayed, before.Playout.FramesPlayed+250, "still playing")
+		require.Zero(t, after.Playout.FramesConcealed, "no gap without a parent")
+		require.Equal(t, 1.0, after.Continuity)
+		s.checkNoLoop()
+	})
+}
+
 // TestRepairAsksAnotherNeighbour: the parent's link drops chunks and the
 // first backup's link is too slow to answer in time; the missing chunks
 // are requested from the next neighbour before their deadline.

@@ -46,11 +46,17 @@ type Tracker struct {
 }
 
 type tracked struct {
-	info   PeerInfo
-	parent NodeID
-	leaf   bool
-	seen   time.Time
+	info      PeerInfo
+	parent    NodeID
+	leaf      bool
+	seen      time.Time
+	held      int       // slots held for joiners it was offered to
+	heldUntil time.Time // until then
 }
+
+// holdFor is how long a slot offered to a joiner is held for it: about a
+// probe and a subscription.
+const holdFor = 500 * time.Millisecond
 
 // TrackedNode is one node as the tracker sees it.
 type TrackedNode struct {
@@ -195,7 +201,7 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	if !r.Want {
 		return nil
 	}
-	c := &Candidates{Peers: t.candidates(id, now)}
+	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0)}
 	if !r.Leaf {
 		c.Displace = t.displaceable(id, r.Depth)
 	}
@@ -217,7 +223,12 @@ func (t *Tracker) isDescendant(c *tracked, id NodeID) bool {
 	return true // implausibly deep: treat as unsafe
 }
 
-func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
+// candidates lists up to MaxCandidates nodes with a free slot, shallow
+// first, none of them id's descendant. For a joiner (reserve), one slot of
+// the first is held for holdFor, so that when many join at once they do not
+// all race for it. (Nodes that ask only for backups or to climb do not
+// hold: they ask every second and would keep a slot hidden.)
+func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo {
 	var out []PeerInfo
 	for d := 0; d <= t.maxDepth && len(out) < t.cfg.MaxCandidates; d++ {
 		var level []PeerInfo
@@ -226,7 +237,7 @@ func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
 				t.forget(nid)
 				continue
 			}
-			if nid == id || t.isDescendant(n, id) {
+			if nid == id || t.isDescendant(n, id) || (now.Before(n.heldUntil) && n.held >= n.info.FreeSlots) {
 				continue
 			}
 			level = append(level, n.info)
@@ -237,7 +248,17 @@ func (t *Tracker) candidates(id NodeID, now time.Time) []PeerInfo {
 		t.rnd.Shuffle(len(level), func(i, j int) { level[i], level[j] = level[j], level[i] })
 		out = append(out, level...)
 	}
-	return out[:min(len(out), t.cfg.MaxCandidates)]
+	out = out[:min(len(out), t.cfg.MaxCandidates)]
+	if reserve && len(out) > 0 {
+		if n := t.nodes[out[0].ID]; n != nil {
+			if now.After(n.heldUntil) {
+				n.held = 0
+			}
+			n.held++
+			n.heldUntil = now.Add(holdFor)
+		}
+	}
+	return out
 }
 
 // maxDisplace is how many parents of leaves one answer lists.

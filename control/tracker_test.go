@@ -2,6 +2,7 @@ package control
 
 import (
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -85,4 +86,25 @@ func addrs(peers []PeerInfo) []string {
 		out = append(out, p.Addr)
 	}
 	return out
+}
+
+func TestTrackerSpreadsJoiners(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := NewTracker(TrackerConfig{})
+		id := func(i byte) NodeID { return NodeID{i} }
+		tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+		tr.register(id(2), "a2", &Register{Depth: 1, FreeSlots: 1, Parent: id(1)})
+		tr.register(id(3), "a3", &Register{Depth: 2, FreeSlots: 2, Parent: id(2)})
+		// The first joiner is offered 2's one slot first; the next, asking
+		// right after, is not sent there too.
+		require.Equal(t, "a2", tr.register(id(8), "a8", &Register{Depth: -1, Want: true}).Peers[0].Addr)
+		require.Equal(t, []string{"a3"}, addrs(tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers))
+		// A node that only looks for backups holds nothing.
+		tr.register(id(4), "a4", &Register{Depth: 3, Parent: id(3), Want: true})
+		tr.register(id(4), "a4", &Register{Depth: 3, Parent: id(3), Want: true})
+		require.Equal(t, "a3", tr.register(id(7), "a7", &Register{Depth: -1, Want: true}).Peers[0].Addr)
+		// The hold lapses.
+		time.Sleep(holdFor)
+		require.Equal(t, "a2", tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers[0].Addr)
+	})
 }

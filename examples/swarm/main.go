@@ -503,7 +503,8 @@ type Summary struct {
 }
 
 // Leaves compares the depths of the listeners with no upload budget with
-// those of the relays: capable uploaders should sit above the leaves.
+// those of the relays (both alive and joined at the end): capable
+// uploaders should sit above the leaves.
 type Leaves struct {
 	Counted        int     `json:"counted"`
 	DepthMin       int     `json:"depth_min"`
@@ -547,6 +548,10 @@ type PerListener struct {
 
 func ms(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
 
+// stoppedAfter is how long a listener may take to start before it counts
+// as stopped (a joiner spawned just before the end has not started yet).
+const stoppedAfter = 5 * time.Second
+
 func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 	now := time.Now()
 	s.mu.Lock()
@@ -572,8 +577,8 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		if !alive {
 			end = m.died
 		}
-		if alive && st.Playout.Due() == 0 {
-			sum.Stopped++ // alive but never played
+		if alive && st.Playout.Due() == 0 && now.Sub(m.born) > stoppedAfter {
+			sum.Stopped++ // alive for a while but never played
 		}
 		if st.Playout.Due() == 0 {
 			continue
@@ -605,9 +610,12 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 			recov = append(recov, st.RecoveryMax)
 		}
 		sum.MaxDepth = max(sum.MaxDepth, st.Depth)
-		if m.leaf {
+		switch {
+		case st.Depth < 0 || !alive:
+			// rejoining at this moment, or gone: no place in the tree
+		case m.leaf:
 			leafDepths = append(leafDepths, float64(st.Depth))
-		} else {
+		default:
 			relayDepths = append(relayDepths, float64(st.Depth))
 		}
 	}
