@@ -89,10 +89,7 @@ func (n *Node) statusLoop(ctx context.Context) {
 // so that they know what to pull from us.
 func (n *Node) broadcastStatus(ctx context.Context) {
 	st := control.AppendMessage(nil, n.status())
-	var have []byte
-	if h := n.have(); h != nil {
-		have = control.AppendMessage(nil, h)
-	}
+	var have []byte // built for the first peer that keeps us as a backup
 	n.mu.Lock()
 	peers := make([]*peer, 0, len(n.peers))
 	for p := range n.peers {
@@ -102,8 +99,15 @@ func (n *Node) broadcastStatus(ctx context.Context) {
 	for _, p := range peers {
 		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		p.conn.Send(sctx, st)
-		if have != nil && !p.dialed && !p.child.Load() {
-			p.conn.Send(sctx, have)
+		if !p.dialed && !p.child.Load() {
+			if have == nil {
+				if h := n.have(); h != nil {
+					have = control.AppendMessage(nil, h)
+				}
+			}
+			if have != nil {
+				p.conn.Send(sctx, have)
+			}
 		}
 		cancel()
 	}
@@ -280,11 +284,7 @@ func (n *Node) bridge(ctx context.Context) {
 		if parent != nil || len(backups) == 0 {
 			return
 		}
-		newest := n.newest.Load()
-		req := &control.Request{}
-		for s := newest + 1; s <= newest+bridgeAhead; s++ {
-			req.Seqs = append(req.Seqs, uint64(s))
-		}
+		req := &control.Request{Seqs: seqsFrom(n.newest.Load()+1, bridgeAhead)}
 		n.send(ctx, backups[i%len(backups)], req)
 		select {
 		case <-ctx.Done():
@@ -296,6 +296,16 @@ func (n *Node) bridge(ctx context.Context) {
 
 // bridgeAhead is how many chunks past the newest a bridge asks for.
 const bridgeAhead = 5
+
+// seqsFrom lists count sequence numbers from first on, leaving out
+// negative ones (before the first chunk, newest is -1).
+func seqsFrom(first int64, count int) []uint64 {
+	var out []uint64
+	for s := max(first, 0); s < first+int64(count); s++ {
+		out = append(out, uint64(s))
+	}
+	return out
+}
 
 // needBackups is how many more backups the node wants.
 func (n *Node) needBackups() int {
@@ -338,13 +348,7 @@ func (n *Node) stalled(ctx context.Context, parent *peer, backups []*peer, now t
 	// Ask the backups for what follows our newest chunk, and for the newest
 	// itself, which any live backup holds: its answer proves it alive even
 	// when the source is late and nobody has anything newer.
-	newest := n.newest.Load()
-	req := &control.Request{}
-	for i := int64(0); i <= 4; i++ {
-		if newest+i >= 0 {
-			req.Seqs = append(req.Seqs, uint64(newest+i))
-		}
-	}
+	req := &control.Request{Seqs: seqsFrom(n.newest.Load(), 5)}
 	for _, b := range backups {
 		n.send(ctx, b, req)
 	}
@@ -445,30 +449,25 @@ func (n *Node) repair(ctx context.Context, parent *peer, backups []*peer, now ti
 // neighbours that hold it by their buffer maps, best evidence first, in
 // turn; when none seems to, every neighbour in turn.
 func pickSource(sources []*peer, seq uint64, try int) *peer {
-	var best []*peer
+	var best, maybe []*peer // the best evidence; any evidence
 	bestRank := 0
 	for _, p := range sources {
-		switch r := p.holds(seq); {
+		r := p.holds(seq)
+		if r > 0 {
+			maybe = append(maybe, p)
+		}
+		switch {
 		case r > bestRank:
 			best, bestRank = []*peer{p}, r
 		case r == bestRank && r > 0:
 			best = append(best, p)
 		}
 	}
-	if len(best) == 0 {
+	switch {
+	case try > 0 && len(maybe) > 1:
+		best = maybe // past the first try, everyone who may hold it in turn
+	case len(best) == 0:
 		best = sources
-	}
-	// Past the first try, rotate over everyone who may hold it.
-	if try > 0 {
-		var maybe []*peer
-		for _, p := range sources {
-			if p.holds(seq) > 0 {
-				maybe = append(maybe, p)
-			}
-		}
-		if len(maybe) > 1 {
-			best = maybe
-		}
 	}
 	return best[try%len(best)]
 }
@@ -782,15 +781,21 @@ func (n *Node) probe(ctx context.Context, cands []control.PeerInfo, needSlot boo
 	// The best `most` are dialed at once; while none has answered, the
 	// next ones follow every probeStagger (a candidate the rendezvous
 	// still lists may be dead and only time out).
-	next := min(most, len(cands))
-	for _, c := range cands[:next] {
-		dial(c)
+	next, pending := 0, 0
+	dialNext := func() {
+		end := min(next+most, len(cands))
+		for _, c := range cands[next:end] {
+			dial(c)
+		}
+		pending += end - next
+		next = end
 	}
+	dialNext()
 	stagger := time.NewTicker(probeStagger)
 	defer stagger.Stop()
 	var grace <-chan time.Time
 wait:
-	for pending := next; pending > 0 || next < len(cands); {
+	for pending > 0 || next < len(cands) {
 		select {
 		case <-results:
 			pending--
@@ -802,22 +807,14 @@ wait:
 			}
 			if pending == 0 && grace == nil && next < len(cands) {
 				stagger.Reset(probeStagger)
-				for _, c := range cands[next:min(next+most, len(cands))] {
-					dial(c)
-					pending++
-				}
-				next = min(next+most, len(cands))
+				dialNext()
 			}
 			if pending == 0 && (grace != nil || next == len(cands)) {
 				break wait
 			}
 		case <-stagger.C:
 			if grace == nil && next < len(cands) {
-				for _, c := range cands[next:min(next+most, len(cands))] {
-					dial(c)
-					pending++
-				}
-				next = min(next+most, len(cands))
+				dialNext()
 			}
 		case <-grace:
 			break wait
