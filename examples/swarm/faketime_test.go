@@ -25,11 +25,7 @@ func TestFakeTime(t *testing.T) {
 	if args == "" {
 		t.Skip("a figure run: set P2PRADIO_SWARM to the swarm's flags")
 	}
-	var o options
-	fs := flag.NewFlagSet("swarm", flag.ContinueOnError)
-	o.register(fs)
-	require.NoError(t, fs.Parse(strings.Fields(args)))
-	o.net, o.fakeTime = "mem", true
+	o := fakeTimeOptions(t, strings.Fields(args))
 	wall := time.Now()
 	synctest.Test(t, func(t *testing.T) {
 		_, err := run(t.Context(), o)
@@ -41,15 +37,11 @@ func TestFakeTime(t *testing.T) {
 // TestFakeTimeSmall keeps the harness working: 30 listeners, 10 of them
 // leaves, for 30 s of fake time.
 func TestFakeTimeSmall(t *testing.T) {
-	var o options
-	fs := flag.NewFlagSet("swarm", flag.ContinueOnError)
-	o.register(fs)
 	args := []string{"-listeners", "30", "-leaves", "0.34", "-duration", "30s", "-json"}
 	if os.Getenv("P2PRADIO_TEST_LOG") != "" {
 		args = append(args, "-v")
 	}
-	require.NoError(t, fs.Parse(args))
-	o.net, o.fakeTime = "mem", true
+	o := fakeTimeOptions(t, args)
 	synctest.Test(t, func(t *testing.T) {
 		sum, err := run(t.Context(), o)
 		require.NoError(t, err)
@@ -64,4 +56,15 @@ func TestFakeTimeSmall(t *testing.T) {
 		require.LessOrEqual(t, sum.Leaves.RelaysBelowMin, 1, "relays below the shallowest leaf")
 		require.GreaterOrEqual(t, sum.Leaves.DepthP50, sum.Leaves.RelayDepthP50)
 	})
+}
+
+// fakeTimeOptions parses the command's flags for a run in fake time, which
+// is always on the in-memory network.
+func fakeTimeOptions(t *testing.T, args []string) options {
+	var o options
+	fs := flag.NewFlagSet("swarm", flag.ContinueOnError)
+	o.register(fs)
+	require.NoError(t, fs.Parse(args))
+	o.net, o.fakeTime = "mem", true
+	return o
 }

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -620,13 +621,12 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		}
 	}
 	if len(leafDepths) > 0 {
-		sort.Float64s(leafDepths)
-		sort.Float64s(relayDepths)
-		l := &Leaves{Counted: len(leafDepths), DepthMin: int(leafDepths[0]), DepthP50: stats.Quantile(leafDepths, 0.5),
+		shallowest := slices.Min(leafDepths)
+		l := &Leaves{Counted: len(leafDepths), DepthMin: int(shallowest), DepthP50: stats.Quantile(leafDepths, 0.5),
 			RelayDepthP50: stats.Quantile(relayDepths, 0.5)}
 		for _, d := range relayDepths {
 			l.RelayDepthMax = max(l.RelayDepthMax, int(d))
-			if d > leafDepths[0] {
+			if d > shallowest {
 				l.RelaysBelowMin++
 			}
 		}
