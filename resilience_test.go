@@ -102,6 +102,17 @@ func (s *memSwarm) byAddr() map[string]*Node {
 	return m
 }
 
+// node returns the listener at a transport address (nil for the
+// broadcaster or an unknown one).
+func (s *memSwarm) node(addr string) *memNode {
+	for _, x := range s.nodes {
+		if x.n.LocalAddr() == addr {
+			return x
+		}
+	}
+	return nil
+}
+
 // checkNoLoop follows every live node's pushing parent up to the
 // broadcaster and fails on a cycle.
 func (s *memSwarm) checkNoLoop() {
@@ -129,17 +140,15 @@ func TestParentKilledNoConcealment(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
 		time.Sleep(2 * time.Second)
-		b1, b2 := s.add(300), s.add(300) // the broadcaster's two slots
+		s.add(300) // the broadcaster's two slots
+		s.add(300)
 		time.Sleep(3 * time.Second)
 		a := s.add(300) // joins below b1 or b2, the other is its backup
 		time.Sleep(5 * time.Second)
 		st := a.n.Stats()
 		require.Equal(t, 2, st.Depth)
 		require.GreaterOrEqual(t, len(st.Parents), 2, "a pushing parent and a warm backup")
-		parent := b1
-		if st.Parents[0] == b2.n.LocalAddr() {
-			parent = b2
-		}
+		parent := s.node(st.Parents[0])
 		before := a.n.Stats().Playout
 		s.kill(parent)
 		time.Sleep(10 * time.Second)
@@ -217,16 +226,14 @@ func TestLossyParentRepairedFromBackup(t *testing.T) {
 		cfg := control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}, SendQueue: 2}
 		s := newMemSwarm(t, cfg, 300)
 		time.Sleep(2 * time.Second)
-		b1, b2 := s.add(300), s.add(300)
+		s.add(300)
+		s.add(300)
 		time.Sleep(3 * time.Second)
 		a := s.add(300)
 		time.Sleep(3 * time.Second)
 		st := a.n.Stats()
 		require.GreaterOrEqual(t, len(st.Parents), 2)
-		parent := b1
-		if st.Parents[0] == b2.n.LocalAddr() {
-			parent = b2
-		}
+		parent := s.node(st.Parents[0])
 		// The parent's link to a becomes too slow for the stream (100 kbit/s
 		// for ~140): whole chunks are dropped from its queue of 2, and a
 		// pulls them from its backup before their deadline.
@@ -288,7 +295,8 @@ func TestOrphanPullsFromBackups(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
 		time.Sleep(2 * time.Second)
-		b1, b2 := s.add(150), s.add(150) // the broadcaster's two slots; one slot each
+		s.add(150) // the broadcaster's two slots; one slot each
+		s.add(150)
 		time.Sleep(3 * time.Second)
 		c := s.add(-1) // takes one of their slots
 		time.Sleep(2 * time.Second)
@@ -298,10 +306,7 @@ func TestOrphanPullsFromBackups(t *testing.T) {
 		require.Equal(t, 2, st.Depth)
 		require.Equal(t, 2, c.n.Stats().Depth)
 		require.GreaterOrEqual(t, len(st.Parents), 2, "a backup to pull from")
-		parent := b1
-		if st.Parents[0] == b2.n.LocalAddr() {
-			parent = b2
-		}
+		parent := s.node(st.Parents[0])
 		before := a.n.Stats()
 		s.net.SetLink(parent.n.LocalAddr(), a.n.LocalAddr(), control.LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 100})
 		time.Sleep(8 * time.Second)
