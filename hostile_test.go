@@ -156,7 +156,7 @@ func (h *hostilePeer) upstream(ctx context.Context, addr string, key ed25519.Pub
 	require.NoError(h.t, h.send(ctx, c, &control.Subscribe{}))
 	h.wg.Go(func() { drain(ctx, c) })
 	h.wg.Go(func() {
-		defer c.Close(codeGoodbye, "")
+		defer c.Close(control.CodeGoodbye, "")
 		for {
 			b, err := c.ReceiveData(ctx)
 			if err != nil {
@@ -187,7 +187,7 @@ func (h *hostilePeer) register(ctx context.Context, rendezvous string) {
 	require.NoError(h.t, err)
 	h.wg.Go(func() { drain(ctx, c) })
 	h.wg.Go(func() {
-		defer c.Close(codeGoodbye, "")
+		defer c.Close(control.CodeGoodbye, "")
 		for {
 			reg := &control.Register{ListenAddr: h.tr.Addr(), UploadKbps: 2000, Depth: len(h.path), FreeSlots: 8}
 			if h.send(ctx, c, reg) != nil {
@@ -216,7 +216,7 @@ func (h *hostilePeer) serve(ctx context.Context) {
 }
 
 func (h *hostilePeer) link(ctx context.Context, c control.Conn) {
-	defer c.Close(codeGoodbye, "")
+	defer c.Close(control.CodeGoodbye, "")
 	serving := false
 	for {
 		b, err := c.Receive(ctx)
@@ -395,13 +395,13 @@ func strangerAttacks(t *testing.T, ctx context.Context, tr control.Transport, ad
 		data []byte
 		code uint64
 	}{
-		{"forged chunk", [][]byte{hello}, forged, codeBadChunk},
-		{"garbage data", [][]byte{hello}, bytes.Repeat([]byte{0xab}, 100<<10), codeBadChunk},
-		{"truncated chunk", [][]byte{hello}, forged[:len(forged)/2], codeBadChunk},
-		{"garbage first message", [][]byte{{0xee, 1, 2}}, nil, codeBadMessage},
-		{"truncated subscribe", [][]byte{hello, {byte(control.TypeSubscribe), 0}}, nil, codeBadMessage},
-		{"rendezvous message on a peer link", [][]byte{hello, control.AppendMessage(nil, &control.Register{})}, nil, codeBadMessage},
-		{"another station", [][]byte{wrong}, nil, codeWrongStation},
+		{"forged chunk", [][]byte{hello}, forged, control.CodeBadChunk},
+		{"garbage data", [][]byte{hello}, bytes.Repeat([]byte{0xab}, 100<<10), control.CodeBadChunk},
+		{"truncated chunk", [][]byte{hello}, forged[:len(forged)/2], control.CodeBadChunk},
+		{"garbage first message", [][]byte{{0xee, 1, 2}}, nil, control.CodeBadMessage},
+		{"truncated subscribe", [][]byte{hello, {byte(control.TypeSubscribe), 0}}, nil, control.CodeBadMessage},
+		{"rendezvous message on a peer link", [][]byte{hello, control.AppendMessage(nil, &control.Register{})}, nil, control.CodeBadMessage},
+		{"another station", [][]byte{wrong}, nil, control.CodeWrongStation},
 	}
 	for _, tc := range cases {
 		c, err := tr.Dial(ctx, addr, key)
@@ -565,14 +565,14 @@ func TestHostilePeerInMemory(t *testing.T) {
 				require.Equal(t, int64(attacked[id]), s.BadChunks, "%s: each attack is one bad chunk", x.name)
 				require.GreaterOrEqual(t, len(closes[id]), attacked[id]-1, x.name)
 				for _, err := range closes[id] {
-					requireCut(t, err, codeBadChunk, x.name)
+					requireCut(t, err, control.CodeBadChunk, x.name)
 				}
 			case attackBadMessage:
 				require.Positive(t, attacked[id], x.name)
 				require.Zero(t, s.BadChunks, x.name)
 				require.GreaterOrEqual(t, len(closes[id]), attacked[id]-1, x.name)
 				for _, err := range closes[id] {
-					requireCut(t, err, codeBadMessage, x.name)
+					requireCut(t, err, control.CodeBadMessage, x.name)
 				}
 			case attackReplay:
 				// Old and duplicate chunks are honest bytes: ignored, and
@@ -709,7 +709,7 @@ func TestHostilePeerQUIC(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("flipped byte: the listener did not cut the link off")
 	}
-	requireCut(t, c.Err(), codeBadChunk, "flipped byte")
+	requireCut(t, c.Err(), control.CodeBadChunk, "flipped byte")
 
 	// A data message longer than the transport allows.
 	var appErr *quic.ApplicationError
@@ -744,7 +744,7 @@ func TestHostilePeerQUIC(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 	require.Equal(t, bad, l.Stats().BadChunks, "replays are not bad chunks")
-	c.Close(codeGoodbye, "")
+	c.Close(control.CodeGoodbye, "")
 
 	// The stream ends; the listener plays on past its end.
 	select {

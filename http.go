@@ -22,8 +22,9 @@ type HTTPConfig struct {
 	// Name is the station's name on its page. Empty means "p2pradio".
 	Name string
 	// Stream serves the station to ordinary players at its mount
-	// (output.HTTPConfig.Mount, "/stream.mp3" by default). It must also be
-	// one of Config.Outputs, which feed it. Nil means no stream.
+	// (output.HTTPConfig.Mount, "/stream.mp3" by default); the node feeds
+	// it every chunk from the Handler's creation on (listing it in
+	// Config.Outputs as well does no harm). Nil means no stream.
 	Stream *output.HTTP
 	// Metrics, if set, is served at /metrics (package metrics provides a
 	// Prometheus handler over the node's figures).
@@ -55,6 +56,9 @@ func (n *Node) Handler(cfg HTTPConfig) *Handler {
 		cfg.Name = "p2pradio"
 	}
 	h := &Handler{n: n, cfg: cfg, mux: http.NewServeMux()}
+	if cfg.Stream != nil {
+		n.addOutput(cfg.Stream)
+	}
 	h.mux.HandleFunc("GET /{$}", web.ServePage)
 	h.mux.HandleFunc("GET /status.json", h.serveStatus)
 	if cfg.Stream != nil {
@@ -104,11 +108,15 @@ func (h *Handler) serveStatus(w http.ResponseWriter, r *http.Request) {
 // Durations are in seconds; ids are the first 6 bytes of a node's key, in
 // hex.
 type Status struct {
-	Name        string  `json:"name"`
-	Station     string  `json:"station"` // the station address listeners join
-	Broadcaster bool    `json:"broadcaster"`
-	ID          string  `json:"id"`   // this node
-	Addr        string  `json:"addr"` // where its transport listens
+	Name        string `json:"name"`
+	Station     string `json:"station"` // the station address listeners join
+	Broadcaster bool   `json:"broadcaster"`
+	ID          string `json:"id"`   // this node
+	Addr        string `json:"addr"` // where its transport listens
+	// Observed is its address as peers or the rendezvous see it (behind a
+	// NAT, the router's mapping); Waiting why it has no parent.
+	Observed    string  `json:"observed,omitempty"`
+	Waiting     string  `json:"waiting,omitempty"`
 	Title       string  `json:"title"`
 	BitrateKbps int     `json:"bitrate_kbps"`
 	UptimeS     float64 `json:"uptime_s"`         // since Run
@@ -173,21 +181,24 @@ type StatusNode struct {
 // Status returns what /status.json answers now.
 func (h *Handler) Status() Status {
 	n := h.n
-	s := n.Stats()
+	s, o := n.stats()
 	st := Status{
 		Name:        h.cfg.Name,
 		Station:     s.Station,
 		Broadcaster: s.Broadcaster,
-		ID:          n.id().String(),
+		ID:          n.ov.ID().String(),
 		Addr:        n.LocalAddr(),
+		Observed:    s.Observed,
+		Waiting:     s.Waiting,
 		Title:       s.Title,
-		BitrateKbps: int(n.kbps.Load()),
+		BitrateKbps: o.BitrateKbps,
 		Depth:       s.Depth,
 		Slots:       s.Slots,
 		Peers:       s.Peers,
-		Parents:     []StatusPeer{},
-		Children:    []StatusPeer{},
+		Parents:     statusPeers(o.Parents),
+		Children:    statusPeers(o.Children),
 	}
+	slices.SortFunc(st.Children, func(a, b StatusPeer) int { return cmp.Compare(a.ID, b.ID) })
 	if hs := h.cfg.Stream; hs != nil {
 		st.Stream = hs.Mount()
 		if t := hs.Title(); t != "" {
@@ -201,26 +212,10 @@ func (h *Handler) Status() Status {
 	}
 	n.mu.Lock()
 	started := n.started
-	parents := append([]*peer{n.parent}, n.backups...)
-	var children []*peer
-	for p := range n.peers {
-		if p.child.Load() {
-			children = append(children, p)
-		}
-	}
 	n.mu.Unlock()
 	if !started.IsZero() {
 		st.UptimeS = time.Since(started).Seconds()
 	}
-	for _, p := range parents {
-		if p != nil {
-			st.Parents = append(st.Parents, p.statusPeer())
-		}
-	}
-	for _, p := range children {
-		st.Children = append(st.Children, p.statusPeer())
-	}
-	slices.SortFunc(st.Children, func(a, b StatusPeer) int { return cmp.Compare(a.ID, b.ID) })
 	if n.player != nil {
 		ps := s.Playout
 		st.Playing = &ps.Playing
@@ -242,20 +237,18 @@ func (h *Handler) Status() Status {
 	st.Chunks.Received, st.Chunks.Forwarded, st.Chunks.Dropped = s.ChunksReceived, s.ChunksForwarded, s.ChunksDropped
 	st.Chunks.Bad, st.Chunks.Repairs = s.BadChunks, s.Repairs
 	st.Bytes.Received, st.Bytes.Sent = s.BytesReceived, s.BytesSent
-	if n.tracker != nil {
-		st.Swarm = swarm(n.tracker.Nodes(), n.id())
+	if t := n.ov.Tracker(); t != nil {
+		st.Swarm = swarm(t.Nodes(), n.ov.ID())
 	}
 	return st
 }
 
-func (p *peer) statusPeer() StatusPeer {
-	p.mu.Lock()
-	depth, addr := p.depth, p.listen
-	p.mu.Unlock()
-	if addr == "" {
-		addr = p.conn.RemoteAddr()
+func statusPeers(ps []control.PeerState) []StatusPeer {
+	out := make([]StatusPeer, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, StatusPeer{ID: p.ID.String(), Addr: p.Addr, Depth: p.Depth})
 	}
-	return StatusPeer{ID: p.id.String(), Addr: addr, Depth: depth}
+	return out
 }
 
 // swarm describes the tracker's nodes, shallowest first.

@@ -201,10 +201,10 @@ func TestListenerServesHTTPOverQUIC(t *testing.T) {
 	require.Equal(t, "Test FM", ls1.Name)
 	require.False(t, ls1.Broadcaster)
 	require.Equal(t, st.b.Address().String(), ls1.Station)
-	require.Equal(t, l.id().String(), ls1.ID)
+	require.Equal(t, l.ov.ID().String(), ls1.ID)
 	require.Equal(t, 1, ls1.Depth)
 	require.Len(t, ls1.Parents, 1)
-	require.Equal(t, st.b.id().String(), ls1.Parents[0].ID)
+	require.Equal(t, st.b.ov.ID().String(), ls1.Parents[0].ID)
 	require.Equal(t, 0, ls1.Parents[0].Depth)
 	require.Equal(t, 128, ls1.BitrateKbps)
 	require.Equal(t, "/stream.mp3", ls1.Stream)
@@ -228,13 +228,13 @@ func TestListenerServesHTTPOverQUIC(t *testing.T) {
 	require.Equal(t, 0, bs.Depth)
 	require.Nil(t, bs.Playing, "the broadcaster does not play")
 	require.Len(t, bs.Children, 1)
-	require.Equal(t, l.id().String(), bs.Children[0].ID)
+	require.Equal(t, l.ov.ID().String(), bs.Children[0].ID)
 	require.Len(t, bs.Swarm, 2)
-	require.Equal(t, StatusNode{ID: st.b.id().String(), Addr: st.b.LocalAddr(), Depth: 0, FreeSlots: bs.Swarm[0].FreeSlots,
+	require.Equal(t, StatusNode{ID: st.b.ov.ID().String(), Addr: st.b.LocalAddr(), Depth: 0, FreeSlots: bs.Swarm[0].FreeSlots,
 		UploadKbps: 512, SeenS: bs.Swarm[0].SeenS, Self: true}, bs.Swarm[0])
-	require.Equal(t, l.id().String(), bs.Swarm[1].ID)
+	require.Equal(t, l.ov.ID().String(), bs.Swarm[1].ID)
 	require.Equal(t, 1, bs.Swarm[1].Depth)
-	require.Equal(t, st.b.id().String(), bs.Swarm[1].Parent)
+	require.Equal(t, st.b.ov.ID().String(), bs.Swarm[1].Parent)
 
 	// The page and the metrics.
 	resp, err = http.Get(lsrv.URL + "/")
@@ -555,7 +555,7 @@ func TestStationPageInChromium(t *testing.T) {
 				n++
 			}
 		}
-		return n == len(st.ls) && len(st.b.tracker.Nodes()) == 1+len(st.ls)
+		return n == len(st.ls) && len(st.b.ov.Tracker().Nodes()) == 1+len(st.ls)
 	}, 20*time.Second, 50*time.Millisecond)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
-	"time"
 
 	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/mux"
@@ -46,29 +44,9 @@ func (l *Local) Run(ctx context.Context) error {
 	played := make(chan error, 1)
 	go func() { played <- l.player.Run(ctx) }()
 
-	d := mux.NewDemuxer(l.src)
-	ch := mux.NewChunker(mux.ChunkerConfig{})
-	var err error
-	for {
-		var f mux.Frame
-		if f, err = d.Next(); err != nil {
-			break
-		}
-		ch.SetTitle(l.src.Title())
-		c, cerr := ch.Add(f, time.Now())
-		if cerr != nil {
-			err = cerr
-			break
-		}
-		if c != nil {
-			l.reasm.Push(c)
-		}
-	}
-	if c, _ := ch.Flush(); c != nil {
-		l.reasm.Push(c)
-	}
+	err := mux.Pump(mux.NewDemuxer(l.src), mux.NewChunker(mux.ChunkerConfig{}), l.src.Title, func(c *mux.Chunk) { l.reasm.Push(c) })
 	l.reasm.End()
-	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+	if err == nil || ctx.Err() != nil {
 		err = nil
 	} else {
 		err = fmt.Errorf("p2pradio: input: %w", err)

@@ -10,8 +10,11 @@
 // A Node composes five blocks, each a package with small interfaces and
 // default implementations: input (where MP3 bytes come from), mux (MP3
 // framing, signed chunks, reassembly), playout (decoder, sinks, the playout
-// clock), output (fan-out to children, the recent window) and control (the
-// transport seam, wire protocol and rendezvous).
+// clock), output (fan-out to children, the recent window, HTTP streams) and
+// control (the overlay: links to peers, parents, backups, repair, the
+// rendezvous; the wire protocol; the transport seam). The Node is the one
+// junction: input -> mux -> accept -> output and playout, with the overlay
+// beside it handing over the chunks it received and checked.
 package p2pradio
 
 import (
@@ -51,15 +54,17 @@ type Config struct {
 	// and 400 for a listener; negative means no children at all.
 	UploadKbps int
 
-	// Sink is where the node plays the stream. Nil means a listener plays
-	// into playout.Discard (the figures are still counted) and a
-	// broadcaster does not decode at all.
+	// Sink is where the node plays the stream: the same as Playout.Sink,
+	// which it overrides. Nil in both means a listener plays into
+	// playout.Discard (the figures are still counted) and a broadcaster
+	// does not decode at all.
 	Sink playout.Sink
-	// Playout tunes the player (its Sink field is ignored: use Sink). The
-	// zero value starts after 1 s of audio.
+	// Playout tunes the player. The zero value starts after 1 s of audio.
+	// Its OnTitle is called after the node's own; a nil Logger means
+	// Config.Logger.
 	Playout playout.Config
-	// Outputs also receive every verified chunk (for example an HTTP
-	// stream for ordinary players).
+	// Outputs also receive every verified chunk. (An HTTP stream given to
+	// Handler in HTTPConfig.Stream is fed without being listed here.)
 	Outputs []output.Output
 
 	// ChunkDuration is the broadcaster's chunk length. Zero means 100 ms.
@@ -108,6 +113,14 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: NoTracker needs Rendezvous", ErrBadConfig)
 	}
 	return nil
+}
+
+// sink is the player's sink: Sink, else Playout.Sink.
+func (c *Config) sink() playout.Sink {
+	if c.Sink != nil {
+		return c.Sink
+	}
+	return c.Playout.Sink
 }
 
 func (c *Config) setDefaults() {

@@ -148,8 +148,12 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 	m := Message(first)
 	for {
 		reg, ok := m.(*Register)
-		if !ok {
-			c.Close(CodeProtocol, "rendezvous expects Register")
+		switch {
+		case !ok:
+			c.Close(CodeBadMessage, "rendezvous expects Register")
+			return
+		case reg.Version != WireVersion:
+			c.Close(CodeVersion, errWrongVersion(reg.Version).Error())
 			return
 		}
 		cands := t.register(id, c.RemoteAddr(), reg)
@@ -167,7 +171,7 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 			return
 		}
 		if m, err = ParseMessage(b); err != nil {
-			c.Close(CodeProtocol, err.Error())
+			c.Close(CodeBadMessage, err.Error())
 			return
 		}
 	}
@@ -201,7 +205,7 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	if !r.Want {
 		return nil
 	}
-	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0)}
+	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed}
 	if !r.Leaf {
 		c.Displace = t.displaceable(id, r.Depth)
 	}
@@ -312,20 +316,11 @@ func ServeTracker(ctx context.Context, tr Transport, t *Tracker) error {
 			return err
 		}
 		wg.Go(func() {
-			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			b, err := c.Receive(fctx)
-			cancel()
-			if err != nil {
-				c.Close(CodeProtocol, "no first message")
-				return
+			if reg, ok := readFirst(ctx, c).(*Register); ok {
+				t.Serve(ctx, c, reg)
+			} else {
+				c.Close(CodeBadMessage, "rendezvous expects Register")
 			}
-			m, err := ParseMessage(b)
-			reg, ok := m.(*Register)
-			if err != nil || !ok {
-				c.Close(CodeProtocol, "rendezvous expects Register")
-				return
-			}
-			t.Serve(ctx, c, reg)
 		})
 	}
 }

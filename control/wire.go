@@ -1,6 +1,7 @@
 package control
 
 import (
+	"cmp"
 	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,9 +10,11 @@ import (
 )
 
 // WireVersion is the version of the overlay's message set that this package
-// speaks; Hello carries it. Compatible changes append fields to messages
-// (decoders ignore trailing bytes); incompatible ones change ALPN.
-const WireVersion = 1
+// speaks. Hello and Register carry it, and a node closes a link whose
+// version differs (CodeVersion) with a message that says both. Every field
+// is mandatory, so that each message has one encoding; a change of any
+// message is a new version. Decoders ignore bytes after the last field.
+const WireVersion = 2
 
 // Maxima of the wire format. Decoders reject larger values; AppendMessage
 // clamps to them (see AppendMessage).
@@ -69,8 +72,6 @@ const (
 	TypePeerList
 	TypeRegister
 	TypeCandidates
-	TypePing
-	TypePong
 	TypeStatus
 )
 
@@ -96,10 +97,6 @@ func (t MessageType) String() string {
 		return "Register"
 	case TypeCandidates:
 		return "Candidates"
-	case TypePing:
-		return "Ping"
-	case TypePong:
-		return "Pong"
 	case TypeStatus:
 		return "Status"
 	}
@@ -153,10 +150,6 @@ func ParseMessage(b []byte) (Message, error) {
 		m = new(Register)
 	case TypeCandidates:
 		m = new(Candidates)
-	case TypePing:
-		m = new(Ping)
-	case TypePong:
-		m = new(Pong)
 	case TypeStatus:
 		m = new(Status)
 	default:
@@ -170,24 +163,17 @@ func ParseMessage(b []byte) (Message, error) {
 	return m, nil
 }
 
-// Flags of a Hello.
-const (
-	// FlagBroadcaster: the sender is the station's source.
-	FlagBroadcaster uint8 = 1 << iota
-	// FlagTracker: the sender runs the rendezvous.
-	FlagTracker
-	// FlagLeaf: the sender takes no children.
-	FlagLeaf
-)
-
 // Hello opens a peer link; each side sends one. The sender's key is the
 // connection's RemoteKey, proven by the transport, so it is not repeated.
 type Hello struct {
 	// Version is the sender's WireVersion; AppendMessage writes
 	// WireVersion when it is zero.
-	Version    uint8
-	Station    NodeID // the station the sender relays
-	Flags      uint8
+	Version uint8
+	Station NodeID // the station the sender relays
+	// Observed is the receiver's address as the sender sees this
+	// connection's far end (its public address behind a NAT); empty when
+	// the sender speaks first.
+	Observed   string
 	Depth      int // hops from the broadcaster; -1 when not joined
 	FreeSlots  int // children the sender can still take
 	UploadKbps int // the sender's upload budget
@@ -206,13 +192,9 @@ type Hello struct {
 func (*Hello) Type() MessageType { return TypeHello }
 
 func (m *Hello) appendPayload(b []byte) []byte {
-	v := m.Version
-	if v == 0 {
-		v = WireVersion
-	}
-	b = append(b, v)
+	b = append(b, cmp.Or(m.Version, WireVersion))
 	b = append(b, m.Station[:]...)
-	b = append(b, m.Flags)
+	b = appendString(b, m.Observed)
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.FreeSlots)
 	b = appendU32(b, m.UploadKbps)
@@ -222,35 +204,29 @@ func (m *Hello) appendPayload(b []byte) []byte {
 }
 
 func (m *Hello) parsePayload(r *wireReader) {
-	m.Version = r.u8()
-	if m.Version == 0 && r.err == nil {
-		r.fail("version 0")
-	}
+	m.Version = r.version()
 	m.Station = r.id()
-	m.Flags = r.u8()
+	m.Observed = r.str()
 	m.Depth = r.depth()
 	m.FreeSlots = int(r.u16())
 	m.UploadKbps = int(r.u32())
 	m.ListenAddr = r.str()
 	m.Path = r.path()
-	m.Newest = r.optU64()
+	m.Newest = r.u64()
 }
 
-// Welcome accepts a Subscribe.
-type Welcome struct {
-	// ObservedAddr is the subscriber's address as the parent sees it (its
-	// public address behind a NAT), or empty.
-	ObservedAddr string
-}
+// Welcome accepts a Subscribe; the burst and the live chunks follow.
+type Welcome struct{}
 
 // Type returns TypeWelcome.
 func (*Welcome) Type() MessageType { return TypeWelcome }
 
-func (m *Welcome) appendPayload(b []byte) []byte { return appendString(b, m.ObservedAddr) }
+func (*Welcome) appendPayload(b []byte) []byte { return b }
 
-func (m *Welcome) parsePayload(r *wireReader) { m.ObservedAddr = r.str() }
+func (*Welcome) parsePayload(*wireReader) {}
 
-// Refuse turns a Subscribe (or a Hello) down.
+// Refuse turns a Subscribe down. The subscriber logs Reason and shows
+// the last one in its figures while it has no parent.
 type Refuse struct {
 	Reason string
 }
@@ -265,46 +241,16 @@ func (m *Refuse) parsePayload(r *wireReader) { m.Reason = r.str() }
 // Subscribe asks a peer to push chunks.
 type Subscribe struct {
 	// From is the first sequence number wanted; 0 lets the parent choose
-	// (its most recent Window chunks).
+	// (its most recent chunks: a burst that starts the child at once).
 	From uint64
-	// Window is how many recent chunks to send at once when From is 0;
-	// 0 means the parent's default.
-	Window uint16
-	// Count and Index select a sub-stream for multi-parent delivery: the
-	// chunks whose sequence number is Index modulo Count. Count 0 or 1
-	// means every chunk. AppendMessage sends Index modulo Count.
-	Count, Index uint8
 }
 
 // Type returns TypeSubscribe.
 func (*Subscribe) Type() MessageType { return TypeSubscribe }
 
-func (m *Subscribe) appendPayload(b []byte) []byte {
-	idx := m.Index
-	if m.Count == 0 {
-		idx = 0
-	} else {
-		idx %= m.Count
-	}
-	b = binary.BigEndian.AppendUint64(b, m.From)
-	b = binary.BigEndian.AppendUint16(b, m.Window)
-	return append(b, m.Count, idx)
-}
+func (m *Subscribe) appendPayload(b []byte) []byte { return binary.BigEndian.AppendUint64(b, m.From) }
 
-func (m *Subscribe) parsePayload(r *wireReader) {
-	m.From = r.u64()
-	m.Window = r.u16()
-	m.Count = r.u8()
-	m.Index = r.u8()
-	if r.err == nil && (m.Count == 0 && m.Index != 0 || m.Count > 0 && m.Index >= m.Count) {
-		r.fail("sub-stream %d of %d", m.Index, m.Count)
-	}
-}
-
-// Wants reports whether the subscription includes chunk seq.
-func (m *Subscribe) Wants(seq uint64) bool {
-	return m.Count <= 1 || seq%uint64(m.Count) == uint64(m.Index)
-}
+func (m *Subscribe) parsePayload(r *wireReader) { m.From = r.u64() }
 
 // Unsubscribe stops a subscription.
 type Unsubscribe struct{}
@@ -335,6 +281,33 @@ func (m *Have) Has(seq uint64) bool {
 	}
 	i := seq - m.First
 	return m.Bitmap[i/8]&(0x80>>(i%8)) != 0
+}
+
+// Newest is the highest sequence number the map shows held, or -1.
+func (m *Have) Newest() int64 {
+	for i := len(m.Bitmap)*8 - 1; i >= 0; i-- {
+		if m.Bitmap[i/8]&(0x80>>(i%8)) != 0 {
+			return int64(m.First) + int64(i)
+		}
+	}
+	return -1
+}
+
+// NewHave returns the buffer map of the chunks first..last for which held
+// is true (at most MaxHaveBytes*8 of them, the last ones).
+func NewHave(first, last uint64, held func(seq uint64) bool) *Have {
+	if last < first {
+		return &Have{First: first}
+	}
+	first = max(first, last-min(last, MaxHaveBytes*8-1))
+	m := &Have{First: first, Bitmap: make([]byte, (last-first+8)/8)}
+	for s := first; s <= last; s++ {
+		if held(s) {
+			i := s - first
+			m.Bitmap[i/8] |= 0x80 >> (i % 8)
+		}
+	}
+	return m
 }
 
 func (m *Have) appendPayload(b []byte) []byte {
@@ -441,6 +414,9 @@ func (m *PeerList) parsePayload(r *wireReader) { m.Peers = r.peers() }
 // Candidates. The tracker takes the sender's address from the connection
 // (its observed address) and its ID from the connection's key.
 type Register struct {
+	// Version is the sender's WireVersion; AppendMessage writes
+	// WireVersion when it is zero.
+	Version    uint8
 	ListenAddr string // where the sender accepts, as it sees it
 	UploadKbps int
 	Depth      int // -1 when not joined
@@ -458,6 +434,7 @@ type Register struct {
 func (*Register) Type() MessageType { return TypeRegister }
 
 func (m *Register) appendPayload(b []byte) []byte {
+	b = append(b, cmp.Or(m.Version, WireVersion))
 	b = appendString(b, m.ListenAddr)
 	b = appendU32(b, m.UploadKbps)
 	b = appendDepth(b, m.Depth)
@@ -474,17 +451,14 @@ func boolByte(v bool) byte {
 }
 
 func (m *Register) parsePayload(r *wireReader) {
+	m.Version = r.version()
 	m.ListenAddr = r.str()
 	m.UploadKbps = int(r.u32())
 	m.Depth = r.depth()
 	m.FreeSlots = int(r.u16())
 	m.Parent = r.id()
-	if r.err == nil && len(r.b) > 0 {
-		m.Want = r.u8() != 0
-	}
-	if r.err == nil && len(r.b) > 0 {
-		m.Leaf = r.u8() != 0
-	}
+	m.Want = r.bool()
+	m.Leaf = r.bool()
 }
 
 // Candidates is the tracker's answer to Register: possible parents.
@@ -494,57 +468,26 @@ type Candidates struct {
 	// sender who is not a leaf may take the place of (the parent then
 	// moves the leaf away). At most MaxPeers; sent only to non-leaves.
 	Displace []PeerInfo
+	// Observed is the sender's address as the tracker sees it.
+	Observed string
 }
 
 // Type returns TypeCandidates.
 func (*Candidates) Type() MessageType { return TypeCandidates }
 
 func (m *Candidates) appendPayload(b []byte) []byte {
-	return appendPeers(appendPeers(b, m.Peers), m.Displace)
+	return appendString(appendPeers(appendPeers(b, m.Peers), m.Displace), m.Observed)
 }
 
 func (m *Candidates) parsePayload(r *wireReader) {
 	m.Peers = r.peers()
-	if r.err == nil && len(r.b) > 0 {
-		m.Displace = r.peers()
-	}
-}
-
-// Ping asks for a Pong with the same Nonce and Time.
-type Ping struct {
-	Nonce uint64
-	Time  int64 // the sender's clock, e.g. UnixMicro
-}
-
-// Type returns TypePing.
-func (*Ping) Type() MessageType { return TypePing }
-
-func (m *Ping) appendPayload(b []byte) []byte { return appendPing(b, m.Nonce, m.Time) }
-
-func (m *Ping) parsePayload(r *wireReader) { m.Nonce, m.Time = r.u64(), int64(r.u64()) }
-
-// Pong answers a Ping, echoing its fields.
-type Pong struct {
-	Nonce uint64
-	Time  int64
-}
-
-// Type returns TypePong.
-func (*Pong) Type() MessageType { return TypePong }
-
-func (m *Pong) appendPayload(b []byte) []byte { return appendPing(b, m.Nonce, m.Time) }
-
-func (m *Pong) parsePayload(r *wireReader) { m.Nonce, m.Time = r.u64(), int64(r.u64()) }
-
-func appendPing(b []byte, nonce uint64, t int64) []byte {
-	b = binary.BigEndian.AppendUint64(b, nonce)
-	return binary.BigEndian.AppendUint64(b, uint64(t))
+	m.Displace = r.peers()
+	m.Observed = r.str()
 }
 
 // Status is a node's periodic news to its neighbours.
 type Status struct {
 	Depth     int // -1 when not joined
-	Children  int
 	FreeSlots int
 	Path      []NodeID // ancestors, broadcaster first
 	Newest    uint64   // as in Hello
@@ -555,7 +498,6 @@ func (*Status) Type() MessageType { return TypeStatus }
 
 func (m *Status) appendPayload(b []byte) []byte {
 	b = appendDepth(b, m.Depth)
-	b = appendU16(b, m.Children)
 	b = appendU16(b, m.FreeSlots)
 	b = appendPath(b, m.Path)
 	return binary.BigEndian.AppendUint64(b, m.Newest)
@@ -563,10 +505,9 @@ func (m *Status) appendPayload(b []byte) []byte {
 
 func (m *Status) parsePayload(r *wireReader) {
 	m.Depth = r.depth()
-	m.Children = int(r.u16())
 	m.FreeSlots = int(r.u16())
 	m.Path = r.path()
-	m.Newest = r.optU64()
+	m.Newest = r.u64()
 }
 
 // Encoding helpers; each clamps its value to the wire's range.
@@ -631,13 +572,22 @@ func (r *wireReader) take(n int) []byte {
 	return p
 }
 
-// optU64 reads a field that a later version appended: 0 when the message
-// ends before it.
-func (r *wireReader) optU64() uint64 {
-	if r.err != nil || len(r.b) < 8 {
-		return 0
+// version reads a WireVersion field: any value but 0.
+func (r *wireReader) version() uint8 {
+	v := r.u8()
+	if v == 0 && r.err == nil {
+		r.fail("version 0")
 	}
-	return r.u64()
+	return v
+}
+
+// bool reads a byte that must be 0 or 1, so that it has one encoding.
+func (r *wireReader) bool() bool {
+	v := r.u8()
+	if v > 1 {
+		r.fail("bool %d", v)
+	}
+	return v == 1
 }
 
 func (r *wireReader) u8() uint8 {

@@ -29,16 +29,15 @@ func sampleMessages() []Message {
 		{ID: testID(3), Addr: "", Depth: 254, FreeSlots: MaxSlots, UploadKbps: math.MaxUint32},
 	}
 	return []Message{
-		&Hello{Version: 1, Station: testID(9), Flags: FlagBroadcaster | FlagTracker, Depth: 0,
-			FreeSlots: 2, UploadKbps: 512, ListenAddr: "127.0.0.1:9000"},
+		&Hello{Version: 2, Station: testID(9), Depth: 0, Observed: "203.0.113.7:41000",
+			FreeSlots: 2, UploadKbps: 512, ListenAddr: "127.0.0.1:9000", Newest: 77},
 		&Hello{Version: 7, Station: testID(9), Depth: 3, Path: []NodeID{testID(9), testID(4), testID(5)}},
-		&Hello{Version: 1, Depth: -1, Flags: FlagLeaf},
+		&Hello{Version: 1, Depth: -1},
 		&Welcome{},
-		&Welcome{ObservedAddr: "203.0.113.7:41000"},
 		&Refuse{Reason: "no free slot"},
 		&Refuse{},
 		&Subscribe{},
-		&Subscribe{From: math.MaxUint64, Window: 40, Count: 3, Index: 2},
+		&Subscribe{From: math.MaxUint64},
 		&Unsubscribe{},
 		&Have{First: 1000, Bitmap: []byte{0xff, 0x01, 0x80}},
 		&Have{},
@@ -46,15 +45,13 @@ func sampleMessages() []Message {
 		&Request{},
 		&PeerList{Peers: peers},
 		&PeerList{},
-		&Register{ListenAddr: "127.0.0.1:7000", UploadKbps: 300, Depth: 2, FreeSlots: 1, Parent: testID(7)},
-		&Register{Depth: -1},
-		&Register{Depth: 3, Want: true, Leaf: true},
-		&Candidates{Peers: peers[:2]},
+		&Register{Version: 2, ListenAddr: "127.0.0.1:7000", UploadKbps: 300, Depth: 2, FreeSlots: 1, Parent: testID(7)},
+		&Register{Version: 2, Depth: -1},
+		&Register{Version: 3, Depth: 3, Want: true, Leaf: true},
+		&Candidates{Peers: peers[:2], Observed: "198.51.100.1:7000"},
 		&Candidates{Peers: peers[:1], Displace: peers[1:3]},
 		&Candidates{},
-		&Ping{Nonce: 42, Time: -5},
-		&Pong{Nonce: math.MaxUint64, Time: math.MaxInt64},
-		&Status{Depth: 4, Children: 2, FreeSlots: 1, Path: []NodeID{testID(9)}},
+		&Status{Depth: 4, FreeSlots: 1, Path: []NodeID{testID(9)}, Newest: 12},
 		&Status{Depth: -1},
 	}
 }
@@ -75,21 +72,10 @@ func TestWireRoundTrip(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, m, got)
 
-			// Every truncation is an error, except one that cuts only the
-			// fields a later version appended (Newest, Want, Leaf, an empty
-			// Displace): that reads as the older message, the appended
-			// fields zero.
-			optional := map[MessageType]int{TypeHello: 8, TypeStatus: 8, TypeRegister: 2}[m.Type()]
-			older := -1 // a Candidates cut after its Peers: an older one
-			if c, ok := m.(*Candidates); ok {
-				older = len(AppendMessage(nil, &Candidates{Peers: c.Peers})) - 1
-			}
+			// Every field is mandatory: every truncation is an error, so
+			// that a message has one encoding.
 			for n := range len(enc) {
 				_, err := ParseMessage(enc[:n])
-				if n >= len(enc)-optional || n == older {
-					require.NoError(t, err, "truncated to %d of %d bytes: an older version's message", n, len(enc))
-					continue
-				}
 				require.ErrorIs(t, err, ErrBadMessage, "truncated to %d of %d bytes", n, len(enc))
 			}
 		})
@@ -120,11 +106,9 @@ func TestWireClamps(t *testing.T) {
 	}{
 		{&Hello{Depth: -5, FreeSlots: -1, UploadKbps: -3, ListenAddr: long, Path: path},
 			&Hello{Version: WireVersion, Depth: -1, ListenAddr: long[:MaxStringLen], Path: path[10:]}},
-		{&Status{Depth: 1000, Children: 1 << 20, FreeSlots: 70000},
-			&Status{Depth: MaxDepth, Children: MaxSlots, FreeSlots: MaxSlots}},
-		{&Register{UploadKbps: math.MaxInt, Depth: 255}, &Register{UploadKbps: math.MaxUint32, Depth: MaxDepth}},
-		{&Subscribe{Count: 3, Index: 5}, &Subscribe{Count: 3, Index: 2}},
-		{&Subscribe{Count: 0, Index: 5}, &Subscribe{}},
+		{&Status{Depth: 1000, FreeSlots: 70000},
+			&Status{Depth: MaxDepth, FreeSlots: MaxSlots}},
+		{&Register{UploadKbps: math.MaxInt, Depth: 255}, &Register{Version: WireVersion, UploadKbps: math.MaxUint32, Depth: MaxDepth}},
 		{&PeerList{Peers: peers}, &PeerList{Peers: peers[:MaxPeers]}},
 		{&Request{Seqs: seqs}, &Request{Seqs: seqs[:MaxRequest]}},
 		{&Have{Bitmap: make([]byte, 200)}, &Have{Bitmap: make([]byte, MaxHaveBytes)}},
@@ -150,9 +134,9 @@ func TestWireRejects(t *testing.T) {
 		"peers too many": append([]byte{byte(TypePeerList), MaxPeers + 1},
 			make([]byte, peerInfoMin*(MaxPeers+1))...),
 		"have too long":        append([]byte{byte(TypeHave), 0, 0, 0, 0, 0, 0, 0, 0, MaxHaveBytes + 1}, make([]byte, 200)...),
-		"status path too long": append([]byte{byte(TypeStatus), 1, 0, 0, 0, 0, MaxPath + 1}, make([]byte, 32*(MaxPath+1))...),
-		"substream index":      {byte(TypeSubscribe), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3},
-		"substream no count":   {byte(TypeSubscribe), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},
+		"status path too long": append([]byte{byte(TypeStatus), 1, 0, 0, MaxPath + 1}, make([]byte, 32*(MaxPath+1))...),
+		"register version 0":   {byte(TypeRegister), 0},
+		"bool not 0 or 1":      append(AppendMessage(nil, &Register{})[:len(AppendMessage(nil, &Register{}))-1], 2),
 		"string beyond data":   {byte(TypeRefuse), 5, 'a', 'b'},
 	} {
 		_, err := ParseMessage(b)
@@ -165,10 +149,16 @@ func TestWireHelpers(t *testing.T) {
 	for seq, want := range map[uint64]bool{99: false, 100: true, 101: false, 115: true, 116: false, 0: false} {
 		require.Equal(t, want, h.Has(seq), "seq %d", seq)
 	}
-	s := &Subscribe{Count: 3, Index: 1}
-	require.True(t, s.Wants(4))
-	require.False(t, s.Wants(5))
-	require.True(t, (&Subscribe{}).Wants(5))
+	require.Equal(t, int64(115), h.Newest())
+	require.Equal(t, int64(-1), (&Have{First: 3}).Newest())
+	held := map[uint64]bool{5: true, 7: true}
+	m := NewHave(4, 9, func(s uint64) bool { return held[s] })
+	require.Equal(t, &Have{First: 4, Bitmap: []byte{0x50}}, m)
+	require.Equal(t, int64(7), m.Newest())
+	long := NewHave(0, 5000, func(uint64) bool { return true })
+	require.Len(t, long.Bitmap, MaxHaveBytes, "a map covers at most MaxHaveBytes*8 chunks, the last ones")
+	require.True(t, long.Has(5000))
+	require.False(t, long.Has(5000-MaxHaveBytes*8))
 
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
@@ -186,13 +176,13 @@ func TestWireHelpers(t *testing.T) {
 }
 
 func ExampleParseMessage() {
-	b := AppendMessage(nil, &Subscribe{From: 1200, Count: 2, Index: 1})
+	b := AppendMessage(nil, &Subscribe{From: 1200})
 	m, err := ParseMessage(b)
 	if err != nil {
 		panic(err)
 	}
 	fmt.Printf("%v % x\n%+v\n", m.Type(), b, *m.(*Subscribe))
 	// Output:
-	// Subscribe 04 00 00 00 00 00 00 04 b0 00 00 02 01
-	// {From:1200 Window:0 Count:2 Index:1}
+	// Subscribe 04 00 00 00 00 00 00 04 b0
+	// {From:1200}
 }

@@ -2,6 +2,8 @@ package mux
 
 import (
 	"crypto/ed25519"
+	"errors"
+	"io"
 	"time"
 )
 
@@ -123,4 +125,34 @@ func (c *Chunker) Flush() (*Chunk, error) {
 	c.timestamp += ch.Samples()
 	c.pending = nil
 	return ch, nil
+}
+
+// Pump reads frames from d and cuts them into chunks with c, handing each
+// complete chunk to emit, and the last, partial one when the stream ends.
+// title, if not nil, is asked for the stream title before each frame. It
+// returns nil when d reaches io.EOF, else d's or c's error. It is the one
+// loop from a frame stream to chunks: a broadcaster's and local playback's.
+func Pump(d *Demuxer, c *Chunker, title func() string, emit func(*Chunk)) error {
+	for {
+		f, err := d.Next()
+		if errors.Is(err, io.EOF) {
+			if ch, _ := c.Flush(); ch != nil {
+				emit(ch)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if title != nil {
+			c.SetTitle(title())
+		}
+		ch, err := c.Add(f, time.Now())
+		if err != nil {
+			return err
+		}
+		if ch != nil {
+			emit(ch)
+		}
+	}
 }

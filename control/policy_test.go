@@ -1,11 +1,9 @@
-package p2pradio
+package control
 
 import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/p2pradio/p2pradio/control"
 )
 
 func peerWithMap(first uint64, bits ...bool) *peer {
@@ -16,7 +14,7 @@ func peerWithMap(first uint64, bits ...bool) *peer {
 		}
 	}
 	p := &peer{newest: -1}
-	p.setHave(&control.Have{First: first, Bitmap: bm})
+	p.setHave(&Have{First: first, Bitmap: bm})
 	return p
 }
 

@@ -1,0 +1,463 @@
+package control
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/p2pradio/p2pradio/output"
+)
+
+const (
+	dialTimeout   = 2 * time.Second
+	answerTimeout = time.Second
+	maxCandidates = 3 // dialed at once when looking for a parent
+	maxKnownPeers = 64
+	// failedFor is how long a peer that died or did not answer is not
+	// dialed again (the rendezvous and neighbours may still list it).
+	failedFor = 10 * time.Second
+	// probeGrace is how long probe waits for more answers after the
+	// first; probeStagger is how long it waits for a first answer before
+	// it dials more candidates.
+	probeGrace   = 50 * time.Millisecond
+	probeStagger = 300 * time.Millisecond
+)
+
+// join finds a parent through the rendezvous and subscribes to it; the
+// runners-up become backups. A node that can relay and finds no free slot
+// takes a leaf's place.
+func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
+	o.mu.Lock()
+	hint := o.hint
+	o.hint = nil
+	o.mu.Unlock()
+	var found []ranked
+	if hint != nil {
+		found = o.probe(ctx, []PeerInfo{*hint}, true, 1, nil)
+	}
+	if len(found) == 0 {
+		found = o.probe(ctx, rv.candidates(ctx), true, maxCandidates, nil)
+	}
+	if len(found) == 0 && o.canRelay() {
+		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
+	}
+	var parent *peer
+	for _, r := range found {
+		switch {
+		case parent == nil && o.subscribeTo(ctx, r.p, 0):
+			parent = r.p
+			o.mu.Lock()
+			o.parent, o.refused = parent, ""
+			o.mu.Unlock()
+			o.adoptPath(parent)
+			o.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
+		case parent != nil && !r.p.snapshot().fedThrough([]NodeID{parent.id, o.self}) && o.addBackup(r.p):
+		default:
+			r.p.conn.Close(CodeGoodbye, "")
+		}
+	}
+	if parent == nil {
+		rv.refresh()
+	}
+	return parent
+}
+
+// canRelay reports whether the upload budget allows a child at all.
+func (o *Overlay) canRelay() bool { return o.slots.slots(o.bitrate()) > 0 }
+
+// findBackups connects to more candidates, kept warm for repair and a
+// fast switch: none fed by our ancestors, nor by another backup (so that
+// one death costs at most one of them).
+func (o *Overlay) findBackups(ctx context.Context, rv *rendezvous) {
+	cands := rv.candidates(ctx)
+	avoid := o.ancestors()
+	_, backups := o.links()
+	for _, b := range backups {
+		avoid = append(avoid, b.id)
+	}
+	for _, r := range o.probe(ctx, cands, false, 2, avoid) {
+		if !o.addBackup(r.p) {
+			r.p.conn.Close(CodeGoodbye, "")
+		}
+	}
+}
+
+// climb keeps the tree shallow under churn (see planClimb): the node
+// subscribes to the new parent from its next chunk before it leaves the
+// old one, which stays as backup when it can, so that there is no gap.
+func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool {
+	o.mu.Lock()
+	depth := o.depth
+	o.mu.Unlock()
+	if depth < 2 {
+		return false
+	}
+	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.displaceable())
+	if len(plan.targets) == 0 {
+		return false
+	}
+	found := o.probe(ctx, plan.targets, plan.needSlot, 2, nil)
+	for i, r := range found {
+		if i > 0 || r.depth > plan.most || !o.subscribeTo(ctx, r.p, uint64(o.newest()+1)) {
+			r.p.conn.Close(CodeGoodbye, "")
+			continue
+		}
+		o.mu.Lock()
+		if o.parent != parent {
+			o.mu.Unlock()
+			r.p.conn.Close(CodeGoodbye, "")
+			return false
+		}
+		// The old parent becomes the first backup (it is fed by none of
+		// our new ancestors: it is deeper than the new parent); the last
+		// backup goes when there are too many.
+		o.parent = r.p
+		o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
+		var old *peer
+		if o.cfg.Backups > 0 {
+			o.backups = slices.Insert(o.backups, 0, parent)
+		} else {
+			old = parent
+		}
+		if len(o.backups) > o.cfg.Backups {
+			old = o.backups[len(o.backups)-1]
+			o.backups = o.backups[:len(o.backups)-1]
+		}
+		o.mu.Unlock()
+		if old != nil {
+			old.conn.Close(CodeGoodbye, "replaced")
+		}
+		o.send(ctx, parent, &Unsubscribe{})
+		o.adoptPath(r.p)
+		o.log.Info("climbed", "from", depth, "to", r.depth+1, "parent", r.p.conn.RemoteAddr())
+		return true
+	}
+	return false
+}
+
+// promote makes the backup our pushing parent.
+func (o *Overlay) promote(ctx context.Context, b *peer) bool {
+	from := uint64(max(o.newest()+1, 0))
+	if !o.subscribeTo(ctx, b, from) {
+		if time.Since(time.Unix(0, b.lastHeard.Load())) > answerTimeout {
+			o.log.Debug("backup silent", "addr", b.conn.RemoteAddr())
+			b.conn.Close(CodeGoodbye, "silent")
+		}
+		// A backup that refused (no free slot) stays: it is still a
+		// source to pull from.
+		return false
+	}
+	o.mu.Lock()
+	o.backups = slices.DeleteFunc(o.backups, func(p *peer) bool { return p == b })
+	o.parent, o.refused = b, ""
+	o.mu.Unlock()
+	o.adoptPath(b)
+	o.log.Info("backup promoted", "addr", b.conn.RemoteAddr())
+	return true
+}
+
+// subscribeTo asks p to push to us and waits for its answer.
+func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
+	select {
+	case <-p.welcome:
+	default:
+	}
+	if o.send(ctx, p, &Subscribe{From: from}) != nil {
+		return false
+	}
+	t := time.NewTimer(answerTimeout)
+	defer t.Stop()
+	select {
+	case a := <-p.welcome:
+		if a.ok {
+			p.lastData.Store(time.Now().UnixNano())
+			return true
+		}
+		o.mu.Lock()
+		o.refused = a.reason
+		o.mu.Unlock()
+		o.log.Debug("subscription refused", "addr", p.conn.RemoteAddr(), "reason", a.reason)
+	case <-t.C:
+	case <-ctx.Done():
+	case <-p.conn.Done():
+	}
+	return false
+}
+
+// adoptPath takes depth and path from our parent and tells our children.
+func (o *Overlay) adoptPath(parent *peer) {
+	v := parent.snapshot()
+	if v.depth < 0 {
+		return
+	}
+	if slices.Contains(v.path, o.self) {
+		o.log.Warn("loop detected: dropping parent", "addr", parent.conn.RemoteAddr())
+		parent.conn.Close(CodeGoodbye, "loop")
+		return
+	}
+	o.mu.Lock()
+	if o.parent != parent {
+		o.mu.Unlock()
+		return
+	}
+	changed := o.depth != v.depth+1 || len(o.path) != len(v.path)+1
+	o.depth = v.depth + 1
+	o.path = append(v.path, parent.id)
+	o.mu.Unlock()
+	if changed {
+		o.goFunc(func() { o.broadcastStatus(context.Background()) })
+	}
+}
+
+// dialPeer connects to a candidate and exchanges Hellos.
+func (o *Overlay) dialPeer(runCtx context.Context, info PeerInfo) (*peer, time.Duration) {
+	ctx, cancel := context.WithTimeout(runCtx, dialTimeout)
+	defer cancel()
+	start := time.Now()
+	c, err := o.cfg.Transport.Dial(ctx, info.Addr, info.ID.Key())
+	if err != nil {
+		return nil, 0
+	}
+	p := newPeer(o, c, true)
+	if !o.startPeer(runCtx, p) {
+		return nil, 0
+	}
+	if o.send(ctx, p, o.hello(p)) != nil {
+		c.Close(CodeGoodbye, "")
+		return nil, 0
+	}
+	select {
+	case <-p.helloed:
+	case <-ctx.Done():
+		c.Close(CodeGoodbye, "no hello")
+		return nil, 0
+	}
+	rtt := c.RTT()
+	if rtt <= 0 {
+		rtt = time.Since(start) / 2
+	}
+	return p, rtt
+}
+
+// probe dials candidates (see orderCandidates), most at once, and returns
+// those that answered and could serve us (see canServe), best first (see
+// rankProbed). It returns soon after the first answer: a dead candidate
+// (the rendezvous may not know yet) must not hold up the living; while
+// none has answered, the next ones are dialed every probeStagger.
+func (o *Overlay) probe(ctx context.Context, cands []PeerInfo, needSlot bool, most int, avoid []NodeID) []ranked {
+	parent, backups := o.links()
+	var linked []NodeID
+	for _, p := range append(backups, parent) {
+		if p != nil {
+			linked = append(linked, p.id)
+		}
+	}
+	cands = orderCandidates(cands, o.self, linked, needSlot, o.failedRecently, rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())))
+	cands = cands[:min(len(cands), 4*most)]
+	if len(cands) == 0 {
+		return nil
+	}
+	var (
+		mu      sync.Mutex
+		out     []ranked
+		closed  bool
+		results = make(chan struct{}, len(cands))
+	)
+	dial := func(c PeerInfo) {
+		o.goFunc(func() {
+			defer func() { results <- struct{}{} }()
+			p, rtt := o.dialPeer(ctx, c)
+			if p == nil {
+				o.markFailed(c.ID)
+				return
+			}
+			r := ranked{p: p, rtt: rtt, peerView: p.snapshot()}
+			ok := canServe(r.peerView, o.self, needSlot, avoid)
+			mu.Lock()
+			if !ok || closed {
+				mu.Unlock()
+				p.conn.Close(CodeGoodbye, "")
+				return
+			}
+			out = append(out, r)
+			mu.Unlock()
+		})
+	}
+	next, pending := 0, 0
+	dialNext := func() {
+		end := min(next+most, len(cands))
+		for _, c := range cands[next:end] {
+			dial(c)
+		}
+		pending += end - next
+		next = end
+	}
+	dialNext()
+	stagger := time.NewTicker(probeStagger)
+	defer stagger.Stop()
+	var grace <-chan time.Time
+wait:
+	for pending > 0 || next < len(cands) {
+		select {
+		case <-results:
+			pending--
+			mu.Lock()
+			got := len(out)
+			mu.Unlock()
+			if grace == nil && got > 0 {
+				grace = time.After(probeGrace)
+			}
+			if pending == 0 && grace == nil && next < len(cands) {
+				stagger.Reset(probeStagger)
+				dialNext()
+			}
+			if pending == 0 && (grace != nil || next == len(cands)) {
+				break wait
+			}
+		case <-stagger.C:
+			if grace == nil && next < len(cands) {
+				dialNext()
+			}
+		case <-grace:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	mu.Lock()
+	closed = true
+	res := slices.Clone(out)
+	mu.Unlock()
+	rankProbed(res, o.newest())
+	return res
+}
+
+// subscribe answers a peer that wants to become our child.
+func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
+	// One subscription at a time, so that two cannot take the last slot.
+	o.subMu.Lock()
+	defer o.subMu.Unlock()
+	if p.child.Load() {
+		return nil
+	}
+	o.mu.Lock()
+	depth, inPath := o.depth, slices.Contains(o.path, p.id)
+	o.mu.Unlock()
+	switch {
+	case depth < 0:
+		return o.send(ctx, p, &Refuse{Reason: "not joined"})
+	case inPath:
+		return o.send(ctx, p, &Refuse{Reason: "loop: you are my ancestor"})
+	}
+	if o.freeSlots() == 0 {
+		// Capable uploaders move up: a newcomer that can relay takes the
+		// place of a child that cannot, which is moved away.
+		victim := o.leafChild(p)
+		if victim == nil {
+			return o.send(ctx, p, &Refuse{Reason: "no free slot"})
+		}
+		o.displace(ctx, victim, p)
+	}
+	if err := o.send(ctx, p, &Welcome{}); err != nil {
+		return err
+	}
+	if err := o.send(ctx, p, o.status()); err != nil {
+		return err
+	}
+	// Peer exchange: the newcomer learns our parent, backups and children,
+	// candidates for its backups or for a rejoin that need no rendezvous.
+	if err := o.send(ctx, p, &PeerList{Peers: o.neighbours(p)}); err != nil {
+		return err
+	}
+	// The burst: recent chunks so the child starts at once, with its bit
+	// reservoir; then everything live.
+	n := o.host.Attach(p.conn, m.From, o.cfg.Burst)
+	p.child.Store(true)
+	o.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", n)
+	return nil
+}
+
+// leafChild returns one of our children that can take no children itself
+// when p can (nil otherwise).
+func (o *Overlay) leafChild(p *peer) *peer {
+	var children []*peer
+	var views []peerView
+	for _, q := range o.peerList() {
+		if q.child.Load() {
+			children = append(children, q)
+			views = append(views, q.snapshot())
+		}
+	}
+	slots := func(kbps int) int { return slotBudget{kbps}.slots(o.bitrate()) }
+	if i := pickLeafToDisplace(p.snapshot(), views, slots); i >= 0 {
+		return children[i]
+	}
+	return nil
+}
+
+// displace stops pushing to the leaf child victim, so that by takes its
+// slot: it is told where by went (a parent with free slots now) and that
+// we unsubscribe it; it switches to a backup without a gap.
+func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
+	o.host.Detach(victim.conn)
+	victim.child.Store(false)
+	info := by.info()
+	info.FreeSlots = 1
+	o.mu.Lock()
+	info.Depth = o.depth + 1
+	o.mu.Unlock()
+	o.send(ctx, victim, &PeerList{Peers: []PeerInfo{info}})
+	o.send(ctx, victim, &Unsubscribe{})
+	o.log.Info("child displaced by a relaying node", "leaf", victim.conn.RemoteAddr(), "by", by.conn.RemoteAddr())
+}
+
+// neighbours describes up to 8 of our peers that have joined, except p.
+func (o *Overlay) neighbours(except *peer) []PeerInfo {
+	var out []PeerInfo
+	for _, q := range o.peerList() {
+		info := q.info()
+		if q == except || info.Depth < 0 {
+			continue
+		}
+		out = append(out, info)
+		if len(out) == 8 {
+			break
+		}
+	}
+	return out
+}
+
+func (o *Overlay) markFailed(id NodeID) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	o.failed[id] = now
+	if len(o.failed) > maxKnownPeers {
+		for k, at := range o.failed {
+			if now.Sub(at) > failedFor {
+				delete(o.failed, k)
+			}
+		}
+	}
+}
+
+func (o *Overlay) failedRecently(id NodeID) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	at, ok := o.failed[id]
+	return ok && time.Since(at) < failedFor
+}
+
+// learn adds peers heard of from neighbours to the candidates.
+func (o *Overlay) learn(peers []PeerInfo) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.heard = append(o.heard, peers...)
+	if len(o.heard) > maxKnownPeers {
+		o.heard = o.heard[len(o.heard)-maxKnownPeers:]
+	}
+}
+
+var _ output.Peer = Conn(nil)

@@ -1,0 +1,362 @@
+package control
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+const (
+	tick           = 100 * time.Millisecond
+	backupInterval = time.Second     // between attempts to find a backup
+	backupAfter    = 2 * time.Second // settle before looking for a backup
+	climbInterval  = 5 * time.Second // between looks for a shallower parent
+)
+
+// maintainer keeps a listener joined: a pushing parent, warm backups and a
+// fresh rendezvous registration; it replaces a dead or stalled parent and
+// repairs gaps. Its state is its own: only run's goroutine touches it.
+type maintainer struct {
+	o  *Overlay
+	rv *rendezvous
+
+	lostParent NodeID                // the parent we last lost
+	orphaned   bool                  // no parent since the last tick
+	parentAt   time.Time             // when the current parent came
+	asked      map[uint64]*repairTry // repair requests in flight
+
+	// Searches (a rendezvous round trip, dials, a subscription) run beside
+	// the loop, one at a time, so that they never delay the detection of
+	// a dead parent; so does the bridge.
+	searching     bool
+	searched      chan bool // a search ended (true: we climbed)
+	lastBackupTry time.Time
+	lastClimb     time.Time
+	bridging      bool
+	bridged       chan struct{}
+}
+
+func newMaintainer(o *Overlay) *maintainer {
+	return &maintainer{
+		o:        o,
+		rv:       newRendezvous(o),
+		asked:    make(map[uint64]*repairTry),
+		searched: make(chan bool, 1),
+		bridged:  make(chan struct{}, 1),
+	}
+}
+
+func (m *maintainer) run(ctx context.Context) {
+	defer m.rv.close()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		m.step(ctx, time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// step is one tick of the loop.
+func (m *maintainer) step(ctx context.Context, now time.Time) {
+	o := m.o
+	parent, backups := o.links()
+	// A backup silent this long is dead: its Status and Have come every
+	// second.
+	backupSilence := 3 * o.cfg.StallTimeout / 2
+	if parent != nil {
+		v := judgeStall(m.stallInput(parent, backups, now))
+		if v.ask {
+			// Ask the backups for what follows our newest chunk, and for
+			// the newest itself, which any live backup holds: its answer
+			// proves it alive even when the source is late.
+			req := &Request{Seqs: seqsFrom(o.newest(), 5)}
+			for _, b := range backups {
+				o.send(ctx, b, req)
+			}
+		}
+		if v.stalled {
+			if now.Sub(time.Unix(0, parent.lastData.Load())) >= o.cfg.StallTimeout {
+				// The backups were asked every tick for half the stall
+				// timeout: a live one has answered by now.
+				backupSilence = o.cfg.StallTimeout / 2
+			}
+			m.lostParent = parent.id
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
+			parent.conn.Close(CodeGoodbye, "stalled")
+			o.dropPeer(parent)
+			parent = nil
+		}
+	}
+	if parent == nil {
+		parent = m.orphanStep(ctx, now, backups, backupSilence)
+		_, backups = o.links()
+	}
+	if parent != nil {
+		m.repair(ctx, parent, backups, now)
+		m.dropDependentBackups(backups)
+	}
+	m.orphaned = parent == nil
+	if parent == nil {
+		m.parentAt = time.Time{}
+	} else if m.parentAt.IsZero() {
+		m.parentAt = now
+	}
+	m.startSearches(ctx, now, parent)
+	m.rv.maybeRegister(ctx)
+}
+
+// stallInput snapshots what judgeStall needs.
+func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
+	last := parent.lastData.Load()
+	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout}
+	select {
+	case <-parent.conn.Done():
+		in.gone = true
+	default:
+	}
+	for _, b := range backups {
+		in.backups = append(in.backups, backupView{
+			newSince: b.lastNew.Load() > last,
+			silent:   now.Sub(time.Unix(0, b.lastHeard.Load())),
+		})
+	}
+	return in
+}
+
+// orphanStep runs while the node has no parent: it bridges from the
+// backups, drops those that are dead or were cut off with the parent,
+// promotes one, or joins anew. It returns the new parent, if any.
+func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*peer, backupSilence time.Duration) *peer {
+	o := m.o
+	if !m.orphaned {
+		// The recovery is the gap from the last chunk before this to the
+		// first after, whoever sends it.
+		o.parentSince.Store(now.UnixNano())
+	}
+	if !m.bridging && len(backups) > 0 && o.newest() >= 0 {
+		m.bridging = true
+		o.goFunc(func() {
+			o.bridge(ctx)
+			m.bridged <- struct{}{}
+		})
+	}
+	for _, b := range backups {
+		switch {
+		case now.Sub(time.Unix(0, b.lastHeard.Load())) > backupSilence:
+			o.markFailed(b.id)
+			b.conn.Close(CodeGoodbye, "silent")
+		case b.snapshot().fedThrough([]NodeID{m.lostParent, o.self}):
+			// Fed through the parent we lost (or through us): cut off too.
+			b.conn.Close(CodeGoodbye, "cut off")
+		default:
+			continue
+		}
+		o.log.Debug("backup dropped with the parent", "addr", b.conn.RemoteAddr())
+		o.dropPeer(b)
+	}
+	_, backups = o.links()
+	for _, b := range backups {
+		if o.promote(ctx, b) {
+			return b
+		}
+	}
+	return o.join(ctx, m.rv)
+}
+
+// dropDependentBackups drops backups that moved under one of our
+// ancestors: they would be cut off with us.
+func (m *maintainer) dropDependentBackups(backups []*peer) {
+	o := m.o
+	ancestors := o.ancestors()
+	for _, b := range backups {
+		if b.snapshot().fedThrough(ancestors) {
+			o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
+			b.conn.Close(CodeGoodbye, "no longer independent")
+			o.dropPeer(b)
+		}
+	}
+}
+
+// startSearches starts a search for backups or a shallower parent when
+// one is due and none runs.
+func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *peer) {
+	o := m.o
+	select {
+	case <-m.bridged:
+		m.bridging = false
+	default:
+	}
+	select {
+	case climbed := <-m.searched:
+		m.searching = false
+		if climbed {
+			m.parentAt = now
+		}
+	default:
+	}
+	if parent == nil || m.searching {
+		return
+	}
+	switch {
+	case o.needBackups() > 0 && now.Sub(m.lastBackupTry) > backupInterval && now.Sub(m.parentAt) > backupAfter:
+		m.lastBackupTry, m.searching = now, true
+		o.goFunc(func() {
+			o.findBackups(ctx, m.rv)
+			m.searched <- false
+		})
+	case now.Sub(m.lastClimb) > climbInterval && now.Sub(m.parentAt) > climbInterval:
+		m.lastClimb, m.searching = now, true
+		o.goFunc(func() { m.searched <- o.climb(ctx, m.rv, parent) })
+	}
+}
+
+// links returns the parent and a copy of the backups.
+func (o *Overlay) links() (*peer, []*peer) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.parent, slices.Clone(o.backups)
+}
+
+// bridge pulls the chunks after our newest from the backups, one after
+// another each tick, while the node has no parent (it is rejoining, which
+// can take longer than the buffer lasts when many nodes join at once), so
+// that playback goes on.
+func (o *Overlay) bridge(ctx context.Context) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		parent, backups := o.links()
+		if parent != nil || len(backups) == 0 {
+			return
+		}
+		req := &Request{Seqs: seqsFrom(o.newest()+1, bridgeAhead)}
+		o.send(ctx, backups[i%len(backups)], req)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// bridgeAhead is how many chunks past the newest a bridge asks for.
+const bridgeAhead = 5
+
+// seqsFrom lists count sequence numbers from first on, leaving out
+// negative ones (before the first chunk, newest is -1).
+func seqsFrom(first int64, count int) []uint64 {
+	var out []uint64
+	for s := max(first, 0); s < first+int64(count); s++ {
+		out = append(out, uint64(s))
+	}
+	return out
+}
+
+// repairLag is how long a chunk may be missing behind the newest before it
+// is requested from a neighbour; repairAgain is how long before asking the
+// next one.
+const (
+	repairLag   = 200 * time.Millisecond
+	repairAgain = 200 * time.Millisecond
+	repairSpan  = 30 // chunks behind the newest that are checked
+)
+
+// repairTry is a missing chunk's requests so far.
+type repairTry struct {
+	at    time.Time // the last request
+	tries int
+}
+
+// repair pulls the chunks missing behind the newest one received, well
+// before their playout deadline: a chunk lost on the way or dropped by a
+// busy parent is requested from a neighbour whose buffer map shows it (the
+// backups first, then the parent), and if it has not come after
+// repairAgain, from the next one, and so on, until it comes or its turn to
+// play passes (then the player conceals it).
+func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, now time.Time) {
+	o := m.o
+	newest := o.newest()
+	if newest < 1 {
+		return
+	}
+	from := max(newest-repairSpan, o.recv.first.Load(), 0)
+	sources := append(slices.Clone(backups), parent)
+	reqs := make(map[*peer]*Request)
+	for seq := uint64(from); int64(seq) < newest; seq++ {
+		if o.win.Get(seq) != nil {
+			delete(m.asked, seq)
+			continue
+		}
+		try := m.asked[seq]
+		if try != nil && now.Sub(try.at) < repairAgain {
+			continue
+		}
+		// A chunk is missing only once a later one is here for repairLag.
+		if try == nil && now.Sub(o.recv.seenAt(seq+1, newest)) < repairLag {
+			continue
+		}
+		if try == nil {
+			try = &repairTry{}
+			m.asked[seq] = try
+		}
+		to := pickSource(sources, seq, try.tries)
+		try.at = now
+		try.tries++
+		req := reqs[to]
+		if req == nil {
+			req = &Request{}
+			reqs[to] = req
+		}
+		if len(req.Seqs) < MaxRequest {
+			req.Seqs = append(req.Seqs, seq)
+		}
+	}
+	for seq := range m.asked {
+		if int64(seq) < from {
+			delete(m.asked, seq)
+		}
+	}
+	for to, req := range reqs {
+		o.repairs.Add(int64(len(req.Seqs)))
+		o.send(ctx, to, req)
+	}
+}
+
+// needBackups is how many more backups the node wants.
+func (o *Overlay) needBackups() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return max(o.cfg.Backups-len(o.backups), 0)
+}
+
+// addBackup keeps p as a backup if one is wanted and reports whether it did.
+func (o *Overlay) addBackup(p *peer) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.backups) >= o.cfg.Backups || slices.Contains(o.backups, p) || o.parent == p {
+		return false
+	}
+	o.backups = append(o.backups, p)
+	o.log.Debug("backup added", "addr", p.conn.RemoteAddr(), "backups", len(o.backups))
+	return true
+}
+
+// ancestors are the nodes between the broadcaster and us, parent included:
+// a backup must be fed by none of them, so that it keeps playing whichever
+// of them dies.
+func (o *Overlay) ancestors() []NodeID {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []NodeID
+	if len(o.path) > 1 {
+		out = append(out, o.path[1:]...)
+	}
+	if o.parent != nil {
+		out = append(out, o.parent.id)
+	}
+	return out
+}

@@ -1,0 +1,308 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// peer is one link to another node, dialed or accepted.
+type peer struct {
+	o    *Overlay
+	conn Conn
+	id   NodeID
+
+	// What the peer told us of itself (Hello and Status).
+	mu        sync.Mutex
+	depth     int
+	freeSlots int
+	path      []NodeID
+	newest    int64      // its newest chunk's sequence number, -1 none
+	upload    int        // its upload budget, kbit/s (Hello)
+	have      Have       // its last buffer map
+	mapNewest int64      // the newest chunk that map shows, -1 none
+	listen    string     // where it says it listens (Hello)
+	peerList  []PeerInfo // the last PeerList it sent
+	helloed   chan struct{}
+	welcome   chan answer // the answer to our Subscribe
+
+	dialed bool // we dialed it (a parent or candidate); set before its readers start
+
+	child     atomic.Bool  // it subscribed to us: the host feeds it
+	lastData  atomic.Int64 // unix nanos of the last chunk it sent
+	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
+	lastHeard atomic.Int64 // unix nanos of the last message of any kind
+	lastUse   atomic.Int64 // unix nanos of the last chunk either way or request
+}
+
+// answer is a peer's reply to a Subscribe.
+type answer struct {
+	ok     bool
+	reason string
+}
+
+func newPeer(o *Overlay, c Conn, dialed bool) *peer {
+	p := &peer{
+		o:       o,
+		conn:    c,
+		id:      IDOf(c.RemoteKey()),
+		depth:   -1,
+		newest:  -1,
+		helloed: make(chan struct{}),
+		welcome: make(chan answer, 1),
+		dialed:  dialed,
+	}
+	now := time.Now().UnixNano()
+	p.lastData.Store(now)
+	p.lastHeard.Store(now)
+	p.lastUse.Store(now)
+	return p
+}
+
+// startPeer registers the peer and runs its readers until the link closes.
+func (o *Overlay) startPeer(ctx context.Context, p *peer) bool {
+	o.mu.Lock()
+	if o.closed || ctx.Err() != nil {
+		o.mu.Unlock()
+		p.conn.Close(CodeGoodbye, "leaving")
+		return false
+	}
+	o.peers[p] = struct{}{}
+	o.mu.Unlock()
+	o.goFunc(func() { o.readControl(ctx, p) })
+	o.goFunc(func() { o.readData(ctx, p) })
+	return true
+}
+
+// dropPeer forgets a closed peer.
+func (o *Overlay) dropPeer(p *peer) {
+	o.host.Detach(p.conn)
+	p.child.Store(false)
+	o.mu.Lock()
+	delete(o.peers, p)
+	lost := o.parent == p
+	if lost {
+		o.loseParent()
+	}
+	o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == p })
+	o.mu.Unlock()
+	if lost {
+		o.markFailed(p.id)
+		o.log.Info("parent lost", "addr", p.conn.RemoteAddr(), "err", p.conn.Err())
+	}
+}
+
+// loseParent forgets the parent; o.mu is held. Until a new parent feeds
+// us we refuse subscribers and look unattractive, so that two orphaned
+// siblings cannot pick each other and form a loop.
+func (o *Overlay) loseParent() {
+	o.parent = nil
+	o.depth, o.path = -1, nil
+}
+
+// readData verifies and accepts the chunks a peer sends.
+func (o *Overlay) readData(ctx context.Context, p *peer) {
+	for {
+		b, err := p.conn.ReceiveData(ctx)
+		if err != nil {
+			return
+		}
+		arrived := time.Now()
+		p.lastData.Store(arrived.UnixNano())
+		p.lastHeard.Store(arrived.UnixNano())
+		p.lastUse.Store(arrived.UnixNano())
+		if o.cfg.Root {
+			continue // the root's chunks come from its source
+		}
+		c, err := o.checkChunk(b)
+		if err != nil {
+			o.badChunks.Add(1)
+			o.kick(p, CodeBadChunk, err)
+			return
+		}
+		if c != nil {
+			p.lastNew.Store(arrived.UnixNano())
+			o.accept(c, arrived)
+		}
+	}
+}
+
+// readControl handles a peer's control messages until the link closes.
+func (o *Overlay) readControl(ctx context.Context, p *peer) {
+	defer o.dropPeer(p)
+	defer p.conn.Close(CodeGoodbye, "")
+	for {
+		b, err := p.conn.Receive(ctx)
+		if err != nil {
+			return
+		}
+		p.lastHeard.Store(time.Now().UnixNano())
+		m, err := ParseMessage(b)
+		if err != nil {
+			o.kick(p, CodeBadMessage, err)
+			return
+		}
+		if err := o.handle(ctx, p, m); err != nil {
+			o.kick(p, CodeBadMessage, err)
+			return
+		}
+	}
+}
+
+var errWrongStation = errors.New("control: peer is on another station")
+
+func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
+	switch m := m.(type) {
+	case *Hello:
+		if m.Version != WireVersion {
+			p.conn.Close(CodeVersion, errWrongVersion(m.Version).Error())
+			return nil
+		}
+		if m.Station != o.id {
+			p.conn.Close(CodeWrongStation, errWrongStation.Error())
+			return nil
+		}
+		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
+		p.mu.Lock()
+		p.listen, p.upload = m.ListenAddr, m.UploadKbps
+		first := false
+		select {
+		case <-p.helloed:
+		default:
+			close(p.helloed)
+			first = true
+		}
+		p.mu.Unlock()
+		o.setObserved(m.Observed)
+		if first && !p.dialed {
+			return o.send(ctx, p, o.hello(p))
+		}
+	case *Status:
+		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
+		o.mu.Lock()
+		isParent := o.parent == p
+		o.mu.Unlock()
+		if isParent {
+			o.adoptPath(p)
+		}
+	case *Subscribe:
+		return o.subscribe(ctx, p, m)
+	case *Unsubscribe:
+		o.unsubscribed(p)
+	case *Welcome:
+		p.answer(answer{ok: true})
+	case *Refuse:
+		p.answer(answer{reason: m.Reason})
+	case *Request:
+		p.lastUse.Store(time.Now().UnixNano())
+		for _, seq := range m.Seqs {
+			if c := o.win.Get(seq); c != nil {
+				o.sendChunk(p, c)
+			}
+		}
+	case *PeerList:
+		// Candidates learned from neighbours; kept for rejoining.
+		o.learn(m.Peers)
+		p.mu.Lock()
+		p.peerList = m.Peers
+		p.mu.Unlock()
+	case *Have:
+		p.setHave(m)
+	default:
+		return errors.New("unexpected message")
+	}
+	return nil
+}
+
+// answer passes the answer to our Subscribe to whoever waits for it.
+func (p *peer) answer(a answer) {
+	select {
+	case p.welcome <- a:
+	default:
+	}
+}
+
+// unsubscribed handles an Unsubscribe. From a child: it leaves. From our
+// parent: it displaced us (see subscribe); its PeerList came first, naming
+// the node that took our place, which has free slots now: the next join
+// tries it first, without a round trip to the rendezvous.
+func (o *Overlay) unsubscribed(p *peer) {
+	o.host.Detach(p.conn)
+	p.child.Store(false)
+	p.mu.Lock()
+	by := p.peerList
+	p.mu.Unlock()
+	o.mu.Lock()
+	displaced := o.parent == p
+	if displaced {
+		o.loseParent()
+		if len(by) > 0 {
+			o.hint = &by[0]
+		}
+	}
+	o.mu.Unlock()
+	if displaced {
+		o.log.Info("displaced by a relaying node", "parent", p.conn.RemoteAddr())
+		p.conn.Close(CodeGoodbye, "displaced")
+	}
+}
+
+// setHave takes a buffer map the peer sent.
+func (p *peer) setHave(m *Have) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.have, p.mapNewest = *m, m.Newest()
+	p.newest = max(p.newest, p.mapNewest)
+}
+
+// holds estimates whether p holds chunk seq: 2 when its buffer map says
+// so, 1 when seq is past the newest chunk in the map (it has probably
+// arrived there since) or, without a map, not past the newest it
+// announced; 0 when the map shows a hole there or nothing is known.
+func (p *peer) holds(seq uint64) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.have.Has(seq):
+		return 2
+	case p.have.Bitmap != nil && seq > p.have.First && int64(seq) > p.mapNewest:
+		return 1
+	case p.have.Bitmap == nil && int64(seq) <= p.newest:
+		return 1
+	}
+	return 0
+}
+
+func (p *peer) update(depth, free int, path []NodeID, newest uint64) {
+	p.mu.Lock()
+	p.depth, p.freeSlots, p.path, p.newest = depth, free, path, int64(newest)-1
+	p.mu.Unlock()
+}
+
+// state describes p for Stats.
+func (p *peer) state() PeerState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	addr := p.listen
+	if addr == "" {
+		addr = p.conn.RemoteAddr()
+	}
+	return PeerState{ID: p.id, Addr: addr, Depth: p.depth}
+}
+
+// info describes p as a candidate for others (peer exchange).
+func (p *peer) info() PeerInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return PeerInfo{ID: p.id, Addr: p.conn.RemoteAddr(), Depth: p.depth, FreeSlots: p.freeSlots, UploadKbps: p.upload}
+}
+
+// snapshot is what a policy needs of p, read under its lock once.
+func (p *peer) snapshot() peerView {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload}
+}

@@ -1,0 +1,201 @@
+package control
+
+import (
+	"cmp"
+	"math/rand/v2"
+	"slices"
+	"time"
+)
+
+// The overlay's policies: each a function of a snapshot that a unit test
+// can call. The loops in maintain.go and join.go apply them.
+
+// peerView is what a policy needs to know of a peer, read once under its
+// lock.
+type peerView struct {
+	id     NodeID
+	depth  int // -1: not joined
+	free   int
+	path   []NodeID // its ancestors, root first
+	newest int64    // its newest chunk, -1 none
+	upload int      // kbit/s
+}
+
+// fedThrough reports whether v is one of ids or is fed through one.
+func (v peerView) fedThrough(ids []NodeID) bool {
+	return slices.ContainsFunc(ids, func(id NodeID) bool { return id == v.id || slices.Contains(v.path, id) })
+}
+
+// canServe reports whether a probed peer may become our parent (needSlot)
+// or backup: it has joined, is not below us (self in its path: it would
+// be cut off with us), and is neither one of avoid nor fed through one.
+func canServe(v peerView, self NodeID, needSlot bool, avoid []NodeID) bool {
+	return v.depth >= 0 && (!needSlot || v.free > 0) && !slices.Contains(v.path, self) && !v.fedThrough(avoid)
+}
+
+// orderCandidates returns the candidates worth dialing, best first: each
+// once, not self, not excluded, not failed lately, with a free slot when
+// one is needed; those with a free slot first, then the shallow ones,
+// ties in random order (so that joiners spread).
+func orderCandidates(cands []PeerInfo, self NodeID, exclude []NodeID, needSlot bool, failed func(NodeID) bool, rnd *rand.Rand) []PeerInfo {
+	cands = slices.Clone(cands)
+	seen := make(map[NodeID]bool)
+	cands = slices.DeleteFunc(cands, func(c PeerInfo) bool {
+		dup := seen[c.ID]
+		seen[c.ID] = true
+		return dup || c.ID == self || slices.Contains(exclude, c.ID) || (needSlot && c.FreeSlots <= 0) || failed(c.ID)
+	})
+	rnd.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
+	slices.SortStableFunc(cands, func(a, b PeerInfo) int {
+		return cmp.Or(cmp.Compare(min(b.FreeSlots, 1), min(a.FreeSlots, 1)), cmp.Compare(a.Depth, b.Depth))
+	})
+	return cands
+}
+
+// ranked is a probed peer with what it said when probed.
+type ranked struct {
+	p   *peer
+	rtt time.Duration
+	peerView
+}
+
+// rankProbed orders the peers that answered a probe, best first: not
+// behind us (a node cut off with us would only make us wait), then with a
+// free slot, shallow, near.
+func rankProbed(res []ranked, ours int64) {
+	behind := func(r ranked) int {
+		if r.newest+2 < ours {
+			return 1
+		}
+		return 0
+	}
+	slices.SortFunc(res, func(a, b ranked) int {
+		return cmp.Or(
+			cmp.Compare(behind(a), behind(b)),
+			cmp.Compare(min(b.free, 1), min(a.free, 1)),
+			cmp.Compare(a.depth, b.depth),
+			cmp.Compare(a.rtt, b.rtt))
+	})
+}
+
+// stallInput is what the stall policy looks at: how long the parent has
+// been silent, and what the backups did since.
+type stallInput struct {
+	silent  time.Duration // since the parent's last chunk
+	gone    bool          // the parent's link has closed
+	timeout time.Duration // the stall timeout
+	backups []backupView
+}
+
+// backupView is a backup as the stall policy sees it.
+type backupView struct {
+	newSince bool          // it sent a chunk we did not have since the parent's last
+	silent   time.Duration // since its last message of any kind
+}
+
+// stallVerdict is the stall policy's answer.
+type stallVerdict struct {
+	ask     bool // ask the backups for what follows our newest chunk
+	stalled bool // replace the parent
+}
+
+// judgeStall tells a dead or stalled parent from a stream that is late at
+// the source. When the parent has been silent for half the stall timeout,
+// the backups are asked for the chunks after our newest; the parent is
+// stalled once it has been silent for the timeout and a backup had audio
+// it did not, or every backup is silent too (none answered for half the
+// timeout though asked every tick), or it has been silent half as long
+// again (the backups may be cut off as well; a source late by that much is
+// rarer). Without backups it is stalled after the timeout.
+func judgeStall(in stallInput) stallVerdict {
+	switch {
+	case in.silent < in.timeout/2:
+		return stallVerdict{}
+	case in.gone:
+		return stallVerdict{stalled: true}
+	case len(in.backups) == 0:
+		return stallVerdict{stalled: in.silent > in.timeout}
+	case in.silent < in.timeout:
+		return stallVerdict{ask: true}
+	}
+	allSilent := true
+	for _, b := range in.backups {
+		if b.newSince {
+			return stallVerdict{ask: true, stalled: true}
+		}
+		if b.silent <= in.timeout/2 {
+			allSilent = false
+		}
+	}
+	return stallVerdict{ask: true, stalled: allSilent || in.silent > 3*in.timeout/2}
+}
+
+// pickSource chooses whom to ask for seq on its try-th request: the
+// neighbours that hold it by their buffer maps, best evidence first, in
+// turn; when none seems to, every neighbour in turn.
+func pickSource(sources []*peer, seq uint64, try int) *peer {
+	var best, maybe []*peer // the best evidence; any evidence
+	bestRank := 0
+	for _, p := range sources {
+		r := p.holds(seq)
+		if r > 0 {
+			maybe = append(maybe, p)
+		}
+		switch {
+		case r > bestRank:
+			best, bestRank = []*peer{p}, r
+		case r == bestRank && r > 0:
+			best = append(best, p)
+		}
+	}
+	switch {
+	case try > 0 && len(maybe) > 1:
+		best = maybe // past the first try, everyone who may hold it in turn
+	case len(best) == 0:
+		best = sources
+	}
+	return best[try%len(best)]
+}
+
+// climbPlan is where a node at depth may move to keep the tree shallow.
+type climbPlan struct {
+	targets  []PeerInfo
+	needSlot bool // subscribing needs a free slot (false: a leaf's place)
+	most     int  // the deepest acceptable parent
+}
+
+// planClimb: a node at depth d moves to a parent with a free slot at depth
+// d-3 or less; failing that, a node that can relay takes the place of a
+// leaf under a parent at depth d-2 or less (capable uploaders move up,
+// with their subtrees; a leaf never displaces, so nothing swings back).
+func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
+	if depth < 2 {
+		return climbPlan{}
+	}
+	plan := climbPlan{needSlot: true, most: depth - 3}
+	for _, c := range cands {
+		if c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 {
+			plan.targets = append(plan.targets, c)
+		}
+	}
+	if len(plan.targets) > 0 || !canRelay {
+		return plan
+	}
+	plan = climbPlan{most: depth - 2}
+	for _, c := range displace {
+		if c.Depth >= 0 && c.Depth <= plan.most {
+			plan.targets = append(plan.targets, c)
+		}
+	}
+	return plan
+}
+
+// pickLeafToDisplace returns the index of a child that takes no children
+// itself, for a newcomer who can (-1 when the newcomer is a leaf or no
+// child is).
+func pickLeafToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
+	if slots(newcomer.upload) == 0 {
+		return -1
+	}
+	return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
+}

@@ -1,0 +1,178 @@
+package control
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+)
+
+// registerEvery is how often a node registers with the rendezvous when
+// nothing changed.
+const registerEvery = 2 * time.Second
+
+// rendezvous is a node's session with the station's tracker: the client
+// side of the protocol that Tracker serves.
+type rendezvous struct {
+	o        *Overlay
+	dialMu   sync.Mutex // one dial at a time
+	mu       sync.Mutex
+	conn     Conn
+	cands    []PeerInfo
+	displace []PeerInfo // full parents whose leaf child we may replace
+	got      chan struct{}
+	lastReg  time.Time
+	regDepth int // the depth last registered
+	regFree  int // the free slots last registered
+}
+
+func newRendezvous(o *Overlay) *rendezvous { return &rendezvous{o: o} }
+
+func (r *rendezvous) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn != nil {
+		r.conn.Close(CodeGoodbye, "")
+	}
+}
+
+// connect dials the tracker if not connected.
+func (r *rendezvous) connect(ctx context.Context) Conn {
+	r.dialMu.Lock()
+	defer r.dialMu.Unlock()
+	r.mu.Lock()
+	c := r.conn
+	r.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			return c
+		}
+	}
+	o := r.o
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := o.cfg.Transport.Dial(dctx, o.cfg.Rendezvous, nil)
+	if err != nil {
+		o.log.Debug("rendezvous unreachable", "addr", o.cfg.Rendezvous, "err", err)
+		return nil
+	}
+	got := make(chan struct{}, 1)
+	r.mu.Lock()
+	r.conn, r.got = c, got
+	r.mu.Unlock()
+	o.goFunc(func() { r.read(ctx, c, got) })
+	return c
+}
+
+// read takes the tracker's answers until the session ends.
+func (r *rendezvous) read(ctx context.Context, c Conn, got chan struct{}) {
+	for {
+		b, err := c.Receive(ctx)
+		if err != nil {
+			return
+		}
+		m, err := ParseMessage(b)
+		if err != nil {
+			c.Close(CodeBadMessage, err.Error())
+			return
+		}
+		cs, ok := m.(*Candidates)
+		if !ok {
+			c.Close(CodeBadMessage, "rendezvous sends only Candidates")
+			return
+		}
+		r.o.setObserved(cs.Observed)
+		r.mu.Lock()
+		r.cands, r.displace = cs.Peers, cs.Displace
+		r.mu.Unlock()
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// register tells the tracker about us; want asks for candidates, which
+// arrive on the returned channel (nil when the tracker is unreachable).
+func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
+	c := r.connect(ctx)
+	if c == nil {
+		return nil
+	}
+	o := r.o
+	reg := &Register{
+		ListenAddr: o.cfg.Transport.Addr(),
+		UploadKbps: o.cfg.UploadKbps,
+		Want:       want,
+		Leaf:       !o.canRelay(),
+	}
+	o.mu.Lock()
+	reg.Depth, reg.FreeSlots = o.depth, o.freeSlots()
+	if o.parent != nil {
+		reg.Parent = o.parent.id
+	}
+	o.mu.Unlock()
+	r.mu.Lock()
+	got := r.got
+	r.lastReg = time.Now()
+	r.regDepth, r.regFree = reg.Depth, reg.FreeSlots
+	r.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, answerTimeout)
+	defer cancel()
+	if c.Send(sctx, AppendMessage(nil, reg)) != nil {
+		return nil
+	}
+	return got
+}
+
+// maybeRegister registers when due: every registerEvery, and at once when
+// the depth changed or the free slots ran out or came back.
+func (r *rendezvous) maybeRegister(ctx context.Context) {
+	o := r.o
+	o.mu.Lock()
+	depth, free := o.depth, o.freeSlots()
+	o.mu.Unlock()
+	r.mu.Lock()
+	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0)
+	r.mu.Unlock()
+	if due {
+		r.register(ctx, false)
+	}
+}
+
+// candidates registers and waits briefly for a fresh candidate list; it
+// returns it with the peers heard of from neighbours.
+func (r *rendezvous) candidates(ctx context.Context) []PeerInfo {
+	if got := r.register(ctx, true); got != nil {
+		t := time.NewTimer(answerTimeout)
+		select {
+		case <-got:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	r.mu.Lock()
+	out := slices.Clone(r.cands)
+	r.mu.Unlock()
+	r.o.mu.Lock()
+	out = append(out, r.o.heard...)
+	r.o.mu.Unlock()
+	return out
+}
+
+// displaceable is the last list of full parents with a leaf child.
+func (r *rendezvous) displaceable() []PeerInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.displace)
+}
+
+// refresh makes the next maybeRegister register.
+func (r *rendezvous) refresh() {
+	r.mu.Lock()
+	r.lastReg = time.Time{}
+	r.mu.Unlock()
+}
