@@ -77,7 +77,9 @@ func (o *Overlay) findBackups(ctx context.Context, rv *rendezvous) {
 	for _, b := range backups {
 		avoid = append(avoid, b.id)
 	}
-	for _, r := range o.probe(ctx, cands, false, 2, avoid) {
+	found := o.probe(ctx, cands, false, 2, avoid)
+	o.log.Debug("backup search", "candidates", len(cands), "found", len(found))
+	for _, r := range found {
 		if !o.addBackup(r.p) {
 			r.p.conn.Close(CodeGoodbye, "")
 		}

@@ -347,16 +347,13 @@ func (o *Overlay) addBackup(p *peer) bool {
 
 // ancestors are the nodes between the broadcaster and us, parent included:
 // a backup must be fed by none of them, so that it keeps playing whichever
-// of them dies.
+// of them dies. (The broadcaster feeds everyone: it is not among them.)
 func (o *Overlay) ancestors() []NodeID {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var out []NodeID
-	if len(o.path) > 1 {
-		out = append(out, o.path[1:]...)
-	}
-	if o.parent != nil {
-		out = append(out, o.parent.id)
+	out := slices.Clone(o.path[min(1, len(o.path)):]) // the path ends with the parent
+	if o.parent != nil && len(o.path) == 0 {
+		out = append(out, o.parent.id) // not adopted yet
 	}
 	return out
 }

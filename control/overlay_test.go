@@ -1,0 +1,405 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pradio/p2pradio/mux"
+	"github.com/p2pradio/p2pradio/output"
+)
+
+// The overlay's tests run whole overlays on the in-memory network, in fake
+// time (testing/synctest), without playout: a testHost keeps what its
+// overlay accepted and feeds its children as p2pradio.Node does.
+
+// testHost is a Host that records when each chunk arrived.
+type testHost struct {
+	mu  sync.Mutex
+	win *output.Window
+	fan *output.Fanout
+	got map[uint64]time.Time
+}
+
+func newTestHost() *testHost {
+	return &testHost{win: output.NewWindow(50), fan: output.NewFanout(output.FanoutConfig{}), got: make(map[uint64]time.Time)}
+}
+
+func (h *testHost) Accept(c *mux.Chunk, arrived time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.win.Get(c.Seq) != nil {
+		return
+	}
+	h.win.WriteChunk(c)
+	h.fan.WriteChunk(c)
+	h.got[c.Seq] = time.Now()
+}
+
+func (h *testHost) Attach(child output.Peer, from uint64, n int) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	burst := h.win.Last(n)
+	if from > 0 {
+		burst = h.win.Since(from)
+	}
+	for _, c := range burst {
+		output.Send(child, c)
+	}
+	h.fan.Add(child)
+	return len(burst)
+}
+
+func (h *testHost) Detach(child output.Peer) { h.fan.Remove(child) }
+func (h *testHost) Children() int            { return h.fan.Len() }
+
+// missing lists the chunks from first to last that never arrived.
+func (h *testHost) missing(first, last uint64) []uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []uint64
+	for s := first; s <= last; s++ {
+		if _, ok := h.got[s]; !ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// testFrames are the frames of a real encoder's file, read once.
+var testFrames = sync.OnceValues(func() ([]mux.Frame, error) {
+	b, err := os.ReadFile("../testdata/cbr128.mp3")
+	if err != nil {
+		return nil, err
+	}
+	d := mux.NewDemuxer(bytes.NewReader(b))
+	var out []mux.Frame
+	for {
+		f, err := d.Next()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+})
+
+// testSwarm is a station (a root overlay fed chunks in real, or fake,
+// time) and listeners' overlays on one in-memory network.
+type testSwarm struct {
+	t      *testing.T
+	net    *MemNetwork
+	ctx    context.Context
+	key    ed25519.PrivateKey
+	root   *testNode
+	nodes  []*testNode
+	sigs   *mux.SignatureCache
+	newest func() int64
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// close stops every node and waits for their goroutines, before the fake
+// time bubble ends.
+func (s *testSwarm) close() {
+	s.stop()
+	for _, n := range append(s.nodes, s.root) {
+		n.ov.Close()
+	}
+	s.wg.Wait()
+	s.net.Close()
+}
+
+type testNode struct {
+	ov     *Overlay
+	host   *testHost
+	tr     *MemTransport
+	cancel context.CancelFunc
+}
+
+// newTestSwarm starts a station whose root has rootKbps of upload.
+func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &testSwarm{t: t, net: NewMemNetwork(cfg), ctx: ctx, key: key, sigs: mux.NewSignatureCache(256), stop: cancel}
+	t.Cleanup(s.close)
+	tr, err := s.net.NewTransport(nil)
+	require.NoError(t, err)
+	h := newTestHost()
+	ov, err := NewOverlay(OverlayConfig{Station: key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,
+		Root: true, Tracker: NewTracker(TrackerConfig{}), UploadKbps: rootKbps})
+	require.NoError(t, err)
+	s.root = &testNode{ov: ov, host: h, tr: tr, cancel: cancel}
+	s.wg.Go(func() { ov.Run(ctx) })
+	frames, err := testFrames()
+	require.NoError(t, err)
+	var mu sync.Mutex
+	newest := int64(-1)
+	s.newest = func() int64 { mu.Lock(); defer mu.Unlock(); return newest }
+	s.wg.Go(func() {
+		ch := mux.NewChunker(mux.ChunkerConfig{Key: key})
+		for i := 0; ctx.Err() == nil; i++ {
+			c, err := ch.Add(frames[i%len(frames)], time.Now())
+			if err != nil {
+				panic(err)
+			}
+			if c != nil {
+				h.Accept(c, time.Now())
+				mu.Lock()
+				newest = int64(c.Seq)
+				mu.Unlock()
+			}
+			time.Sleep(frames[0].Format().FrameDuration())
+		}
+	})
+	return s
+}
+
+// add starts a listener with uploadKbps of upload.
+func (s *testSwarm) add(uploadKbps int) *testNode {
+	s.t.Helper()
+	tr, err := s.net.NewTransport(nil)
+	require.NoError(s.t, err)
+	h := newTestHost()
+	ov, err := NewOverlay(OverlayConfig{Station: s.key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,
+		Rendezvous: s.root.tr.Addr(), UploadKbps: uploadKbps, SignatureCache: s.sigs,
+		Logger: slog.New(slog.NewTextHandler(tWriter{s.t, tr.Addr()}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	require.NoError(s.t, err)
+	ctx, cancel := context.WithCancel(s.ctx)
+	n := &testNode{ov: ov, host: h, tr: tr, cancel: cancel}
+	s.wg.Go(func() { ov.Run(ctx) })
+	s.nodes = append(s.nodes, n)
+	return n
+}
+
+type tWriter struct {
+	t    *testing.T
+	name string
+}
+
+func (w tWriter) Write(b []byte) (int, error) {
+	if testing.Verbose() {
+		w.t.Log(w.name, string(b))
+	}
+	return len(b), nil
+}
+
+// parentOf returns the node that pushes to n (nil: none or the root).
+func (s *testSwarm) parentOf(n *testNode) *testNode {
+	st := n.ov.Stats()
+	if len(st.Parents) == 0 {
+		return nil
+	}
+	for _, m := range append([]*testNode{s.root}, s.nodes...) {
+		if m.ov.ID() == st.Parents[0].ID {
+			return m
+		}
+	}
+	return nil
+}
+
+func TestJoinPicksAParentWithAFreeSlotNearestFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 5 * time.Millisecond}}, 300) // 2 slots
+		near, far := s.add(300), s.add(300)
+		time.Sleep(3 * time.Second)
+		require.Equal(t, 1, near.ov.Stats().Depth)
+		require.Equal(t, 1, far.ov.Stats().Depth)
+		require.Equal(t, 0, s.root.ov.freeSlots(), "the root's two slots are taken")
+
+		// A joiner 5 ms from near and 150 ms from far, both at depth 1
+		// with free slots, picks the nearer.
+		j := s.add(0)
+		s.net.SetLink(j.tr.Addr(), far.tr.Addr(), LinkConfig{Delay: 150 * time.Millisecond})
+		time.Sleep(3 * time.Second)
+		st := j.ov.Stats()
+		require.Equal(t, 2, st.Depth)
+		require.Equal(t, near.ov.ID(), st.Parents[0].ID, "the nearer of two equal candidates")
+		require.Empty(t, j.host.missing(uint64(s.newest()-20), uint64(s.newest()-3)), "it receives the stream")
+	})
+}
+
+func TestBackupsAreFedByNoneOfTheAncestors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 5 * time.Millisecond}}, 300)
+		for range 8 {
+			s.add(300)
+			time.Sleep(200 * time.Millisecond)
+		}
+		time.Sleep(8 * time.Second)
+		for i, n := range s.nodes {
+			st := n.ov.Stats()
+			t.Logf("node %d: depth %d, parents %d, peers %d", i, st.Depth, len(st.Parents), st.Peers)
+			require.GreaterOrEqual(t, st.Depth, 1, "node %d joined", i)
+			ancestors := n.ov.ancestors()
+			_, backups := n.ov.links()
+			require.NotEmpty(t, backups, "node %d keeps backups", i)
+			for _, b := range backups {
+				require.False(t, b.snapshot().fedThrough(ancestors), "node %d: backup %v is fed through an ancestor", i, b.id)
+			}
+		}
+	})
+}
+
+func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 150) // 1 slot
+		a := s.add(300)
+		time.Sleep(2 * time.Second)
+		b := s.add(300)
+		time.Sleep(6 * time.Second)
+		require.Same(t, a, s.parentOf(b))
+		killed := s.newest()
+		a.tr.Kill()
+		time.Sleep(3 * time.Second)
+		require.Equal(t, 1, b.ov.Stats().Depth, "it took the dead parent's slot at the root")
+		require.Empty(t, b.host.missing(uint64(killed)-5, uint64(s.newest())-3), "no chunk lost: backups and repair bridged the gap")
+		rec := b.ov.Stats()
+		require.Equal(t, uint64(1), rec.Recoveries)
+		require.Less(t, rec.RecoveryMax, 1500*time.Millisecond)
+	})
+}
+
+func TestALeafGivesItsSlotToARelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 5 * time.Millisecond}}, 150) // 1 slot
+		leaf := s.add(0)
+		time.Sleep(2 * time.Second)
+		require.Equal(t, 1, leaf.ov.Stats().Depth)
+		relay := s.add(1000)
+		time.Sleep(8 * time.Second)
+		require.Equal(t, 1, relay.ov.Stats().Depth, "the relay took the leaf's place")
+		require.Equal(t, 2, leaf.ov.Stats().Depth, "the leaf moved below it")
+		require.Same(t, relay, s.parentOf(leaf))
+		require.Empty(t, leaf.host.missing(5, uint64(s.newest())-3), "without a gap")
+	})
+}
+
+func TestOrphanBridgesFromItsBackups(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
+		s.add(150) // one slot each
+		s.add(150)
+		time.Sleep(3 * time.Second)
+		s.add(0) // takes one of their slots
+		time.Sleep(2 * time.Second)
+		a := s.add(0) // takes the other: no free slot is left anywhere
+		time.Sleep(6 * time.Second)
+		require.Equal(t, 2, a.ov.Stats().Depth)
+		_, backups := a.ov.links()
+		require.NotEmpty(t, backups, "a backup to pull from")
+		// The parent's link to a becomes too slow for the stream: a leaves
+		// it, finds no slot, and keeps its stream from the backups meanwhile.
+		from := s.newest()
+		s.net.SetLink(s.parentOf(a).tr.Addr(), a.tr.Addr(), LinkConfig{Delay: 10 * time.Millisecond, Bandwidth: 100})
+		time.Sleep(8 * time.Second)
+		require.Equal(t, -1, a.ov.Stats().Depth, "no parent")
+		require.Empty(t, a.host.missing(uint64(from)+1, uint64(s.newest())-5), "every chunk came, from a backup")
+	})
+}
+
+func TestPlanClimb(t *testing.T) {
+	free := func(d, slots int) PeerInfo {
+		return PeerInfo{ID: testID(byte(d*10 + slots)), Depth: d, FreeSlots: slots}
+	}
+	for _, tc := range []struct {
+		name            string
+		depth           int
+		relay           bool
+		cands, displace []PeerInfo
+		want            []PeerInfo
+		needSlot        bool
+	}{
+		{"shallow nodes never move", 1, true, []PeerInfo{free(0, 1)}, nil, nil, true},
+		{"a free slot three levels up", 5, false, []PeerInfo{free(1, 1), free(2, 1), free(3, 1), free(2, 0)}, nil, []PeerInfo{free(1, 1), free(2, 1)}, true},
+		{"a leaf does not displace", 5, false, nil, []PeerInfo{free(1, 0)}, nil, true},
+		{"a relay takes a leaf's place two levels up", 5, true, []PeerInfo{free(3, 1)}, []PeerInfo{free(2, 0), free(3, 0), free(4, 0)}, []PeerInfo{free(2, 0), free(3, 0)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := planClimb(tc.depth, tc.relay, tc.cands, tc.displace)
+			require.Equal(t, tc.want, p.targets)
+			if len(tc.want) > 0 {
+				require.Equal(t, tc.needSlot, p.needSlot)
+			}
+		})
+	}
+}
+
+func TestJudgeStall(t *testing.T) {
+	const to = time.Second
+	live := backupView{silent: 100 * time.Millisecond}
+	dead := backupView{silent: 2 * time.Second}
+	ahead := backupView{newSince: true}
+	for _, tc := range []struct {
+		name string
+		in   stallInput
+		want stallVerdict
+	}{
+		{"a parent silent briefly is fine", stallInput{silent: 400 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{}},
+		{"half the timeout: ask the backups", stallInput{silent: 600 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true}},
+		{"a closed link is stalled", stallInput{silent: 600 * time.Millisecond, gone: true, timeout: to}, stallVerdict{stalled: true}},
+		{"without backups: the timeout", stallInput{silent: 1100 * time.Millisecond, timeout: to}, stallVerdict{stalled: true}},
+		{"a backup had newer audio", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{live, ahead}}, stallVerdict{ask: true, stalled: true}},
+		{"the source is late: everyone silent but the backups answer", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true}},
+		{"every backup silent too", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{dead}}, stallVerdict{ask: true, stalled: true}},
+		{"half as long again", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true, stalled: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, judgeStall(tc.in)) })
+	}
+}
+
+func TestCanServeAndOrderCandidates(t *testing.T) {
+	self, root, a, b := testID(1), testID(2), testID(3), testID(4)
+	require.True(t, canServe(peerView{id: a, depth: 1, free: 1, path: []NodeID{root}}, self, true, nil))
+	require.False(t, canServe(peerView{id: a, depth: 1, free: 0, path: []NodeID{root}}, self, true, nil), "no free slot")
+	require.True(t, canServe(peerView{id: a, depth: 1, free: 0, path: []NodeID{root}}, self, false, nil), "a backup needs no slot")
+	require.False(t, canServe(peerView{id: a, depth: -1, free: 1}, self, true, nil), "not joined")
+	require.False(t, canServe(peerView{id: a, depth: 3, free: 1, path: []NodeID{root, self, b}}, self, true, nil), "our descendant")
+	require.False(t, canServe(peerView{id: a, depth: 2, free: 1, path: []NodeID{root, b}}, self, false, []NodeID{b}), "fed through an ancestor")
+
+	rnd := rand.New(rand.NewPCG(1, 2))
+	cands := []PeerInfo{
+		{ID: a, Depth: 3, FreeSlots: 1}, {ID: b, Depth: 1, FreeSlots: 0}, {ID: root, Depth: 0, FreeSlots: 2},
+		{ID: self, Depth: 0, FreeSlots: 5}, {ID: a, Depth: 3, FreeSlots: 1}, {ID: testID(5), Depth: 2, FreeSlots: 1},
+	}
+	failed := func(id NodeID) bool { return id == testID(5) }
+	got := orderCandidates(cands, self, nil, true, failed, rnd)
+	require.Equal(t, []NodeID{root, a}, ids(got), "free slots only, shallow first, each once, not self, not failed")
+	got = orderCandidates(cands, self, []NodeID{root}, false, failed, rnd)
+	require.Equal(t, []NodeID{a, b}, ids(got), "with a slot first, then without; excluded left out")
+}
+
+func ids(ps []PeerInfo) []NodeID {
+	var out []NodeID
+	for _, p := range ps {
+		out = append(out, p.ID)
+	}
+	return out
+}
+
+func TestPickLeafToDisplace(t *testing.T) {
+	slots := func(kbps int) int { return slotBudget{kbps}.slots(128) }
+	relay := peerView{id: testID(1), upload: 1000}
+	leaf := peerView{id: testID(2), upload: 0}
+	other := peerView{id: testID(3), upload: 400}
+	require.Equal(t, 1, pickLeafToDisplace(relay, []peerView{other, leaf}, slots))
+	require.Equal(t, -1, pickLeafToDisplace(relay, []peerView{other}, slots), "no leaf child")
+	require.Equal(t, -1, pickLeafToDisplace(peerView{id: testID(4)}, []peerView{leaf}, slots), "a leaf never displaces")
+	require.True(t, slices.Equal([]int{0, 2, 7}, []int{slotBudget{-1}.slots(128), slotBudget{400}.slots(0), slotBudget{1000}.slots(128)}))
+}
