@@ -294,7 +294,7 @@ func TestALeafGivesItsSlotToARelay(t *testing.T) {
 func TestOrphanBridgesFromItsBackups(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
-		s.add(150) // one slot each
+		s.add(150)                                                                           // one slot each
 		s.add(150)
 		time.Sleep(3 * time.Second)
 		s.add(0) // takes one of their slots
