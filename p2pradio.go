@@ -133,21 +133,9 @@ func (c *Config) setDefaults() {
 			c.UploadKbps = 512
 		}
 	}
-	if c.ChunkDuration <= 0 {
-		c.ChunkDuration = 100 * time.Millisecond
-	}
-	if c.Window <= 0 {
-		c.Window = 50
-	}
-	if c.Burst <= 0 {
-		c.Burst = 12
-	}
-	if c.StallTimeout <= 0 {
-		c.StallTimeout = time.Second
-	}
-	if c.Backups == 0 {
-		c.Backups = 2
-	}
+	// ChunkDuration, Window, Burst, StallTimeout and Backups keep their
+	// zero values: the blocks that use them (mux, output, control) apply
+	// the defaults documented above.
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
