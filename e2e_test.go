@@ -3,6 +3,7 @@ package p2pradio
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log/slog"
@@ -172,9 +173,14 @@ func loopedFor(t *testing.T, name string, frames int) (input.Source, []int16) {
 
 // newQUICTransport makes a QUIC transport on loopback with an idle timeout
 // that tolerates a loaded machine (-race on two cores).
-func newQUICTransport(t *testing.T) *control.QUICTransport {
+// A broadcaster's transport has the station's key (key; nil: a random one).
+func newQUICTransport(t *testing.T, key ...ed25519.PrivateKey) *control.QUICTransport {
 	t.Helper()
-	tr, err := control.NewQUIC(control.QUICConfig{IdleTimeout: 5 * time.Second})
+	cfg := control.QUICConfig{IdleTimeout: 5 * time.Second}
+	if len(key) > 0 {
+		cfg.Key = key[0]
+	}
+	tr, err := control.NewQUIC(cfg)
 	require.NoError(t, err)
 	return tr
 }
@@ -204,13 +210,14 @@ func TestEndToEndQUIC(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	btr := newQUICTransport(t)
+	_, bkey, _ := ed25519.GenerateKey(nil)
+	btr := newQUICTransport(t, bkey)
 	defer btr.Close()
 	blog := newChunkLog()
 	// Every parent sends a joiner 2 s at once: more than the playout
 	// target of 1.5 s, so it starts without waiting for live audio.
 	const burst = 20
-	b, err := New(Config{Source: src, Transport: btr, Burst: burst, Outputs: []output.Output{blog}, Logger: testLogger(t, "b")})
+	b, err := New(Config{Source: src, Key: bkey, Transport: btr, Burst: burst, Outputs: []output.Output{blog}, Logger: testLogger(t, "b")})
 	require.NoError(t, err)
 	defer b.Close()
 	start := time.Now()

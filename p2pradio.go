@@ -43,7 +43,9 @@ type Config struct {
 	// Nil means a new random key.
 	Key ed25519.PrivateKey
 	// Transport carries the node's links. Nil means QUIC on one UDP socket
-	// bound to ListenAddr; the Node then owns and closes it.
+	// bound to ListenAddr; the Node then owns and closes it. A
+	// broadcaster's Transport must have its Key: peers take a node that
+	// claims depth 0 for the station only if it proves the station's key.
 	Transport control.Transport
 	// ListenAddr is where the default QUIC transport listens. Empty means
 	// "127.0.0.1:0" (loopback, any free port).
@@ -108,6 +110,9 @@ func (c *Config) validate() error {
 	}
 	if c.Key != nil && len(c.Key) != ed25519.PrivateKeySize {
 		return fmt.Errorf("%w: Key of %d bytes", ErrBadConfig, len(c.Key))
+	}
+	if c.Source != nil && c.Transport != nil && (c.Key == nil || !c.Transport.Key().Equal(c.Key.Public())) {
+		return fmt.Errorf("%w: a broadcaster's Transport must have its Key (the station's identity)", ErrBadConfig)
 	}
 	if c.NoTracker && c.Source != nil && c.Rendezvous == "" {
 		return fmt.Errorf("%w: NoTracker needs Rendezvous", ErrBadConfig)

@@ -2,6 +2,7 @@ package p2pradio
 
 import (
 	"context"
+	"crypto/ed25519"
 	"math/rand/v2"
 	"testing"
 	"testing/synctest"
@@ -42,9 +43,10 @@ func newMemSwarm(t *testing.T, cfg control.MemConfig, sourceKbps int) *memSwarm 
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	src, err := input.OpenFile("testdata/cbr128.mp3", input.FileConfig{Loop: true})
 	require.NoError(t, err)
-	tr, err := s.net.NewTransport(nil)
+	_, key, _ := ed25519.GenerateKey(nil)
+	tr, err := s.net.NewTransport(key)
 	require.NoError(t, err)
-	s.b, err = New(Config{Source: src, Transport: tr, UploadKbps: sourceKbps})
+	s.b, err = New(Config{Source: src, Key: key, Transport: tr, UploadKbps: sourceKbps})
 	require.NoError(t, err)
 	go s.b.Run(s.ctx)
 	t.Cleanup(s.close)

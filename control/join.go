@@ -64,8 +64,8 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	return parent
 }
 
-// canRelay reports whether the upload budget allows a child at all.
-func (o *Overlay) canRelay() bool { return o.slots.slots(o.bitrate()) > 0 }
+// canRelay reports whether the node can take a child at all.
+func (o *Overlay) canRelay() bool { return o.maxChildren() > 0 }
 
 // findBackups connects to more candidates, kept warm for repair and a
 // fast switch: none fed by our ancestors, nor by another backup (so that
@@ -174,7 +174,9 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 	select {
 	case a := <-p.welcome:
 		if a.ok {
-			p.lastData.Store(time.Now().UnixNano())
+			now := time.Now().UnixNano()
+			p.lastData.Store(now)
+			p.lastNew.Store(now)
 			return true
 		}
 		o.mu.Lock()
@@ -431,11 +433,16 @@ func (o *Overlay) neighbours(except *peer) []PeerInfo {
 	return out
 }
 
+// markFailed notes a peer that died, did not answer or did not feed us:
+// it is not dialed again for failedFor, and the rendezvous hears of it.
 func (o *Overlay) markFailed(id NodeID) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	now := time.Now()
 	o.failed[id] = now
+	if len(o.report) < MaxFailed && !slices.Contains(o.report, id) {
+		o.report = append(o.report, id)
+	}
 	if len(o.failed) > maxKnownPeers {
 		for k, at := range o.failed {
 			if now.Sub(at) > failedFor {
@@ -443,6 +450,16 @@ func (o *Overlay) markFailed(id NodeID) {
 			}
 		}
 	}
+}
+
+// takeFailed returns the failures to report to the rendezvous since the
+// last call.
+func (o *Overlay) takeFailed() []NodeID {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := o.report
+	o.report = nil
+	return out
 }
 
 func (o *Overlay) failedRecently(id NodeID) bool {

@@ -79,7 +79,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 			}
 		}
 		if v.stalled {
-			if now.Sub(time.Unix(0, parent.lastData.Load())) >= o.cfg.StallTimeout {
+			if now.Sub(time.Unix(0, parent.lastNew.Load())) >= o.cfg.StallTimeout {
 				// The backups were asked every tick for half the stall
 				// timeout: a live one has answered by now.
 				backupSilence = o.cfg.StallTimeout / 2
@@ -111,7 +111,9 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 
 // stallInput snapshots what judgeStall needs.
 func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
-	last := parent.lastData.Load()
+	// Silent means no chunk we did not have: a parent that sends only
+	// stale or duplicate chunks feeds us nothing.
+	last := parent.lastNew.Load()
 	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout}
 	select {
 	case <-parent.conn.Done():

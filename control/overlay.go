@@ -108,6 +108,8 @@ func (c *OverlayConfig) setDefaults() error {
 		return errors.New("control: OverlayConfig.Station is not an ed25519 key")
 	case c.Transport == nil || c.Host == nil || c.Window == nil:
 		return errors.New("control: OverlayConfig needs Transport, Host and Window")
+	case c.Root && !c.Transport.Key().Equal(c.Station):
+		return errors.New("control: a root's Transport must have the station's key")
 	case !c.Root && c.Rendezvous == "":
 		return errors.New("control: a listener's OverlayConfig needs Rendezvous")
 	case c.Root && c.Tracker == nil && c.Rendezvous == "":
@@ -153,6 +155,7 @@ type Overlay struct {
 	path    []NodeID // root first, parent last
 	heard   []PeerInfo
 	failed  map[NodeID]time.Time // peers that died or did not answer lately
+	report  []NodeID             // failures not yet reported to the rendezvous
 	hint    *PeerInfo            // a parent to try first on the next join
 	refused string               // why the last subscription was turned down
 	closed  bool
@@ -160,6 +163,8 @@ type Overlay struct {
 	subMu    sync.Mutex // one subscription at a time: the free-slot check and the attach
 	recv     received
 	observed atomic.Pointer[string] // our address as the last peer or tracker saw it
+	reach    atomic.Uint32          // a Reach: what the rendezvous's dial-back found
+	live     atomic.Uint64          // the station's live edge as the rendezvous said (Candidates.Live)
 
 	repairs, badChunks, bytesOut atomic.Int64
 	recovery                     stats.Histogram
@@ -413,7 +418,7 @@ func (o *Overlay) status() *Status {
 
 // hello is what this node says of itself to p.
 func (o *Overlay) hello(p *peer) *Hello {
-	h := &Hello{Station: o.id, UploadKbps: o.cfg.UploadKbps, ListenAddr: o.cfg.Transport.Addr()}
+	h := &Hello{Station: o.id, UploadKbps: o.uploadClaim(), ListenAddr: o.cfg.Transport.Addr()}
 	if !p.dialed {
 		h.Observed = p.conn.RemoteAddr()
 	}
@@ -425,7 +430,26 @@ func (o *Overlay) hello(p *peer) *Hello {
 
 // freeSlots is how many more children the upload budget allows.
 func (o *Overlay) freeSlots() int {
-	return max(o.slots.slots(o.bitrate())-o.host.Children(), 0)
+	return max(o.maxChildren()-o.host.Children(), 0)
+}
+
+// maxChildren is how many children the node takes: what its budget allows,
+// none while the rendezvous finds it unreachable (behind a NAT, no one it
+// has not contacted can dial it: it sits below the relays, as a leaf).
+func (o *Overlay) maxChildren() int {
+	if !o.cfg.Root && Reach(o.reach.Load()) == ReachUnreachable {
+		return 0
+	}
+	return o.slots.slots(o.bitrate())
+}
+
+// uploadClaim is the upload budget this node states to others: none while
+// it cannot take children.
+func (o *Overlay) uploadClaim() int {
+	if o.maxChildren() == 0 {
+		return 0
+	}
+	return o.cfg.UploadKbps
 }
 
 // bitrate is the stream's bitrate in kbit/s, from the newest chunk held
@@ -478,6 +502,8 @@ type OverlayStats struct {
 	// Observed is this node's address as a peer or the rendezvous last saw
 	// it (its public address behind a NAT); empty until told.
 	Observed string
+	// Reach is what the rendezvous's dial-back found.
+	Reach Reach
 	// Waiting says why a listener has no parent (empty when it has one).
 	Waiting string
 
@@ -507,6 +533,7 @@ func (o *Overlay) Stats() OverlayStats {
 	if a := o.observed.Load(); a != nil {
 		s.Observed = *a
 	}
+	s.Reach = Reach(o.reach.Load())
 	o.mu.Lock()
 	s.Depth, s.Peers = o.depth, len(o.peers)
 	links := append([]*peer{o.parent}, o.backups...)
@@ -584,13 +611,12 @@ func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
 	if err != nil {
 		return nil, err
 	}
-	if newest := o.newest(); newest >= 0 {
-		if int64(c.Seq)+int64(o.cfg.WindowSize) <= newest {
-			return nil, nil // older than anything we keep: late
-		}
-		if int64(c.Seq) > newest+int64(4*o.cfg.WindowSize) && o.win.Get(uint64(newest)) != nil {
-			return nil, nil // implausibly far ahead; the signature decides only for plausible ones
-		}
+	// Older than anything we keep, or than a window behind the live edge
+	// the rendezvous told us: late or stale, whoever sends it. (A chunk
+	// far ahead of our newest is checked like any other: if its signature
+	// holds, the live edge has moved on, and so do we.)
+	if floor := max(o.newest()+1, int64(o.live.Load())) - int64(o.cfg.WindowSize); int64(c.Seq) < floor {
+		return nil, nil
 	}
 	if o.win.Get(c.Seq) != nil {
 		return nil, nil // duplicate
@@ -662,6 +688,7 @@ func (o *Overlay) rootLoop(ctx context.Context) {
 			rv.maybeRegister(ctx)
 		} else {
 			o.cfg.Tracker.SetSelf(o.selfEntry())
+			o.cfg.Tracker.SetLive(uint64(o.newest() + 1))
 		}
 		select {
 		case <-ctx.Done():

@@ -139,7 +139,7 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &testSwarm{t: t, net: NewMemNetwork(cfg), ctx: ctx, key: key, sigs: mux.NewSignatureCache(256), stop: cancel}
 	t.Cleanup(s.close)
-	tr, err := s.net.NewTransport(nil)
+	tr, err := s.net.NewTransport(key)
 	require.NoError(t, err)
 	h := newTestHost()
 	ov, err := NewOverlay(OverlayConfig{Station: key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,

@@ -165,6 +165,9 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 			p.conn.Close(CodeWrongStation, errWrongStation.Error())
 			return nil
 		}
+		if err := o.checkDepth(p, m.Depth); err != nil {
+			return err
+		}
 		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		p.mu.Lock()
 		p.listen, p.upload = m.ListenAddr, m.UploadKbps
@@ -181,6 +184,9 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 			return o.send(ctx, p, o.hello(p))
 		}
 	case *Status:
+		if err := o.checkDepth(p, m.Depth); err != nil {
+			return err
+		}
 		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		o.mu.Lock()
 		isParent := o.parent == p
@@ -213,6 +219,17 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 		p.setHave(m)
 	default:
 		return errors.New("unexpected message")
+	}
+	return nil
+}
+
+var errFalseRoot = errors.New("control: claims depth 0 without the station's key")
+
+// checkDepth refuses a claim that cannot be true: depth 0 belongs to the
+// station's own node, which proved the station's key in the handshake.
+func (o *Overlay) checkDepth(p *peer, depth int) error {
+	if depth == 0 && p.id != o.id {
+		return errFalseRoot
 	}
 	return nil
 }

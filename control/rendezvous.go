@@ -84,6 +84,10 @@ func (r *rendezvous) read(ctx context.Context, c Conn, got chan struct{}) {
 			return
 		}
 		r.o.setObserved(cs.Observed)
+		r.o.reach.Store(uint32(cs.Reach))
+		if cs.Live > r.o.live.Load() {
+			r.o.live.Store(cs.Live)
+		}
 		r.mu.Lock()
 		r.cands, r.displace = cs.Peers, cs.Displace
 		r.mu.Unlock()
@@ -104,9 +108,10 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	o := r.o
 	reg := &Register{
 		ListenAddr: o.cfg.Transport.Addr(),
-		UploadKbps: o.cfg.UploadKbps,
+		UploadKbps: o.uploadClaim(),
 		Want:       want,
-		Leaf:       !o.canRelay(),
+		Leaf:       o.maxChildren() == 0,
+		Failed:     o.takeFailed(),
 	}
 	o.mu.Lock()
 	reg.Depth, reg.FreeSlots = o.depth, o.freeSlots()

@@ -2,8 +2,10 @@ package control
 
 import (
 	"context"
+	"crypto/ed25519"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -16,6 +18,20 @@ type TrackerConfig struct {
 	// Expiry forgets a node that has not registered for this long. Zero
 	// means 10 s.
 	Expiry time.Duration
+	// MaxNodes bounds the registrations held; a session beyond it is
+	// closed. Zero means 20,000.
+	MaxNodes int
+	// MaxPerHost bounds the registrations from one IP address (for IPv4,
+	// also from one /24; for IPv6, one /64), loopback excepted. Zero means
+	// 64.
+	MaxPerHost int
+	// Prober, when set, dials each registered node back from an address
+	// the node has never sent to (a second socket of the rendezvous's host,
+	// say): a node that answers is reachable by anyone (ReachPublic) and
+	// is offered as a parent; one that does not (a NAT or a firewall)
+	// is not, and counts as a leaf. Nil: no dial-back, every node is
+	// offered as it claims (a trusted lab).
+	Prober Transport
 	// Logger receives structured logs; nil means silent.
 	Logger *slog.Logger
 }
@@ -43,6 +59,9 @@ type Tracker struct {
 	leaves  map[int]map[NodeID]*tracked
 	maxLeaf int // the deepest level leaves was ever given
 	regs    int // registrations since the last sweep for expired nodes
+	perHost map[string]int
+	live    uint64 // one more than the station's newest chunk (SetLive)
+	probes  chan struct{}
 }
 
 type tracked struct {
@@ -52,7 +71,23 @@ type tracked struct {
 	seen      time.Time
 	held      int       // slots held for joiners it was offered to
 	heldUntil time.Time // until then
+	host      string    // its /24 or /64, "" for loopback
+	reach     Reach
+	probed    time.Time            // when the last dial-back ended
+	probing   bool                 // a dial-back runs
+	failed    map[NodeID]time.Time // candidates that failed it: not offered again for a while
+	blamed    map[NodeID]struct{}  // who reported it failed since its last dial-back
 }
+
+// reprobeAfter is how long an unreachable node waits before it is dialed
+// back again (a port mapping may have opened since); maxFailedKept bounds
+// a node's list of candidates that failed it.
+const (
+	reprobeAfter  = 30 * time.Second
+	maxFailedKept = 64
+	maxProbes     = 32 // dial-backs at once
+	failedOffer   = time.Minute
+)
 
 // holdFor is how long a slot offered to a joiner is held for it: about a
 // probe and a subscription.
@@ -63,6 +98,7 @@ type TrackedNode struct {
 	PeerInfo
 	Parent NodeID
 	Seen   time.Time
+	Reach  Reach
 }
 
 // NewTracker returns an empty Tracker.
@@ -73,12 +109,19 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	if cfg.Expiry <= 0 {
 		cfg.Expiry = 10 * time.Second
 	}
+	if cfg.MaxNodes <= 0 {
+		cfg.MaxNodes = 20000
+	}
+	if cfg.MaxPerHost <= 0 {
+		cfg.MaxPerHost = 64
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
-		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
+		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		perHost: make(map[string]int), probes: make(chan struct{}, maxProbes)}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -86,7 +129,7 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.self == nil {
-		t.self = &tracked{}
+		t.self = &tracked{reach: ReachPublic}
 		t.nodes[info.ID] = t.self
 	}
 	t.unindex(t.self)
@@ -94,15 +137,30 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 	t.index(t.self)
 }
 
+// SetLive records the station's live edge: one more than its newest
+// chunk. Joiners learn it with their candidates.
+func (t *Tracker) SetLive(next uint64) {
+	t.mu.Lock()
+	t.live = max(t.live, next)
+	t.mu.Unlock()
+}
+
+// offered reports whether n may be offered as a parent: not known to be
+// unreachable, and checked by a dial-back when there is a Prober.
+func (t *Tracker) offered(n *tracked) bool {
+	return n.reach == ReachPublic || (t.cfg.Prober == nil && n.reach == ReachUnknown)
+}
+
 // index adds n to the free-slot index if it can take a child, or to the
-// leaf index if it is a joined leaf.
+// leaf index if it is a joined leaf (or cannot be reached, which comes to
+// the same: it can take no child it has not contacted).
 func (t *Tracker) index(n *tracked) {
 	d := n.info.Depth
 	switch {
-	case d > 0 && n.leaf && !n.parent.IsZero():
+	case d > 0 && (n.leaf || n.reach == ReachUnreachable) && !n.parent.IsZero():
 		addTo(t.leaves, d, n)
 		t.maxLeaf = max(t.maxLeaf, d)
-	case d >= 0 && n.info.FreeSlots > 0:
+	case d >= 0 && n.info.FreeSlots > 0 && t.offered(n):
 		addTo(t.free, d, n)
 		t.maxDepth = max(t.maxDepth, d)
 	}
@@ -131,6 +189,11 @@ func (t *Tracker) forget(id NodeID) {
 	if n := t.nodes[id]; n != nil && n != t.self {
 		t.unindex(n)
 		delete(t.nodes, id)
+		if n.host != "" {
+			if t.perHost[n.host]--; t.perHost[n.host] <= 0 {
+				delete(t.perHost, n.host)
+			}
+		}
 	}
 }
 
@@ -139,12 +202,18 @@ func (t *Tracker) forget(id NodeID) {
 // answered with Candidates; the node is forgotten when the session ends.
 func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 	id := IDOf(c.RemoteKey())
+	var probes sync.WaitGroup // this session's dial-back
+	defer probes.Wait()
 	defer func() {
 		t.mu.Lock()
 		t.forget(id)
 		t.mu.Unlock()
 		c.Close(CodeNormal, "")
 	}()
+	if why := t.admit(id, c.RemoteAddr()); why != "" {
+		c.Close(CodeRefused, why)
+		return
+	}
 	m := Message(first)
 	for {
 		reg, ok := m.(*Register)
@@ -157,6 +226,9 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 			return
 		}
 		cands := t.register(id, c.RemoteAddr(), reg)
+		if t.shouldProbe(id) {
+			probes.Go(func() { t.probe(ctx, id, c.RemoteAddr(), c.RemoteKey()) })
+		}
 		if reg.Want {
 			// Only a Register that wants candidates is answered.
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -190,10 +262,16 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	} else {
 		t.unindex(n)
 	}
-	n.info = PeerInfo{ID: id, Addr: observed, Depth: r.Depth, FreeSlots: r.FreeSlots, UploadKbps: r.UploadKbps}
+	if n.info.Addr != observed {
+		n.reach = ReachUnknown // a new address: dial it back again
+	}
+	n.info = PeerInfo{ID: id, Addr: observed, Depth: t.checkedDepth(r), FreeSlots: min(r.FreeSlots, maxClaimedSlots), UploadKbps: r.UploadKbps}
 	n.parent, n.leaf = r.Parent, r.Leaf
 	n.seen = now
 	t.index(n)
+	for _, f := range r.Failed {
+		t.blame(n, f)
+	}
 	if t.regs++; t.regs >= max(len(t.nodes), 64) {
 		t.regs = 0
 		for nid, x := range t.nodes {
@@ -205,11 +283,154 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	if !r.Want {
 		return nil
 	}
-	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed}
+	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed, Reach: n.reach, Live: t.live}
 	if !r.Leaf {
 		c.Displace = t.displaceable(id, r.Depth)
 	}
 	return c
+}
+
+// maxClaimedSlots caps the free slots a node is believed to have: a claim
+// of thousands would put it first for every joiner.
+const maxClaimedSlots = 64
+
+// checkedDepth is a registration's depth as far as the tracker can check
+// it: one more than its registered parent's, never 0 (only the station's
+// own node, SetSelf, is the root); what a node claims otherwise.
+func (t *Tracker) checkedDepth(r *Register) int {
+	if p := t.nodes[r.Parent]; p != nil && p.info.Depth >= 0 && r.Depth >= 0 {
+		return min(p.info.Depth+1, MaxDepth)
+	}
+	if r.Depth == 0 {
+		return 1
+	}
+	return r.Depth
+}
+
+// admit checks the limits before a session starts: the number of nodes,
+// and per host. It returns why not, or "".
+func (t *Tracker) admit(id NodeID, addr string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nodes[id] != nil {
+		return ""
+	}
+	if len(t.nodes) >= t.cfg.MaxNodes {
+		return "rendezvous full"
+	}
+	h := hostKey(addr)
+	if h != "" && t.perHost[h] >= t.cfg.MaxPerHost {
+		return "too many nodes from " + h
+	}
+	n := &tracked{host: h, info: PeerInfo{ID: id, Addr: addr, Depth: -1}, seen: time.Now()}
+	t.nodes[id] = n
+	if h != "" {
+		t.perHost[h]++
+	}
+	return ""
+}
+
+// blame records that reporter could not use candidate f: f is not offered
+// to it again, and is dialed back again once two nodes blamed it.
+func (t *Tracker) blame(reporter *tracked, f NodeID) {
+	now := time.Now()
+	if reporter.failed == nil {
+		reporter.failed = make(map[NodeID]time.Time)
+	}
+	if len(reporter.failed) >= maxFailedKept {
+		for k, at := range reporter.failed {
+			if now.Sub(at) > failedOffer {
+				delete(reporter.failed, k)
+			}
+		}
+	}
+	if len(reporter.failed) < maxFailedKept {
+		reporter.failed[f] = now
+	}
+	n := t.nodes[f]
+	if n == nil || n == t.self || t.cfg.Prober == nil {
+		return
+	}
+	if n.blamed == nil {
+		n.blamed = make(map[NodeID]struct{})
+	}
+	n.blamed[reporter.info.ID] = struct{}{}
+	if len(n.blamed) >= 2 && n.reach == ReachPublic {
+		t.unindex(n)
+		n.reach, n.blamed = ReachUnknown, nil
+		t.index(n)
+	}
+}
+
+func (t *Tracker) failedFor(asker, cand NodeID) bool {
+	a := t.nodes[asker]
+	if a == nil {
+		return false
+	}
+	at, ok := a.failed[cand]
+	return ok && time.Since(at) < failedOffer
+}
+
+// shouldProbe reports whether id is due for a dial-back, and marks it
+// probing.
+func (t *Tracker) shouldProbe(id NodeID) bool {
+	if t.cfg.Prober == nil {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
+	due := n != nil && !n.probing && (n.reach == ReachUnknown || (n.reach == ReachUnreachable && time.Since(n.probed) > reprobeAfter))
+	if due {
+		n.probing = true
+	}
+	return due
+}
+
+// probeTimeout is how long a dial-back may take.
+const probeTimeout = 3 * time.Second
+
+// probe dials a node back from the Prober and records what it found.
+func (t *Tracker) probe(ctx context.Context, id NodeID, addr string, key ed25519.PublicKey) {
+	select {
+	case t.probes <- struct{}{}:
+		defer func() { <-t.probes }()
+	case <-ctx.Done():
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	c, err := t.cfg.Prober.Dial(pctx, addr, key)
+	cancel()
+	reach := ReachUnreachable
+	if err == nil {
+		reach = ReachPublic
+		c.Close(CodeNormal, "dial-back")
+	}
+	t.log.Debug("dial-back", "addr", addr, "reach", reach, "err", err)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
+	if n == nil {
+		return
+	}
+	t.unindex(n)
+	n.reach, n.probing, n.probed = reach, false, time.Now()
+	t.index(n)
+}
+
+// hostKey is the unit MaxPerHost counts: an IPv4 /24 or an IPv6 /64; ""
+// for loopback and for addresses that are not IP (the in-memory network).
+func hostKey(addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Addr().IsLoopback() {
+		return ""
+	}
+	bits := 64
+	if ap.Addr().Unmap().Is4() {
+		bits = 24
+	}
+	p, _ := ap.Addr().Unmap().Prefix(bits)
+	return p.String()
 }
 
 // isDescendant reports whether node c has id among its ancestors.
@@ -241,7 +462,7 @@ func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo 
 				t.forget(nid)
 				continue
 			}
-			if nid == id || t.isDescendant(n, id) || (now.Before(n.heldUntil) && n.held >= n.info.FreeSlots) {
+			if nid == id || t.isDescendant(n, id) || (now.Before(n.heldUntil) && n.held >= n.info.FreeSlots) || t.failedFor(id, nid) {
 				continue
 			}
 			level = append(level, n.info)
@@ -296,7 +517,7 @@ func (t *Tracker) Nodes() []TrackedNode {
 	defer t.mu.Unlock()
 	out := make([]TrackedNode, 0, len(t.nodes))
 	for _, n := range t.nodes {
-		out = append(out, TrackedNode{PeerInfo: n.info, Parent: n.parent, Seen: n.seen})
+		out = append(out, TrackedNode{PeerInfo: n.info, Parent: n.parent, Seen: n.seen, Reach: n.reach})
 	}
 	return out
 }

@@ -428,7 +428,14 @@ type Register struct {
 	// Leaf says the sender can take no children (its upload budget is
 	// less than one stream). A node that can may displace a leaf.
 	Leaf bool
+	// Failed lists candidates the sender could not reach or that did not
+	// feed it (at most MaxFailed): the tracker offers them to it no more
+	// and checks them again.
+	Failed []NodeID
 }
+
+// MaxFailed is how many failed candidates one Register reports.
+const MaxFailed = 8
 
 // Type returns TypeRegister.
 func (*Register) Type() MessageType { return TypeRegister }
@@ -440,7 +447,8 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.FreeSlots)
 	b = append(b, m.Parent[:]...)
-	return append(b, boolByte(m.Want), boolByte(m.Leaf))
+	b = append(b, boolByte(m.Want), boolByte(m.Leaf))
+	return appendIDs(b, m.Failed, MaxFailed)
 }
 
 func boolByte(v bool) byte {
@@ -459,6 +467,7 @@ func (m *Register) parsePayload(r *wireReader) {
 	m.Parent = r.id()
 	m.Want = r.bool()
 	m.Leaf = r.bool()
+	m.Failed = r.ids(MaxFailed)
 }
 
 // Candidates is the tracker's answer to Register: possible parents.
@@ -470,19 +479,53 @@ type Candidates struct {
 	Displace []PeerInfo
 	// Observed is the sender's address as the tracker sees it.
 	Observed string
+	// Reach is what the tracker's dial-back to Observed found.
+	Reach Reach
+	// Live is one more than the newest chunk the station has made, as the
+	// tracker knows it (0: unknown): chunks older than a window behind it
+	// are stale, whoever sends them.
+	Live uint64
+}
+
+// Reach is whether a node can be dialed by nodes it has not contacted:
+// what the rendezvous found when it dialed the node back from an address
+// the node had never sent to.
+type Reach uint8
+
+// The values of Reach.
+const (
+	ReachUnknown     Reach = iota // not checked yet
+	ReachPublic                   // the dial-back got through
+	ReachUnreachable              // it did not: a NAT or firewall filters
+)
+
+func (r Reach) String() string {
+	switch r {
+	case ReachPublic:
+		return "public"
+	case ReachUnreachable:
+		return "unreachable"
+	}
+	return "unknown"
 }
 
 // Type returns TypeCandidates.
 func (*Candidates) Type() MessageType { return TypeCandidates }
 
 func (m *Candidates) appendPayload(b []byte) []byte {
-	return appendString(appendPeers(appendPeers(b, m.Peers), m.Displace), m.Observed)
+	b = appendString(appendPeers(appendPeers(b, m.Peers), m.Displace), m.Observed)
+	b = append(b, byte(min(m.Reach, ReachUnreachable)))
+	return binary.BigEndian.AppendUint64(b, m.Live)
 }
 
 func (m *Candidates) parsePayload(r *wireReader) {
 	m.Peers = r.peers()
 	m.Displace = r.peers()
 	m.Observed = r.str()
+	if m.Reach = Reach(r.u8()); m.Reach > ReachUnreachable {
+		r.fail("reach %d", m.Reach)
+	}
+	m.Live = r.u64()
 }
 
 // Status is a node's periodic news to its neighbours.
@@ -537,9 +580,13 @@ func appendString(b []byte, s string) []byte {
 }
 
 func appendPath(b []byte, path []NodeID) []byte {
-	path = path[max(0, len(path)-MaxPath):]
-	b = append(b, byte(len(path)))
-	for _, id := range path {
+	return appendIDs(b, path[max(0, len(path)-MaxPath):], MaxPath)
+}
+
+func appendIDs(b []byte, ids []NodeID, most int) []byte {
+	ids = ids[:min(len(ids), most)]
+	b = append(b, byte(len(ids)))
+	for _, id := range ids {
 		b = append(b, id[:]...)
 	}
 	return b
@@ -657,8 +704,10 @@ func (r *wireReader) count(maxN, minSize int) int {
 	return n
 }
 
-func (r *wireReader) path() []NodeID {
-	n := r.count(MaxPath, len(NodeID{}))
+func (r *wireReader) path() []NodeID { return r.ids(MaxPath) }
+
+func (r *wireReader) ids(most int) []NodeID {
+	n := r.count(most, len(NodeID{}))
 	if n == 0 {
 		return nil
 	}

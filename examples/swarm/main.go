@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -286,8 +287,17 @@ func parseKill(s string) (float64, time.Duration, error) {
 // transport gives a node its transport: QUIC on loopback (through the
 // loss/delay emulator when asked) or a node of the in-memory network.
 func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
+	if cfg.Key == nil {
+		// The node's identity, its transport's: a broadcaster's is the
+		// station's key.
+		_, k, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			return err
+		}
+		cfg.Key = k
+	}
 	if s.memNet != nil {
-		tr, err := s.memNet.NewTransport(nil)
+		tr, err := s.memNet.NewTransport(cfg.Key)
 		if err != nil {
 			return err
 		}
@@ -303,7 +313,7 @@ func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
 		pc = control.NewLossyPacketConn(udp, link)
 	}
 	k := &killable{PacketConn: pc}
-	tr, err := control.NewQUIC(control.QUICConfig{PacketConn: k})
+	tr, err := control.NewQUIC(control.QUICConfig{PacketConn: k, Key: cfg.Key})
 	if err != nil {
 		pc.Close()
 		return err
