@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -32,9 +33,10 @@ type Node struct {
 	addr    Address
 	log     *slog.Logger
 
-	tr    control.Transport
-	ownTr bool
-	ov    *control.Overlay
+	tr     control.Transport
+	ownTr  bool
+	prober control.Transport // the embedded rendezvous's dial-back socket, owned
+	ov     *control.Overlay
 
 	window *output.Window
 	fanout *output.Fanout
@@ -97,7 +99,11 @@ func New(cfg Config) (*Node, error) {
 	n.outputs = append([]output.Output{n.window, n.fanout}, cfg.Outputs...)
 
 	if cfg.Transport == nil {
-		tr, err := control.NewQUIC(control.QUICConfig{ListenAddr: cfg.ListenAddr, Key: n.key, Logger: cfg.Logger})
+		qc := control.QUICConfig{ListenAddr: cfg.ListenAddr, Key: n.key, Logger: cfg.Logger}
+		if cfg.Source != nil && !cfg.NoTracker {
+			qc.MaxConns = trackerConns // a session per registered listener
+		}
+		tr, err := control.NewQUIC(qc)
 		if err != nil {
 			return nil, err
 		}
@@ -124,8 +130,19 @@ func New(cfg Config) (*Node, error) {
 		if cfg.NoTracker {
 			oc.Rendezvous = cfg.Rendezvous
 		} else {
-			oc.Tracker = control.NewTracker(control.TrackerConfig{Logger: cfg.Logger})
-			oc.Rendezvous = ""
+			tc := control.TrackerConfig{Station: control.IDOf(n.station), Logger: cfg.Logger}
+			if n.ownTr {
+				// Dial-backs come from a second socket, an address no
+				// listener has sent to: what gets through reaches anyone.
+				host, _, _ := net.SplitHostPort(n.tr.Addr())
+				pr, err := control.NewQUIC(control.QUICConfig{ListenAddr: net.JoinHostPort(host, "0"), Logger: cfg.Logger})
+				if err != nil {
+					n.closeTransport()
+					return nil, err
+				}
+				n.prober, tc.Prober = pr, pr
+			}
+			oc.Tracker = control.NewTracker(tc)
 		}
 		n.addr = Address{Station: n.station, Rendezvous: cmp.Or(oc.Rendezvous, n.tr.Addr())}
 	}
@@ -306,7 +323,14 @@ func (n *Node) closeTransport() {
 	if n.ownTr {
 		n.tr.Close()
 	}
+	if n.prober != nil {
+		n.prober.Close()
+	}
 }
+
+// trackerConns bounds a broadcaster's connections when it embeds the
+// rendezvous: each registered listener keeps a session open.
+const trackerConns = 20000
 
 // accept takes a chunk that passed every check: it is kept, forwarded and
 // played. arrived is when its bytes were received (zero for our own).

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
@@ -32,6 +33,11 @@ type TrackerConfig struct {
 	// is not, and counts as a leaf. Nil: no dial-back, every node is
 	// offered as it claims (a trusted lab).
 	Prober Transport
+	// Station, when set, is the station's key: a dial-back then also
+	// exchanges Hellos, so that only a node that answers as a peer of
+	// this station counts as reachable (a socket that completes handshakes
+	// and says nothing does not).
+	Station NodeID
 	// Logger receives structured logs; nil means silent.
 	Logger *slog.Logger
 }
@@ -400,11 +406,16 @@ func (t *Tracker) probe(ctx context.Context, id NodeID, addr string, key ed25519
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	c, err := t.cfg.Prober.Dial(pctx, addr, key)
+	if err == nil && !t.cfg.Station.IsZero() {
+		err = helloBack(pctx, c, t.cfg.Station)
+	}
 	cancel()
+	if c != nil {
+		c.Close(CodeNormal, "dial-back")
+	}
 	reach := ReachUnreachable
 	if err == nil {
 		reach = ReachPublic
-		c.Close(CodeNormal, "dial-back")
 	}
 	t.log.Debug("dial-back", "addr", addr, "reach", reach, "err", err)
 	t.mu.Lock()
@@ -416,6 +427,26 @@ func (t *Tracker) probe(ctx context.Context, id NodeID, addr string, key ed25519
 	t.unindex(n)
 	n.reach, n.probing, n.probed = reach, false, time.Now()
 	t.index(n)
+}
+
+// helloBack says Hello on c as a node not joined and waits for the
+// answer: a Hello for station.
+func helloBack(ctx context.Context, c Conn, station NodeID) error {
+	if err := c.Send(ctx, AppendMessage(nil, &Hello{Station: station, Depth: -1, Observed: c.RemoteAddr()})); err != nil {
+		return err
+	}
+	b, err := c.Receive(ctx)
+	if err != nil {
+		return err
+	}
+	m, err := ParseMessage(b)
+	if err != nil {
+		return err
+	}
+	if h, ok := m.(*Hello); !ok || h.Station != station {
+		return errors.New("control: dial-back answered with something other than a Hello for the station")
+	}
+	return nil
 }
 
 // hostKey is the unit MaxPerHost counts: an IPv4 /24 or an IPv6 /64; ""
