@@ -73,7 +73,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 			// Ask the backups for what follows our newest chunk, and for
 			// the newest itself, which any live backup holds: its answer
 			// proves it alive even when the source is late.
-			req := &Request{Seqs: seqsFrom(o.newest(), 5)}
+			req := &Request{Seqs: seqsFrom(o.askFrom(), 5)}
 			for _, b := range backups {
 				o.send(ctx, b, req)
 			}

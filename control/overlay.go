@@ -473,6 +473,12 @@ func (o *Overlay) newest() int64 {
 	return -1
 }
 
+// askFrom is the first chunk worth asking a neighbour for: our newest,
+// or a little before the live edge when we hold nothing that recent.
+func (o *Overlay) askFrom() int64 {
+	return max(o.newest(), int64(o.live.Load())-5)
+}
+
 // status is this node's current Status message.
 func (o *Overlay) status() *Status {
 	o.mu.Lock()

@@ -101,16 +101,18 @@ var testFrames = sync.OnceValues(func() ([]mux.Frame, error) {
 // testSwarm is a station (a root overlay fed chunks in real, or fake,
 // time) and listeners' overlays on one in-memory network.
 type testSwarm struct {
-	t      *testing.T
-	net    *MemNetwork
-	ctx    context.Context
-	key    ed25519.PrivateKey
-	root   *testNode
-	nodes  []*testNode
-	sigs   *mux.SignatureCache
-	newest func() int64
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	t       *testing.T
+	net     *MemNetwork
+	ctx     context.Context
+	key     ed25519.PrivateKey
+	root    *testNode
+	nodes   []*testNode
+	sigs    *mux.SignatureCache
+	newest  func() int64
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	tracker *Tracker
+	chunks  sync.Map // seq -> *mux.Chunk, every chunk the station made
 }
 
 // close stops every node and waits for their goroutines, before the fake
@@ -141,9 +143,12 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 	t.Cleanup(s.close)
 	tr, err := s.net.NewTransport(key)
 	require.NoError(t, err)
+	prober, err := s.net.NewTransport(nil)
+	require.NoError(t, err)
 	h := newTestHost()
+	s.tracker = NewTracker(TrackerConfig{Prober: prober, Station: IDOf(key.Public().(ed25519.PublicKey))})
 	ov, err := NewOverlay(OverlayConfig{Station: key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,
-		Root: true, Tracker: NewTracker(TrackerConfig{}), UploadKbps: rootKbps})
+		Root: true, Tracker: s.tracker, UploadKbps: rootKbps})
 	require.NoError(t, err)
 	s.root = &testNode{ov: ov, host: h, tr: tr, cancel: cancel}
 	s.wg.Go(func() { ov.Run(ctx) })
@@ -160,6 +165,7 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 				panic(err)
 			}
 			if c != nil {
+				s.chunks.Store(c.Seq, c)
 				h.Accept(c, time.Now())
 				mu.Lock()
 				newest = int64(c.Seq)

@@ -443,8 +443,12 @@ func helloBack(ctx context.Context, c Conn, station NodeID) error {
 	if err != nil {
 		return err
 	}
-	if h, ok := m.(*Hello); !ok || h.Station != station {
+	h, ok := m.(*Hello)
+	switch {
+	case !ok || h.Station != station:
 		return errors.New("control: dial-back answered with something other than a Hello for the station")
+	case h.Depth == 0 && IDOf(c.RemoteKey()) != station:
+		return errFalseRoot
 	}
 	return nil
 }
