@@ -79,14 +79,17 @@ func Silent(format Format) Frame {
 		h |= 3 << 19
 	case MPEG2:
 		h |= 2 << 19
-	}
+	} // MPEG-2.5: 0
 	h |= 1 << 17 // Layer III
 	h |= 1 << 16 // no CRC
 	h |= 1 << 12 // lowest bitrate index
 	rates := ratesV1
 	rate := format.SampleRate
-	if format.Version == MPEG2 {
+	switch format.Version {
+	case MPEG2:
 		rate *= 2
+	case MPEG25:
+		rate *= 4
 	}
 	for i, r := range rates {
 		if r == rate {
