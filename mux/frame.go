@@ -55,10 +55,14 @@ func (f Frame) MainDataSize() int { return f.Header().MainDataSize() }
 // no audio.
 func (f Frame) IsInfo() bool {
 	h := f.Header()
-	off := h.sideInfoOffset() + h.SideInfoSize()
-	if off+4 <= len(f) {
-		if t := string(f[off : off+4]); t == "Xing" || t == "Info" {
-			return true
+	// The tag follows the side information; lame puts it there as if
+	// there were no CRC even in a frame with one (lame -p), and mpg123 and
+	// ffmpeg look for it there.
+	for _, off := range []int{HeaderSize + h.SideInfoSize(), h.sideInfoOffset() + h.SideInfoSize()} {
+		if off+4 <= len(f) {
+			if t := string(f[off : off+4]); t == "Xing" || t == "Info" {
+				return true
+			}
 		}
 	}
 	// VBRI sits 32 bytes after the header whatever the mode.

@@ -116,6 +116,7 @@ func TestIsInfo(t *testing.T) {
 		{"Xing, MPEG-2 mono", tag(0xFFF360C4, 13, "Xing"), true},
 		{"Info, MPEG-2 stereo", tag(0xFFF36044, 21, "Info"), true},
 		{"Xing, MPEG-1 stereo with CRC", tag(0xFFFA9064, 38, "Xing"), true},
+		{"Info, MPEG-1 stereo with CRC, where lame -p puts it", tag(0xFFFA9064, 36, "Info"), true},
 		{"VBRI", tag(0xFFFB9064, 36, "VBRI"), true},
 		{"VBRI, mono", tag(0xFFFB90C4, 36, "VBRI"), true},
 		{"Xing at the mono offset of a stereo frame", tag(0xFFFB9064, 21, "Xing"), false},
@@ -138,6 +139,10 @@ func TestIsInfo(t *testing.T) {
 	require.True(t, f.IsInfo())
 	f, err = ParseFrame(readTestdata(t, "speech.mp3"))
 	require.NoError(t, err)
+	require.True(t, f.IsInfo())
+	f, err = ParseFrame(readTestdata(t, "matrix/8000_d_cbr64.mp3")) // lame -p
+	require.NoError(t, err)
+	require.True(t, f.Header().Protected())
 	require.True(t, f.IsInfo())
 	fs, _ := demuxBytes(t, readTestdata(t, "cbr128.mp3"))
 	for i, f := range fs {
