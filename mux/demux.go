@@ -95,8 +95,8 @@ func (d *Demuxer) Stats() DemuxStats { return d.stats }
 // At the end of the stream Next returns io.EOF; a partial frame at the end
 // is dropped and counted in Stats.Truncated. A stream that ends, or runs
 // MaxJunk bytes, without a frame yields an error wrapping ErrNotMP3; three
-// consecutive frames of MPEG audio that p2pradio does not carry (MPEG-2.5,
-// free format, Layers I and II) yield an error wrapping ErrUnsupported.
+// consecutive frames of MPEG audio that p2pradio does not carry (free
+// format, Layers I and II) yield an error wrapping ErrUnsupported.
 // These errors, like io.EOF, are returned again by every later call. Any
 // other error is the reader's: it is returned as is, and calling Next again
 // reads again, carrying on where the Demuxer stopped.
@@ -487,7 +487,7 @@ func otherFrame(b []byte) (size int, key uint32) {
 	if h>>21 != 0x7ff || ver == 1 || layer == 0 || bi == 0xf || sri == 3 || h&3 == 2 {
 		return 0, 0
 	}
-	if layer == 1 && ver != 0 && bi != 0 {
+	if layer == 1 && bi != 0 {
 		return 0, 0 // supported: ParseHeader's business
 	}
 	key = h & 0xFFFE0C00 // sync, version, layer, sample rate
@@ -506,10 +506,8 @@ func otherFrame(b []byte) (size int, key uint32) {
 	case layer == 2 && ver == 3: // Layer II, MPEG-1
 		br := [15]int{0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384}
 		size = 144*br[bi]*1000/rate + pad
-	case layer == 2: // Layer II, MPEG-2 and 2.5
+	default: // Layer II, MPEG-2 and 2.5 (Layer III is free format here)
 		size = 144*bitratesV2[bi]*1000/rate + pad
-	default: // Layer III, MPEG-2.5
-		size = 72*bitratesV2[bi]*1000/rate + pad
 	}
 	return size, key
 }

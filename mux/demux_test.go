@@ -377,18 +377,17 @@ func fakeFrames(t *testing.T, h uint32, n int) []byte {
 	return bytes.Repeat(f, n)
 }
 
-// TestDemuxUnsupported: MPEG-2.5, Layer II and free-format streams end in
+// TestDemuxUnsupported: Layer I, Layer II and free-format streams end in
 // ErrUnsupported; a stray unsupported header among good frames does not.
 func TestDemuxUnsupported(t *testing.T) {
 	const (
-		mpeg25 = 0xFFE38000 | 0x44 // MPEG-2.5 Layer III, 64 kbit/s, 11025 Hz, no CRC, joint stereo
 		layer2 = 0xFFFDA000 | 0x44 // MPEG-1 Layer II, 160 kbit/s, 44.1 kHz
 		layer1 = 0xFFFF9000 | 0x44 // MPEG-1 Layer I, 288 kbit/s, 44.1 kHz
 	)
 	cbr, _ := demuxBytes(t, readTestdata(t, "cbr128.mp3"))
 
 	t.Run("synthetic", func(t *testing.T) {
-		for _, h := range []uint32{mpeg25, layer2, layer1} {
+		for _, h := range []uint32{layer2, layer1} {
 			_, _, err := demuxAll(bytes.NewReader(fakeFrames(t, h, 10)))
 			require.ErrorIs(t, err, ErrUnsupported, "%#x", h)
 			// Too short a run to be sure, but nothing else either.
@@ -411,8 +410,6 @@ func TestDemuxUnsupported(t *testing.T) {
 		tool string
 		args []string
 	}{
-		{"MPEG-2.5 by ffmpeg", "ffmpeg", []string{"-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=sample_rate=11025:duration=2",
-			"-c:a", "libmp3lame", "-b:a", "16k", filepath.Join(tmp, "m25.mp3")}},
 		{"MPEG-1 Layer II by ffmpeg", "ffmpeg", []string{"-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=sample_rate=44100:duration=2",
 			"-c:a", "mp2", "-f", "mp2", filepath.Join(tmp, "l2.mp2")}},
 		{"free format by lame", "lame", []string{"--quiet", "--freeformat", "-b", "200", filepath.Join(tmp, "in.wav"), filepath.Join(tmp, "free.mp3")}},
@@ -543,4 +540,21 @@ func BenchmarkDemux(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(frames)/b.Elapsed().Seconds(), "frames/s")
+}
+
+// TestDemuxMPEG25: an MPEG-2.5 stream (11.025 kHz, by ffmpeg's libmp3lame)
+// demuxes into as many frames as mpg123 decodes.
+func TestDemuxMPEG25(t *testing.T) {
+	tmp := t.TempDir()
+	path := filepath.Join(tmp, "m25.mp3")
+	runTool(t, "ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=sample_rate=11025:duration=2",
+		"-c:a", "libmp3lame", "-b:a", "16k", path)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	fs, _ := demuxBytes(t, b)
+	require.NotEmpty(t, fs)
+	for _, f := range fs {
+		require.Equal(t, Format{MPEG25, 11025, 1}, f.Format())
+	}
+	require.Equal(t, len(fs)*576, refSamples(t, path))
 }

@@ -2,7 +2,7 @@
 // signed chunks that carry frames through the overlay.
 //
 // At the broadcaster, a Demuxer splits the input's bytes into validated
-// MP3 Layer III frames (MPEG-1 and MPEG-2; ID3v1, ID3v2 and APEv2 tags,
+// MP3 Layer III frames (MPEG-1, MPEG-2 and MPEG-2.5; ID3v1, ID3v2 and APEv2 tags,
 // Xing/Info/VBRI frames and junk skipped), and a Chunker groups the frames
 // into numbered, timestamped Chunks signed with the station's ed25519 key.
 // At a listener, ParseChunk and Chunk.Verify check what peers send, and a
@@ -29,6 +29,6 @@
 //     then its frames are returned, and the caller sees the Format change.
 //   - A partial frame at the end is dropped and counted (io.EOF, not an
 //     error). A stream that yields no frame within MaxJunk bytes is not MP3
-//     (ErrNotMP3); a run of MPEG-2.5, free-format, Layer I or Layer II
-//     frames is ErrUnsupported.
+//     (ErrNotMP3); a run of free-format, Layer I or Layer II frames is
+//     ErrUnsupported.
 package mux

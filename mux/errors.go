@@ -8,7 +8,7 @@ var (
 	// ErrShortFrame means the bytes end before the frame does.
 	ErrShortFrame = errors.New("mux: truncated MP3 frame")
 	// ErrUnsupported is wrapped by errors for valid MPEG audio that p2pradio
-	// does not carry: MPEG-2.5, free format, Layers I and II.
+	// does not carry: free format, Layers I and II.
 	ErrUnsupported = errors.New("mux: unsupported MP3 stream")
 	// ErrNotMP3 means no run of valid MP3 frames was found in the input.
 	ErrNotMP3 = errors.New("mux: input is not an MP3 stream")

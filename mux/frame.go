@@ -55,10 +55,14 @@ func (f Frame) MainDataSize() int { return f.Header().MainDataSize() }
 // no audio.
 func (f Frame) IsInfo() bool {
 	h := f.Header()
-	off := h.sideInfoOffset() + h.SideInfoSize()
-	if off+4 <= len(f) {
-		if t := string(f[off : off+4]); t == "Xing" || t == "Info" {
-			return true
+	// The tag follows the side information; lame puts it there as if
+	// there were no CRC even in a frame with one (lame -p), and mpg123 and
+	// ffmpeg look for it there.
+	for _, off := range []int{HeaderSize + h.SideInfoSize(), h.sideInfoOffset() + h.SideInfoSize()} {
+		if off+4 <= len(f) {
+			if t := string(f[off : off+4]); t == "Xing" || t == "Info" {
+				return true
+			}
 		}
 	}
 	// VBRI sits 32 bytes after the header whatever the mode.
@@ -79,14 +83,17 @@ func Silent(format Format) Frame {
 		h |= 3 << 19
 	case MPEG2:
 		h |= 2 << 19
-	}
+	} // MPEG-2.5: 0
 	h |= 1 << 17 // Layer III
 	h |= 1 << 16 // no CRC
 	h |= 1 << 12 // lowest bitrate index
 	rates := ratesV1
 	rate := format.SampleRate
-	if format.Version == MPEG2 {
+	switch format.Version {
+	case MPEG2:
 		rate *= 2
+	case MPEG25:
+		rate *= 4
 	}
 	for i, r := range rates {
 		if r == rate {

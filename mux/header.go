@@ -8,8 +8,8 @@ import (
 // Version is the MPEG audio version of a frame.
 type Version uint8
 
-// The MPEG versions whose Layer III frames p2pradio carries. MPEG-2.5 is
-// recognised only to be rejected with ErrUnsupported.
+// The MPEG versions whose Layer III frames p2pradio carries. MPEG-2.5 (8,
+// 11.025 and 12 kHz) is the unofficial extension every decoder plays.
 const (
 	MPEG1  Version = 1
 	MPEG2  Version = 2
@@ -32,7 +32,8 @@ func (v Version) String() string {
 const HeaderSize = 4
 
 // MaxFrameSize bounds the size of one Layer III frame: 320 kbit/s at 32 kHz
-// with padding is 1441 bytes; MPEG-2 at 160 kbit/s and 16 kHz is 721.
+// with padding is 1441 bytes, as is MPEG-2.5 at 160 kbit/s and 8 kHz;
+// MPEG-2 at 160 kbit/s and 16 kHz is 721.
 const MaxFrameSize = 1441
 
 // Format is what must stay the same for one decoder to play a run of frames.
@@ -83,7 +84,7 @@ var (
 // ParseHeader checks the four bytes at the start of b for an MPEG Layer III
 // frame header that p2pradio can carry. It returns ErrShortFrame when b has
 // fewer than four bytes, ErrNoSync when b does not start with a Layer III
-// header, and an error wrapping ErrUnsupported for MPEG-2.5 and free format.
+// header, and an error wrapping ErrUnsupported for free format.
 func ParseHeader(b []byte) (Header, error) {
 	if len(b) < HeaderSize {
 		return 0, ErrShortFrame
@@ -107,9 +108,6 @@ func ParseHeader(b []byte) (Header, error) {
 	}
 	if h&3 == 2 { // reserved emphasis
 		return 0, ErrNoSync
-	}
-	if h.Version() == MPEG25 {
-		return h, fmt.Errorf("%w: MPEG-2.5 (%d Hz)", ErrUnsupported, h.SampleRate())
 	}
 	if bi == 0 {
 		return h, fmt.Errorf("%w: free-format bitrate", ErrUnsupported)

@@ -35,6 +35,9 @@ func TestParseHeader(t *testing.T) {
 		{"MPEG-2 8k 16k mono with CRC", 0xFFF218C0, Format{MPEG2, 16000, 1}, 8, 36, 9, true},
 		{"MPEG-2 160k 16k padded", 0xFFF3EA00, Format{MPEG2, 16000, 2}, 160, 721, 17, false},
 		{"MPEG-2 8k 22.05k padded", 0xFFF31240, Format{MPEG2, 22050, 2}, 8, 27, 17, false},
+		{"MPEG-2.5 80k 11.025k joint stereo", 0xFFE39064, Format{MPEG25, 11025, 2}, 80, 522, 17, false},
+		{"MPEG-2.5 160k 8k padded: as large", 0xFFE3EA00, Format{MPEG25, 8000, 2}, 160, MaxFrameSize, 17, false},
+		{"MPEG-2.5 8k 12k mono", 0xFFE314C0, Format{MPEG25, 12000, 1}, 8, 48, 9, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,7 +80,6 @@ func TestParseHeaderErrors(t *testing.T) {
 		{"bad bitrate", headerBytes(0xFFFBF064), ErrNoSync},
 		{"reserved sample rate", headerBytes(0xFFFB9C64), ErrNoSync},
 		{"reserved emphasis", headerBytes(0xFFFB9066), ErrNoSync},
-		{"MPEG-2.5", headerBytes(0xFFE39064), ErrUnsupported},
 		{"free format", headerBytes(0xFFFB0064), ErrUnsupported},
 		{"MPEG-2 free format", headerBytes(0xFFF30064), ErrUnsupported},
 	}
@@ -104,7 +106,7 @@ func TestParseHeaderEveryHeader(t *testing.T) {
 		if err != nil {
 			want := ErrNoSync // Layers I and II, or not MPEG audio
 			if key != 0 && (h>>17)&3 == 1 {
-				want = ErrUnsupported // Layer III: MPEG-2.5 or free format
+				want = ErrUnsupported // Layer III: free format
 			}
 			if !errors.Is(err, want) {
 				t.Fatalf("%#x: got %v, want %v", h, err, want)
@@ -118,19 +120,19 @@ func TestParseHeaderEveryHeader(t *testing.T) {
 			t.Fatalf("%#x: both supported and not", h)
 		case n > MaxFrameSize || n < ph.sideInfoOffset()+ph.SideInfoSize():
 			t.Fatalf("%#x: frame of %d bytes", h, n)
-		case d < 24*time.Millisecond || d > 36*time.Millisecond:
+		case d < 24*time.Millisecond || d > 72*time.Millisecond:
 			t.Fatalf("%#x: frame of %v", h, d)
 		}
 	}
-	// 2 versions, 14 bitrates, 3 rates, 2^3 (CRC, pad, private),
+	// 3 versions, 14 bitrates, 3 rates, 2^3 (CRC, pad, private),
 	// 2^6 (mode, mode extension, copyright, original), 3 emphases.
-	require.Equal(t, 2*14*3*8*64*3, valid)
+	require.Equal(t, 3*14*3*8*64*3, valid)
 }
 
 // TestHeaderMatchesTcolgate compares sizes, samples, side information and
 // the header fields with github.com/tcolgate/mp3 for every combination of
-// the fields that matter, including the unsupported MPEG-2.5 and Layer II
-// frames whose size the Demuxer needs to skip them.
+// the fields that matter, including the unsupported Layer II frames whose
+// size the Demuxer needs to skip them.
 func TestHeaderMatchesTcolgate(t *testing.T) {
 	checked := 0
 	for ver := range uint32(4) {

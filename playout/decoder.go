@@ -2,33 +2,39 @@ package playout
 
 import (
 	"fmt"
-	"io"
-
-	mp3 "github.com/hajimehoshi/go-mp3"
 
 	"github.com/p2pradio/p2pradio/mux"
 )
 
-// A Decoder decodes a frame stream with one long-lived go-mp3 decoder, fed
-// one frame at a time, so that the bit reservoir and the synthesis filters
+// A Decoder decodes a frame stream with one long-lived MP3 decoder (its
+// Engine: libmpg123 by default, go-mp3 in builds without cgo), fed one
+// frame at a time, so that the bit reservoir and the synthesis filters
 // carry over from frame to frame as in a decoder reading a whole file.
 //
 // Every valid frame yields exactly Samples*4 bytes of 16-bit little-endian
 // stereo PCM (mono is duplicated), whatever it contains: a frame that fails
-// to decode, or makes go-mp3 panic, yields silence and the next frame starts
-// a new go-mp3 decoder. Muted and Concealed slots yield silence too, but are
-// still fed to the decoder to keep its state and timeline.
+// to decode (or makes go-mp3 panic) yields silence and the next frame is
+// decoded as the first of a new stream. Muted and Concealed slots yield
+// silence too, but are still fed to the decoder to keep its state and
+// timeline.
 //
-// A Decoder is not safe for concurrent use. The zero value is ready to use.
+// A Decoder is not safe for concurrent use. The zero value is ready to use
+// (with DefaultEngine). Close frees the engine's memory (libmpg123's is C
+// memory); a Decoder used after Close starts a new engine.
 type Decoder struct {
-	feed   feeder
-	dec    *mp3.Decoder
-	format mux.Format // of dec; and of the last frame seen, when dec is nil
+	// Engine is the decoder to run; it must be set before the first
+	// Decode. Zero means DefaultEngine.
+	Engine Engine
+
+	eng    engine
+	fresh  bool       // eng has been fed nothing since it started or was reset
+	format mux.Format // of the last frame seen
 	known  bool       // format is set
 	silent bool       // check frames but do not decode them (Config.NoDecode)
 }
 
-// NewDecoder returns a Decoder. It does no work until the first frame.
+// NewDecoder returns a Decoder running the DefaultEngine. It does no work
+// until the first frame.
 func NewDecoder() *Decoder { return &Decoder{} }
 
 // Decode appends the PCM of slot's frame to dst and returns the extended
@@ -37,7 +43,7 @@ func NewDecoder() *Decoder { return &Decoder{} }
 // bytes are silence standing in for a frame that could not be decoded.
 //
 // When slot.Frame is not a valid frame, Decode appends the silence of one
-// frame of the last format it saw (nothing if it saw none), drops its
+// frame of the last format it saw (nothing if it saw none), resets its
 // decoder and returns an error wrapping ErrDecode and the mux error.
 func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) {
 	f, n, err := d.check(slot)
@@ -48,12 +54,20 @@ func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) 
 	off := len(dst)
 	dst = appendZeros(dst, n)
 	out := dst[off:]
-	if d.silent || slot.Concealed && d.dec == nil {
-		// Nothing to keep in step: the next real frame starts a decoder.
+	if d.silent || slot.Concealed && (d.eng == nil || d.fresh) {
+		// Nothing to keep in step: the next real frame starts the stream.
 		return dst, format, nil
 	}
-	if err := d.decode(f, out); err != nil {
-		d.dec = nil
+	if d.eng == nil {
+		eng, err := newEngine(d.Engine)
+		if err != nil {
+			return dst, format, err
+		}
+		d.eng, d.fresh = eng, true
+	}
+	d.fresh = false
+	if err := d.eng.decode(f, out); err != nil {
+		d.reset()
 		clear(out)
 		return dst, format, err
 	}
@@ -63,6 +77,24 @@ func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) 
 	return dst, format, nil
 }
 
+// Close frees the decoder's engine. It is idempotent; a later Decode
+// starts a new engine.
+func (d *Decoder) Close() error {
+	if d.eng != nil {
+		d.eng.close()
+		d.eng = nil
+	}
+	return nil
+}
+
+// reset makes the next frame the first of a new stream for the engine.
+func (d *Decoder) reset() {
+	if d.eng != nil && !d.fresh {
+		d.eng.reset()
+		d.fresh = true
+	}
+}
+
 // check parses slot's frame and keeps the Decoder's format and decoder in
 // step with it, as Decode does; n is the length of the PCM Decode appends.
 // On error (wrapping ErrDecode), n is the silence of one frame of the last
@@ -70,7 +102,7 @@ func (d *Decoder) Decode(dst []byte, slot mux.Slot) ([]byte, mux.Format, error) 
 func (d *Decoder) check(slot mux.Slot) (f mux.Frame, n int, err error) {
 	f, err = mux.ParseFrame(slot.Frame)
 	if err != nil {
-		d.dec = nil
+		d.reset()
 		if d.known {
 			n = d.format.SamplesPerFrame() * 4
 		}
@@ -78,7 +110,7 @@ func (d *Decoder) check(slot mux.Slot) (f mux.Frame, n int, err error) {
 	}
 	format := f.Format()
 	if slot.Discontinuity || format != d.format {
-		d.dec = nil
+		d.reset()
 	}
 	d.format, d.known = format, true
 	return f, format.SamplesPerFrame() * 4, nil
@@ -90,44 +122,6 @@ func (d *Decoder) check(slot mux.Slot) (f mux.Frame, n int, err error) {
 func (d *Decoder) silence(slot mux.Slot) (n int, format mux.Format, err error) {
 	_, n, err = d.check(slot)
 	return n, d.format, err
-}
-
-// decode feeds f to the decoder (starting one if needed) and reads its PCM
-// into out, turning a go-mp3 panic into an error.
-func (d *Decoder) decode(f mux.Frame, out []byte) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: decoder panic: %v", ErrDecode, r)
-		}
-	}()
-	// Bytes of an earlier frame that go-mp3 did not consume are dropped,
-	// as its header search would skip them when reading a file.
-	d.feed.b = f
-	if d.dec == nil {
-		// NewDecoder decodes the first frame at once.
-		dec, err := mp3.NewDecoder(&d.feed)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrDecode, err)
-		}
-		d.dec = dec
-	}
-	if _, err := io.ReadFull(d.dec, out); err != nil {
-		return fmt.Errorf("%w: %w", ErrDecode, err)
-	}
-	return nil
-}
-
-// feeder holds the bytes of the frame being decoded. It is deliberately not
-// an io.Seeker: go-mp3 would scan the whole source on a seekable reader.
-type feeder struct{ b []byte }
-
-func (r *feeder) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
 }
 
 // appendZeros appends n zero bytes to b.

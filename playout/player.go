@@ -66,6 +66,11 @@ type Config struct {
 	// lets a simulation run many listeners on few cores (decoding costs
 	// about 1.2% of a core per listener).
 	NoDecode bool
+	// Engine is the MP3 decoder. Zero means DefaultEngine: libmpg123
+	// (Mpg123) where the build has cgo, which decodes exactly as the mpg123
+	// and ffmpeg programs do; go-mp3 (GoMP3) otherwise. An engine this
+	// build lacks (Mpg123 without cgo) is an error.
+	Engine Engine
 	// OnTitle, if set, is called from Run's goroutine with the stream title
 	// when a frame carrying a new one is handed to the sink. It must return
 	// quickly (hand the title to a channel or a variable), as audio waits.
@@ -186,6 +191,10 @@ func New(frames Frames, cfg Config) (*Player, error) {
 		p.sink = &Discard{}
 	}
 	p.clocked, _ = p.sink.(ClockedSink)
+	if !cfg.Engine.Available() {
+		return nil, fmt.Errorf("%w: decoder %v is not in this build", ErrBadConfig, cfg.Engine)
+	}
+	p.dec.Engine = cfg.Engine
 	p.dec.silent = cfg.NoDecode
 	if p.target == 0 {
 		p.target = DefaultTarget
@@ -239,6 +248,7 @@ func (p *Player) Run(ctx context.Context) error {
 	p.mu.Unlock()
 	defer close(p.done)
 	defer cancel(nil)
+	defer p.dec.Close()
 
 	err := p.run(ctx)
 	if ctx.Err() != nil {
