@@ -242,8 +242,129 @@ func TestReassemblerWindowBeforeStart(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, chunks[20].Timestamp, s.Timestamp)
-	require.ErrorIs(t, r.Push(chunks[40]), ErrTooFarAhead)
-	require.InDelta(t, 10*104*time.Millisecond, r.Buffered(), float64(30*time.Millisecond))
+	require.NoError(t, r.Push(chunks[40]), "a chunk far ahead is accepted: it is live audio")
+	require.Equal(t, 10, r.Stats().Held)
+	require.Equal(t, int64(21), r.Stats().Dropped, "the oldest not being played was dropped to make room")
+	require.Less(t, r.Buffered(), 100*time.Millisecond)
+}
+
+// shift returns a copy of c moved n chunks of its length later in the
+// stream (sequence number, timestamp and production time).
+func shift(c *Chunk, n int) *Chunk {
+	d := *c
+	d.Seq += uint64(n)
+	d.Timestamp += int64(n) * c.Samples()
+	d.Produced += int64(n) * c.Duration().Microseconds()
+	return &d
+}
+
+// longStream is the chunks of cbr128.mp3 (8 s) repeated to make n chunks,
+// as if the broadcaster had looped it.
+func longStream(t *testing.T, n int) []*Chunk {
+	chunks := chunksOf(t, rawFrames(t, "../testdata/cbr128.mp3"), ChunkerConfig{})
+	// Drop the short last chunk so that every chunk has one length.
+	chunks = chunks[:len(chunks)-1]
+	out := make([]*Chunk, n)
+	for i := range out {
+		c := chunks[i%len(chunks)]
+		out[i] = shift(c, i-int(c.Seq))
+	}
+	return out
+}
+
+// TestReassemblerStaleBurstThenLive: a lagging peer's burst of 12 genuine
+// chunks 35 s old starts playback; the live chunks that follow, 350 chunks
+// ahead, are accepted, and Skip moves the playhead onto them, priming the
+// decoder again; the stale chunks are then late.
+func TestReassemblerStaleBurstThenLive(t *testing.T) {
+	stream := longStream(t, 400)
+	stale, live := stream[:12], stream[350:]
+	r := NewReassembler(ReassemblerConfig{})
+	for _, c := range stale {
+		require.NoError(t, r.Push(c))
+	}
+	require.Less(t, r.Behind(), 1300*time.Millisecond)
+	for range 10 {
+		s, ok, err := r.Next(false)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.False(t, s.Concealed)
+	}
+	for _, c := range live[:12] {
+		require.NoError(t, r.Push(c), "seq %d", c.Seq)
+	}
+	// From the playhead (stale[2]'s third frame) to the newest end.
+	playhead := stale[2].Produced + (2 * stale[2].Frames[0].Format().FrameDuration()).Microseconds()
+	require.InDelta(t, producedEnd(live[11])-playhead, r.Behind().Microseconds(), 1)
+	require.Greater(t, r.Behind(), 35*time.Second)
+	require.False(t, r.Skip(time.Hour), "nothing is that far behind")
+	require.True(t, r.Skip(time.Second))
+	require.InDelta(t, time.Second, r.Behind(), float64(110*time.Millisecond), "Skip lands on a chunk boundary")
+	require.Positive(t, r.Stats().Skips)
+	s, ok, err := r.Next(false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, live[2].Timestamp, s.Timestamp, "the chunk holding the point 1 s behind the newest")
+	require.True(t, s.Prime, "the decoder's bit reservoir is primed again")
+	require.ErrorIs(t, r.Push(stale[11]), ErrLate)
+	require.ErrorIs(t, r.Push(stream[100]), ErrLate)
+}
+
+// TestReassemblerStaleAndLiveBeforeStart: chunks 35 s old and live ones
+// arrive before playback starts; the stale ones, more than Window behind,
+// are dropped at once; Skip passes those less far behind.
+func TestReassemblerStaleAndLiveBeforeStart(t *testing.T) {
+	stream := longStream(t, 400)
+	r := NewReassembler(ReassemblerConfig{Window: 200})
+	for _, c := range stream[:12] { // 35 s old: beyond the 20 s window
+		require.NoError(t, r.Push(c))
+	}
+	for _, c := range stream[250:262] { // 13 s old
+		require.NoError(t, r.Push(c))
+	}
+	for _, c := range stream[388:400] {
+		require.NoError(t, r.Push(c))
+	}
+	st := r.Stats()
+	require.EqualValues(t, 12, st.Dropped)
+	require.Equal(t, 24, st.Held)
+	require.InDelta(t, producedEnd(stream[399])-stream[250].Produced, r.Behind().Microseconds(), 1)
+	require.True(t, r.Skip(time.Second))
+	s, ok, err := r.Next(false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, stream[390].Timestamp, s.Timestamp)
+	require.ErrorIs(t, r.Push(stream[0]), ErrLate)
+}
+
+// TestReassemblerSkipsHoleOfAnyLength: a playhead stuck at a hole that
+// will never be filled (the chunks were lost in an outage) moves on to the
+// audio after it, however far; a chunk held at the playhead is not
+// skipped.
+func TestReassemblerSkipsHoleOfAnyLength(t *testing.T) {
+	stream := longStream(t, 2000)
+	r := NewReassembler(ReassemblerConfig{})
+	for _, c := range stream[:12] {
+		require.NoError(t, r.Push(c))
+	}
+	for range 12 * 4 { // play the burst
+		_, ok, err := r.Next(false)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	_, ok, _ := r.Next(false)
+	require.False(t, ok, "a hole at the playhead")
+	require.False(t, r.Skip(time.Second), "nothing newer held")
+	for _, c := range stream[1990:] { // 3 min later
+		require.NoError(t, r.Push(c))
+	}
+	require.True(t, r.Skip(time.Second))
+	s, ok, err := r.Next(false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, stream[1990].Timestamp, s.Timestamp)
+	require.False(t, r.Skip(time.Second), "the chunk at the playhead is within keep")
+	require.Less(t, r.Stats().Held, 11)
 }
 
 func TestSignatureCache(t *testing.T) {

@@ -18,6 +18,7 @@ const (
 	DefaultTarget   = time.Second
 	DefaultLead     = 150 * time.Millisecond
 	DefaultRebuffer = 4 * time.Second
+	DefaultResync   = time.Second
 )
 
 // minWait bounds how often the Player polls a ClockedSink, whose queue
@@ -49,6 +50,16 @@ type Config struct {
 	// Player stops and buffers Target again. Zero means DefaultRebuffer
 	// (4 s); a negative value means never.
 	Rebuffer time.Duration
+	// Resync is how far beyond Target playback may fall behind the live
+	// edge before the Player skips ahead, when its Frames is a LiveFrames
+	// (a *mux.Reassembler is): a listener starved of CPU, behind a sink
+	// that blocked, or drifted late by underruns then drops the audio it
+	// can no longer play in time, at a chunk boundary, and plays on Target
+	// behind the newest audio. After a rebuffer it likewise resumes Target
+	// behind the live edge, not where it stopped. Zero means DefaultResync
+	// (1 s); a negative value means never (a rebuffer still resumes at the
+	// live edge).
+	Resync time.Duration
 	// Batch lets the Player hand the sink up to Lead plus Batch of audio
 	// at once, so that it wakes about once per Batch instead of once per
 	// frame (timer wake-ups are most of a NoDecode listener's cost). Frames
@@ -95,6 +106,17 @@ type Stats struct {
 	Underruns int64
 	// Rebuffers counts the times playback stopped to buffer Target again.
 	Rebuffers int64
+	// Resyncs counts the times playback, having fallen more than
+	// Config.Resync beyond Target behind the live edge, skipped ahead.
+	Resyncs int64
+	// FramesMissed counts the frames' worth of playing time, since
+	// playback began, during which the sink had nothing to play: the wait
+	// of a rebuffer or a resync, and the gap of an underrun (with a sink
+	// that is not a ClockedSink, whose underruns the Player cannot time).
+	// They are misses, like concealed frames: frames due that were not
+	// played, whether they were skipped to rejoin the live edge or never
+	// received.
+	FramesMissed int64
 	// Buffered is the audio received and not yet handed to the sink.
 	Buffered time.Duration
 	// Playing is true once playback started and while not rebuffering.
@@ -122,7 +144,9 @@ type Stats struct {
 }
 
 // Due is the number of frames due since playback began.
-func (s Stats) Due() int64 { return s.FramesPlayed + s.FramesConcealed + s.FramesMuted }
+func (s Stats) Due() int64 {
+	return s.FramesPlayed + s.FramesConcealed + s.FramesMuted + s.FramesMissed
+}
 
 // Continuity is the share of frames due that were played from received
 // audio, from 0 to 1; it is 0 before any frame was due.
@@ -138,6 +162,7 @@ func (s Stats) Continuity() float64 {
 // Stats and Close may be called from any goroutine, while Run runs too.
 type Player struct {
 	frames  Frames
+	live    LiveFrames // frames, when it is one
 	sink    Sink
 	clocked ClockedSink // sink, when it is one
 	target  time.Duration
@@ -145,6 +170,7 @@ type Player struct {
 	margin  time.Duration
 	batch   time.Duration
 	rebuf   time.Duration // <= 0: never
+	resync  time.Duration // <= 0: never
 	log     *slog.Logger
 	onTitle func(string)
 
@@ -184,6 +210,7 @@ func New(frames Frames, cfg Config) (*Player, error) {
 		margin:  cfg.Margin,
 		batch:   cfg.Batch,
 		rebuf:   cfg.Rebuffer,
+		resync:  cfg.Resync,
 		log:     cfg.Logger,
 		onTitle: cfg.OnTitle,
 	}
@@ -195,6 +222,7 @@ func New(frames Frames, cfg Config) (*Player, error) {
 		return nil, fmt.Errorf("%w: decoder %v is not in this build", ErrBadConfig, cfg.Engine)
 	}
 	p.dec.Engine = cfg.Engine
+	p.live, _ = frames.(LiveFrames)
 	p.dec.silent = cfg.NoDecode
 	if p.target == 0 {
 		p.target = DefaultTarget
@@ -210,6 +238,9 @@ func New(frames Frames, cfg Config) (*Player, error) {
 	}
 	if p.rebuf == 0 {
 		p.rebuf = DefaultRebuffer
+	}
+	if p.resync == 0 {
+		p.resync = DefaultResync
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -347,6 +378,8 @@ type loop struct {
 	topping   bool // woken at Lead: hand over up to Lead+Batch
 	conceal   time.Duration
 	dry       time.Time // since when no frame could be handed over, late
+	dryAt     time.Time // when the sink ran out, after a rebuffer or resync
+	missed    time.Duration
 }
 
 func (p *Player) run(ctx context.Context) error {
@@ -385,7 +418,7 @@ func (p *Player) run(ctx context.Context) error {
 			if err := p.fill(&l); err != nil {
 				return err
 			}
-			if !l.ended && !l.eof && p.frames.Buffered()+p.heldDuration() < p.target {
+			if !l.ended && !l.eof && !p.ready(&l) {
 				if err := wait(-1, true); err != nil {
 					return err
 				}
@@ -412,6 +445,13 @@ func (p *Player) run(ctx context.Context) error {
 			}
 			continue
 		}
+		if p.live != nil && p.resync > 0 && !l.restart && !l.eof &&
+			p.live.Behind()+max(ahead, 0) > p.target+p.resync && p.live.Skip(p.target) {
+			// Behind the live edge by what Frames holds and the sink
+			// still has to play: skipped ahead; start again from there.
+			p.startRebuffer(&l, true)
+			continue
+		}
 		l.topping = true
 		slot, ok, err := p.take(&l, false)
 		if err == nil && !ok && (l.restart || ahead <= p.margin) {
@@ -433,7 +473,7 @@ func (p *Player) run(ctx context.Context) error {
 					if l.dry.IsZero() {
 						l.dry = now
 					} else if p.rebuf > 0 && now.Sub(l.dry) >= p.rebuf {
-						p.startRebuffer(&l)
+						p.startRebuffer(&l, false)
 						continue
 					}
 				}
@@ -447,9 +487,31 @@ func (p *Player) run(ctx context.Context) error {
 			return err
 		}
 		if p.rebuf > 0 && l.conceal >= p.rebuf {
-			p.startRebuffer(&l)
+			p.startRebuffer(&l, false)
 		}
 	}
+}
+
+// ready reports whether playback may (re)start. With a LiveFrames it first
+// moves the playhead to the live edge: after a rebuffer or a resync always
+// (playback resumes Target behind the newest audio, dropping what is too
+// late to play and any hole at the playhead); before the first frame only
+// when the playhead is more than Resync beyond Target behind (an old burst
+// from a lagging peer). Playback starts when Target is buffered without a
+// hole, or, after a rebuffer or resync, as soon as the chunk at the
+// playhead is there and the newest audio is Target ahead of it: a hole
+// left is concealed (or repaired) in time.
+func (p *Player) ready(l *loop) bool {
+	if p.live != nil {
+		if l.started || p.resync > 0 && p.live.Behind() > p.target+p.resync {
+			p.live.Skip(p.target)
+		}
+	}
+	buffered := p.frames.Buffered() + p.heldDuration()
+	if buffered >= p.target {
+		return true
+	}
+	return p.live != nil && l.started && buffered > 0 && p.live.Behind() >= p.target
 }
 
 // pace rounds a wait up to minWait for a ClockedSink.
@@ -460,13 +522,25 @@ func (p *Player) pace(d time.Duration) time.Duration {
 	return d
 }
 
-func (p *Player) startRebuffer(l *loop) {
+// startRebuffer stops playback to buffer Target again: after a long
+// outage, or (resync) to skip ahead to the live edge.
+func (p *Player) startRebuffer(l *loop, resync bool) {
 	l.buffering, l.conceal, l.dry = true, 0, time.Time{}
+	now := time.Now()
+	l.dryAt = now.Add(p.ahead(now))
 	p.mu.Lock()
-	p.stats.Rebuffers++
+	if resync {
+		p.stats.Resyncs++
+	} else {
+		p.stats.Rebuffers++
+	}
 	p.stats.Playing = false
 	p.mu.Unlock()
-	p.log.Info("playout: rebuffering", "target", p.target)
+	if resync {
+		p.log.Info("playout: behind the live edge, skipping ahead", "target", p.target, "resync", p.resync)
+	} else {
+		p.log.Info("playout: rebuffering", "target", p.target)
+	}
 }
 
 // fill takes the frames that arrived while rebuffering into held, so that
@@ -474,7 +548,9 @@ func (p *Player) startRebuffer(l *loop) {
 // does not call Next, which would fix the playhead, and relies on
 // EndedFrames instead.
 func (p *Player) fill(l *loop) error {
-	if !l.started {
+	if !l.started || p.live != nil {
+		// A LiveFrames skips to the live edge before playback resumes: the
+		// frames at its playhead now may never be played.
 		if e, ok := p.frames.(EndedFrames); ok && e.Ended() {
 			l.ended = true
 		}
@@ -576,7 +652,15 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	handoff := now
 	underrun := false
 	if l.restart {
-		p.clk.align(now)
+		at := now
+		if l.started {
+			if now.After(l.dryAt) {
+				l.missed += now.Sub(l.dryAt) // a rebuffer's or a resync's wait
+			} else {
+				at = l.dryAt // after what the sink still holds
+			}
+		}
+		p.clk.align(at)
 	} else {
 		ahead := p.ahead(now)
 		switch {
@@ -584,6 +668,7 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 			underrun = ahead <= 0
 		case ahead < 0:
 			underrun = true
+			l.missed -= ahead
 			p.clk.align(now) // as a device would: it played silence meanwhile
 		}
 		if ahead > p.lead {
@@ -609,6 +694,11 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	}
 	if underrun {
 		p.stats.Underruns++
+	}
+	if fd := samplesDuration(samples, format.SampleRate); l.missed >= fd {
+		n := int64(l.missed / fd)
+		p.stats.FramesMissed += n
+		l.missed -= time.Duration(n) * fd
 	}
 	if !l.started && p.stats.Started.IsZero() {
 		p.stats.Started = now

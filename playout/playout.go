@@ -64,3 +64,22 @@ type ClockedSink interface {
 	// may be called from any goroutine and must not block.
 	Queued() time.Duration
 }
+
+// LiveFrames is a Frames that knows where the live edge is, the newest
+// audio received, and can jump its playhead forward to it. It is optional:
+// with one, a Player that fell behind (starved, or after a rebuffer)
+// resumes near the live edge instead of where it stopped (Config.Resync).
+// *mux.Reassembler implements it. Behind may be called from any goroutine;
+// Skip from the Player's goroutine only.
+type LiveFrames interface {
+	Frames
+	// Behind is how far the playhead is behind the live edge: the playing
+	// time received (holes included) after it. It must not block.
+	Behind() time.Duration
+	// Skip moves the playhead forward, at a chunk boundary, so that it is
+	// at most about keep behind the live edge, and over a hole at the
+	// playhead; the audio passed is dropped. The frames after the jump
+	// that cannot decode exactly are Prime. It reports whether the
+	// playhead moved.
+	Skip(keep time.Duration) bool
+}

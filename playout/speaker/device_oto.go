@@ -29,6 +29,7 @@ var shared struct {
 // It waits for the device to be ready, at most timeout, or until done is
 // closed.
 func newOutput(done <-chan struct{}, rate int, src io.Reader, bufferBytes int, timeout time.Duration) (output, error) {
+	quietALSA()
 	shared.mu.Lock()
 	if shared.err == nil && shared.ctx == nil {
 		ctx, ready, err := oto.NewContext(&oto.NewContextOptions{

@@ -15,3 +15,9 @@ func newOutput(done <-chan struct{}, rate int, src io.Reader, bufferBytes int, t
 
 // haveDevice reports whether this build can play sound: not without cgo.
 const haveDevice = false
+
+// quietALSA does nothing: ALSA is not used without cgo.
+func quietALSA() {}
+
+// probeDevice fails: oto needs cgo on Linux.
+func probeDevice() error { return fmt.Errorf("%w: built without cgo", ErrDevice) }

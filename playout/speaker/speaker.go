@@ -96,6 +96,19 @@ type output interface {
 	Err() error
 }
 
+// Probe reports whether the process can open the sound device for
+// playback, without playing anything or opening oto's context: an error
+// wrapping ErrDevice if it cannot (no sound card, the device busy, a build
+// without cgo on Linux). A program calls it at start-up to tell the user at
+// once, rather than when the first audio arrives. On Linux it opens and
+// closes ALSA's default device as oto would; elsewhere it reports no error,
+// and a missing device shows at the first WritePCM.
+//
+// On Linux, Probe and the first WritePCM also keep libasound's own error
+// messages off standard error, for the whole process: the errors are
+// returned instead.
+func Probe() error { return probeDevice() }
+
 // New returns a Speaker. It does no I/O: the device opens with the first
 // WritePCM, at its sample rate.
 func New(cfg Config) (*Speaker, error) {

@@ -205,9 +205,10 @@ func (b *lockedBuffer) String() string {
 
 // TestSpeakerChild is the child process of TestSpeakerALSA.
 func TestSpeakerChild(t *testing.T) {
-	if os.Getenv(childEnv) == "" {
+	if os.Getenv(childEnv) != "1" {
 		t.Skip("run by TestSpeakerALSA in a process of its own")
 	}
+	require.NoError(t, Probe(), "the device opens")
 	pcm := testPCM(t)
 	s, err := New(Config{})
 	require.NoError(t, err)
@@ -270,4 +271,51 @@ func TestSpeakerConfig(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.ErrorIs(t, s.WritePCM([]byte{1, 2, 3, 4}, 44100), playout.ErrClosed, "no device is opened after Close")
 	require.Equal(t, Stats{}, s.Stats())
+}
+
+// TestSpeakerMissingDevice: in a process whose ALSA configuration has no
+// usable playback device (a card that is not there), Probe and the first
+// WritePCM fail with ErrDevice within a second, and libasound prints
+// nothing on the terminal.
+func TestSpeakerMissingDevice(t *testing.T) {
+	if os.Getenv(childEnv) != "" {
+		t.Skip("this is the child process")
+	}
+	if !haveDevice {
+		t.Skip("built without cgo: no audio device")
+	}
+	dir := t.TempDir()
+	// ALSA_CONFIG_PATH replaces the whole configuration (alsa.conf), so
+	// that no card of this machine is found either.
+	conf := filepath.Join(dir, "alsa.conf")
+	require.NoError(t, os.WriteFile(conf, []byte("pcm.!default {\n\ttype hw\n\tcard 99\n}\n"), 0o600))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSpeakerMissingChild$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "ALSA_CONFIG_PATH="+conf, "HOME="+dir, childEnv+"=missing")
+	var stdout, stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), "child:\n%s%s", stdout.String(), stderr.String())
+	t.Logf("child:\n%s", stdout.String())
+	require.NotContains(t, stdout.String(), "ALSA lib")
+	require.Empty(t, stderr.String(), "libasound printed on standard error")
+}
+
+// TestSpeakerMissingChild is the child process of TestSpeakerMissingDevice.
+func TestSpeakerMissingChild(t *testing.T) {
+	if os.Getenv(childEnv) != "missing" {
+		t.Skip("run by TestSpeakerMissingDevice in a process of its own")
+	}
+	start := time.Now()
+	err := Probe()
+	t.Logf("Probe after %v: %v", time.Since(start), err)
+	require.ErrorIs(t, err, ErrDevice)
+	require.Less(t, time.Since(start), time.Second)
+
+	s, err := New(Config{})
+	require.NoError(t, err)
+	start = time.Now()
+	err = s.WritePCM(make([]byte, 4096), 44100)
+	t.Logf("WritePCM after %v: %v", time.Since(start), err)
+	require.ErrorIs(t, err, ErrDevice)
+	require.Less(t, time.Since(start), time.Second)
+	require.NoError(t, s.Close())
 }
