@@ -245,7 +245,7 @@ func defaultClient() (*http.Client, *http.Transport) {
 		DisableCompression:     true,
 		MaxIdleConnsPerHost:    1,
 		MaxResponseHeaderBytes: maxHeaderBytes,
-		IdleConnTimeout:     30 * time.Second,
+		IdleConnTimeout:        30 * time.Second,
 	}
 	return &http.Client{Transport: tr}, tr
 }
