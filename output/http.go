@@ -125,13 +125,16 @@ func (c *HTTPConfig) setDefaults() {
 // A listener that stops reading is noticed by what it has not taken, not
 // by a blocked write alone: the socket buffers of one TCP connection hold
 // minutes of audio. For an HTTP/1 connection, HTTP takes the connection
-// over (as an Icecast server does: the response is HTTP/1.x with
-// Connection: close), keeps its send buffer small and, on Linux, reads
-// from the kernel the bytes not yet sent and how far the client's TCP
-// window has shrunk (what it has received and not read). These count
-// against the listener's Queue, so one that stops reading is
-// disconnected within a few seconds (about Queue - Burst + MaxDrops
-// chunks), and its slot is free at once.
+// over from the server, as an Icecast server does (it writes the response
+// itself, chunked for HTTP/1.1, and closes the connection at the end),
+// keeps its send buffer small and, on Linux, reads from the kernel after
+// each write the bytes not yet sent or acknowledged and how far the
+// client's TCP window has shrunk (what it has received and not read).
+// These count against the listener's Queue, so one that stops reading is
+// disconnected within a few seconds (about Queue - Burst, then MaxDrops
+// chunks: 7 s with the defaults on loopback), and its slot is free at
+// once. Elsewhere, and over HTTP/2, only the queue here counts, with
+// WriteTimeout.
 //
 // The title is the one carried by the latest chunk with mux.FlagMetadata,
 // unless SetTitle overrides it. WriteChunk is called from one goroutine;
