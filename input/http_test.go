@@ -429,41 +429,15 @@ func TestHTTPFile(t *testing.T) {
 
 func TestHTTPConnectTimeout(t *testing.T) {
 	// A server that accepts connections and never answers.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	defer func() {
-		ln.Close()
-		wg.Wait()
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	addr, conns := stallingServer(t, "")
 	cfg := fastConfig(t)
 	cfg.ConnectTimeout = 100 * time.Millisecond
 	cfg.MaxRetries = 2
 	start := time.Now()
-	_, err = OpenURL(t.Context(), "http://"+ln.Addr().String()+"/", cfg)
+	_, err := OpenURL(t.Context(), "http://"+addr+"/", cfg)
 	require.ErrorIs(t, err, ErrConnectTimeout)
 	require.Less(t, time.Since(start), 3*time.Second)
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(conns) == 2
-	}, 5*time.Second, time.Millisecond, "two attempts")
+	require.Eventually(t, func() bool { return conns() == 2 }, 5*time.Second, time.Millisecond, "two attempts")
 }
 
 // stallingServer accepts connections, sends each the bytes head (perhaps
