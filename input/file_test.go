@@ -295,3 +295,24 @@ func FuzzFile(f *testing.F) {
 		require.True(t, bytes.Equal(data, got))
 	})
 }
+
+func TestFileLongJunkMidFile(t *testing.T) {
+	// 100 kB of junk in the middle of a file takes no time and is passed
+	// through; the frames after it play on.
+	mp3 := readTestdata(t, "cbr128.mp3")
+	offsets, _, total := frameStarts(t, mp3)
+	mid := offsets[150]
+	data := append(append(append([]byte{}, mp3[:mid]...), bytes.Repeat([]byte("not audio "), 10000)...), mp3[mid:]...)
+	path := filepath.Join(t.TempDir(), "junk.mp3")
+	require.NoError(t, os.WriteFile(path, data, 0o644))
+	synctest.Test(t, func(t *testing.T) {
+		f, err := OpenFile(path, FileConfig{})
+		require.NoError(t, err)
+		defer f.Close()
+		start := time.Now()
+		got, err := io.ReadAll(f)
+		require.NoError(t, err)
+		require.Equal(t, data, got)
+		require.Equal(t, total, time.Since(start))
+	})
+}
