@@ -3,6 +3,7 @@ package input
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 var (
@@ -17,6 +18,8 @@ var (
 	// ErrConnectTimeout means an HTTP server did not answer within
 	// HTTPConfig.ConnectTimeout.
 	ErrConnectTimeout = errors.New("input: connect timeout")
+	// ErrHeaderTimeout is wrapped by every *HeaderTimeoutError.
+	ErrHeaderTimeout = errors.New("input: response header timeout")
 	// ErrStalled means an HTTP stream delivered no byte for
 	// HTTPConfig.StallTimeout; the source drops the connection and
 	// reconnects.
@@ -48,3 +51,24 @@ func (e *StatusError) permanent() bool {
 	c := e.StatusCode
 	return c >= 400 && c < 500 && c != 408 && c != 429
 }
+
+// HeaderTimeoutError is the error for a server that did not send its
+// response headers within HTTPConfig.HeaderTimeout of the request.
+type HeaderTimeoutError struct {
+	URL     string
+	Timeout time.Duration
+	// Partial is set when the server began its response: it sent bytes
+	// but never the end of its headers.
+	Partial bool
+}
+
+// Error describes what the server did.
+func (e *HeaderTimeoutError) Error() string {
+	if e.Partial {
+		return fmt.Sprintf("input: %s: the server began its response but did not finish its headers within %v", e.URL, e.Timeout)
+	}
+	return fmt.Sprintf("input: %s: the server sent no response within %v", e.URL, e.Timeout)
+}
+
+// Unwrap returns ErrHeaderTimeout.
+func (e *HeaderTimeoutError) Unwrap() error { return ErrHeaderTimeout }

@@ -13,10 +13,6 @@ import (
 	"github.com/p2pradio/p2pradio/mux"
 )
 
-// maxLeadingJunk bounds the bytes before a file's first frame (not counting
-// an ID3v2 tag): a file with no frame within them is not an MP3 file.
-const maxLeadingJunk = 64 << 10
-
 // maxTitleTag bounds how much of an ID3v2 tag is read to find the title.
 const maxTitleTag = 1 << 20
 
@@ -41,7 +37,9 @@ type FileConfig struct {
 //
 // All the file's bytes are passed through unchanged, ID3 tags, Xing frames
 // and junk included (the demuxer skips them); only frames (Xing frames
-// excepted) take time. Other bytes are released with the frame before them.
+// excepted) take time. The frames are found by a mux.Demuxer, the one the
+// broadcaster uses; other bytes are released with the frame after them,
+// and those after the last frame once it has played.
 // The title is the file's ID3v2 title (TIT2), else its ID3v1 title, else
 // the file name without its extension.
 type File struct {
@@ -55,9 +53,8 @@ type File struct {
 	closeErr  error
 
 	// Owned by the goroutine that calls Read.
-	sc        *scanner
-	seg       []byte // storage for the current segment
-	pending   []byte // the part of seg not yet delivered
+	d         *mux.Demuxer // finds the frames of the current pass
+	pos, end  int64        // the file's bytes pos..end are due at due
 	due       time.Duration
 	clock     playClock
 	passAudio bool // the current pass over the file found a frame
@@ -92,9 +89,11 @@ func OpenFile(path string, cfg FileConfig) (*File, error) {
 	if !st.Mode().IsRegular() {
 		return fail(fmt.Errorf("input: %s is not a regular file (read pipes and devices with NewReader): %w", path, mux.ErrNotMP3))
 	}
-	sc := newScanner(fh)
-	if err := probeMP3(sc, path); err != nil {
-		return fail(err)
+	if _, err := newPass(fh).Next(); err != nil {
+		if errors.Is(err, mux.ErrUnsupported) {
+			return fail(fmt.Errorf("input: %s: %w: %w", path, mux.ErrNotMP3, err))
+		}
+		return fail(fmt.Errorf("input: %s: %w", path, err))
 	}
 	title, err := fileTitle(fh, st.Size())
 	if err != nil {
@@ -104,54 +103,43 @@ func OpenFile(path string, cfg FileConfig) (*File, error) {
 		base := filepath.Base(path)
 		title = cleanTitle(strings.TrimSuffix(base, filepath.Ext(base)))
 	}
-	if _, err := fh.Seek(0, io.SeekStart); err != nil {
-		return fail(fmt.Errorf("input: %w", err))
-	}
-	sc.reset(fh)
 	return &File{
 		path:  path,
 		title: title,
 		cfg:   cfg,
 		fh:    fh,
 		done:  make(chan struct{}),
-		sc:    sc,
-		seg:   make([]byte, 0, scanPeek),
+		d:     newPass(fh),
 	}, nil
 }
 
-// probeMP3 scans from the start of a file for its first chained frame.
-func probeMP3(sc *scanner, path string) error {
-	var buf []byte
-	junk := 0
-	for junk <= maxLeadingJunk {
-		seg, kind, _, err := sc.next(buf)
-		buf = seg
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("input: %s: %w", path, err)
-		}
-		switch kind {
-		case segFrame:
-			return nil
-		case segOther:
-			junk += len(seg)
-		}
+// newPass returns a Demuxer over the file from its start. The file is read
+// with ReadAt, so that Read can copy the bytes it releases from the file
+// as well.
+func newPass(fh *os.File) *mux.Demuxer { return mux.NewDemuxer(&offsetReader{r: fh}) }
+
+// offsetReader reads an io.ReaderAt from the start.
+type offsetReader struct {
+	r   io.ReaderAt
+	off int64
+}
+
+func (o *offsetReader) Read(p []byte) (int, error) {
+	n, err := o.r.ReadAt(p, o.off)
+	o.off += int64(n)
+	if n > 0 && err == io.EOF {
+		err = nil
 	}
-	if sc.unsupported != nil {
-		return fmt.Errorf("input: %s: %w: %w", path, mux.ErrNotMP3, sc.unsupported)
-	}
-	return fmt.Errorf("input: %s: no MP3 frame found: %w", path, mux.ErrNotMP3)
+	return n, err
 }
 
 // fileTitle reads the title from a file's ID3v2 tag, else its ID3v1 tag.
 func fileTitle(fh *os.File, size int64) (string, error) {
-	var hdr [id3v2HeaderSize]byte
+	var hdr [10]byte
 	if _, err := fh.ReadAt(hdr[:], 0); err != nil && err != io.EOF {
 		return "", err
 	}
-	if n := id3v2Size(hdr[:]); n > 0 {
+	if n := mux.ID3v2Size(hdr[:]); n > 0 {
 		tag := make([]byte, min(n, maxTitleTag))
 		m, err := fh.ReadAt(tag, 0)
 		if err != nil && err != io.EOF {
@@ -187,7 +175,7 @@ func (f *File) Read(p []byte) (int, error) {
 	}
 	n := 0
 	for n < len(p) {
-		if len(f.pending) == 0 {
+		if f.pos == f.end {
 			if err := f.advance(); err != nil {
 				if n > 0 {
 					return n, nil
@@ -200,6 +188,7 @@ func (f *File) Read(p []byte) (int, error) {
 				}
 				return 0, err
 			}
+			continue
 		}
 		if d := time.Until(f.t0.Add(f.due - f.cfg.Lead)); d > 0 {
 			if n > 0 {
@@ -209,43 +198,52 @@ func (f *File) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		c := copy(p[n:], f.pending)
-		f.pending = f.pending[c:]
+		c, err := f.fh.ReadAt(p[n:n+int(min(int64(len(p)-n), f.end-f.pos))], f.pos)
+		f.pos += int64(c)
 		n += c
+		if err != nil && c == 0 {
+			if err == io.EOF { // the file shrank under us
+				f.end = f.pos
+				continue
+			}
+			return n, f.fail(err)
+		}
 	}
 	return n, nil
 }
 
-// advance makes the next segment pending, with its due time.
+// advance schedules the next bytes of the file: those up to the end of the
+// next audio frame (tags, junk and Xing frames before it included), due
+// when the frame is; at the end of the file, the rest, due when the last
+// frame has played. It returns io.EOF when the file has been released to
+// its end.
 func (f *File) advance() error {
 	if f.err != nil {
 		return f.err
 	}
 	for {
-		seg, kind, h, err := f.sc.next(f.seg)
-		f.seg = seg
-		if err == io.EOF && f.cfg.Loop {
+		fr, err := f.d.Next()
+		switch {
+		case err == nil:
+			f.due = f.clock.elapsed()
+			f.clock.add(fr.Header())
+			f.passAudio = true
+		case err == io.EOF && f.pos < f.d.Offset():
+			f.due = f.clock.elapsed() // the bytes after the last frame
+		case err == io.EOF && f.cfg.Loop:
 			if !f.passAudio {
 				// The file changed under us; looping would spin.
 				f.err = fmt.Errorf("input: %s: a pass over the file found no MP3 frame: %w", f.path, mux.ErrNotMP3)
 				return f.err
 			}
 			f.passAudio = false
-			if _, err := f.fh.Seek(0, io.SeekStart); err != nil {
-				return f.fail(err)
-			}
-			f.sc.reset(f.fh)
+			f.d = newPass(f.fh)
+			f.pos, f.end = 0, 0
 			continue
-		}
-		if err != nil {
+		default:
 			return f.fail(err)
 		}
-		f.pending = seg
-		f.due = f.clock.elapsed()
-		if kind == segFrame && !mux.Frame(seg).IsInfo() {
-			f.clock.add(h)
-			f.passAudio = true
-		}
+		f.end = f.d.Offset()
 		return nil
 	}
 }

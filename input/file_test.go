@@ -277,3 +277,49 @@ func ExampleOpenFile() {
 	fmt.Println(f.Title())
 	// Output: VBR test
 }
+
+// FuzzFile: whatever a file holds, OpenFile refuses it with ErrNotMP3 or
+// the File passes every byte through unchanged.
+func FuzzFile(f *testing.F) {
+	mp3 := readTestdata(f, "cbr128.mp3")
+	f.Add(mp3[:3000])
+	f.Add(append([]byte("ID3\x04\x00\x10\x00\x00\x00\x05abcde3DI\x04\x00\x10\x00\x00\x00\x05"), mp3[:2000]...))
+	f.Add(append(append(append([]byte{}, mp3[:1000]...), "junk"...), mp3[1000:3000]...))
+	f.Add(readTestdata(f, "speech.mp3")[:4000])
+	f.Add([]byte{0xff, 0xfb, 0x90, 0x64})
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(dir, "fuzz.mp3")
+		require.NoError(t, os.WriteFile(path, data, 0o644))
+		fl, err := OpenFile(path, FileConfig{Lead: time.Hour})
+		if err != nil {
+			require.ErrorIs(t, err, mux.ErrNotMP3)
+			return
+		}
+		defer fl.Close()
+		got, err := io.ReadAll(fl)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(data, got))
+	})
+}
+
+func TestFileLongJunkMidFile(t *testing.T) {
+	// 100 kB of junk in the middle of a file takes no time and is passed
+	// through; the frames after it play on.
+	mp3 := readTestdata(t, "cbr128.mp3")
+	offsets, _, total := frameStarts(t, mp3)
+	mid := offsets[150]
+	data := append(append(append([]byte{}, mp3[:mid]...), bytes.Repeat([]byte("not audio "), 10000)...), mp3[mid:]...)
+	path := filepath.Join(t.TempDir(), "junk.mp3")
+	require.NoError(t, os.WriteFile(path, data, 0o644))
+	synctest.Test(t, func(t *testing.T) {
+		f, err := OpenFile(path, FileConfig{})
+		require.NoError(t, err)
+		defer f.Close()
+		start := time.Now()
+		got, err := io.ReadAll(f)
+		require.NoError(t, err)
+		require.Equal(t, data, got)
+		require.Equal(t, total, time.Since(start))
+	})
+}

@@ -9,10 +9,12 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -21,6 +23,8 @@ import (
 const (
 	// DefaultConnectTimeout is HTTPConfig.ConnectTimeout's default.
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultHeaderTimeout is HTTPConfig.HeaderTimeout's default.
+	DefaultHeaderTimeout = 5 * time.Second
 	// DefaultStallTimeout is HTTPConfig.StallTimeout's default.
 	DefaultStallTimeout = 10 * time.Second
 	// DefaultMinBackoff is HTTPConfig.MinBackoff's default.
@@ -46,6 +50,12 @@ type HTTPConfig struct {
 	// (dialing and TLS included) to the response headers. If zero,
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// HeaderTimeout bounds the wait for the response headers once the
+	// request is sent. A server that answers nothing in time is retried;
+	// one that starts its headers and does not finish them in time is
+	// broken, and for the first connection the error is permanent (OpenURL
+	// returns it at once). If zero, DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
 	// StallTimeout is how long Read waits for a byte before it drops the
 	// connection as stalled and reconnects. If zero, DefaultStallTimeout.
 	StallTimeout time.Duration
@@ -144,7 +154,8 @@ type httpConn struct {
 // attempts as Read does, until ctx is done or MaxRetries is reached; it
 // fails at once on a permanent error: an error status other than 408, 429
 // or 5xx (a *StatusError), a Content-Type that is not MP3 (ErrContentType),
-// or a bad icy-metaint (ErrBadMetaint). ctx bounds only the connecting: it
+// a bad icy-metaint (ErrBadMetaint), or response headers begun and not
+// finished within HeaderTimeout (ErrHeaderTimeout). ctx bounds only the connecting: it
 // may be cancelled once OpenURL returns.
 func OpenURL(ctx context.Context, rawURL string, cfg HTTPConfig) (*HTTP, error) {
 	u, err := url.Parse(rawURL)
@@ -155,13 +166,16 @@ func OpenURL(ctx context.Context, rawURL string, cfg HTTPConfig) (*HTTP, error) 
 		return nil, fmt.Errorf("input: %q is not an http or https URL", rawURL)
 	}
 	switch {
-	case cfg.ConnectTimeout < 0, cfg.StallTimeout < 0, cfg.MinBackoff < 0, cfg.MaxBackoff < 0:
+	case cfg.ConnectTimeout < 0, cfg.HeaderTimeout < 0, cfg.StallTimeout < 0, cfg.MinBackoff < 0, cfg.MaxBackoff < 0:
 		return nil, errors.New("input: negative duration in HTTPConfig")
 	case cfg.MinBackoff > 0 && cfg.MaxBackoff > 0 && cfg.MinBackoff > cfg.MaxBackoff:
 		return nil, errors.New("input: HTTPConfig.MinBackoff exceeds MaxBackoff")
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = DefaultHeaderTimeout
 	}
 	if cfg.StallTimeout == 0 {
 		cfg.StallTimeout = DefaultStallTimeout
@@ -211,6 +225,9 @@ func OpenURL(ctx context.Context, rawURL string, cfg HTTPConfig) (*HTTP, error) 
 	return h, nil
 }
 
+// maxHeaderBytes bounds the response headers the default client reads.
+const maxHeaderBytes = 64 << 10
+
 // defaultClient makes the client used when HTTPConfig.HTTPClient is nil.
 // ConnectTimeout is applied to each request through its context, so the
 // transport sets no timeouts of its own.
@@ -225,9 +242,10 @@ func defaultClient() (*http.Client, *http.Transport) {
 			}
 			return &icyStatusConn{Conn: c}, nil
 		},
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 1,
-		IdleConnTimeout:     30 * time.Second,
+		DisableCompression:     true,
+		MaxIdleConnsPerHost:    1,
+		MaxResponseHeaderBytes: maxHeaderBytes,
+		IdleConnTimeout:        30 * time.Second,
 	}
 	return &http.Client{Transport: tr}, tr
 }
@@ -427,6 +445,10 @@ func (h *HTTP) permanent(err error) bool {
 	if errors.As(err, &se) {
 		return h.initial && se.permanent()
 	}
+	var he *HeaderTimeoutError
+	if errors.As(err, &he) {
+		return h.initial && he.Partial
+	}
 	return errors.Is(err, ErrContentType) || errors.Is(err, ErrBadMetaint)
 }
 
@@ -454,15 +476,41 @@ func (h *HTTP) connect(ctx context.Context) error {
 		}
 	}()
 
-	// ctx and the connect timeout bound the connecting only.
+	// ctx and the connect timeout bound the connecting only; the header
+	// timeout runs from the request's sending to the response headers.
 	stopCtx := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
 	timer := time.AfterFunc(h.cfg.ConnectTimeout, func() { cancel(ErrConnectTimeout) })
-	resp, err := h.do(cctx)
+	var mu sync.Mutex
+	var headerTimer *time.Timer
+	var gotByte atomic.Bool
+	hto := &HeaderTimeoutError{URL: h.url, Timeout: h.cfg.HeaderTimeout}
+	trace := &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			if headerTimer == nil {
+				headerTimer = time.AfterFunc(h.cfg.HeaderTimeout, func() {
+					hto.Partial = gotByte.Load()
+					cancel(hto)
+				})
+			}
+		},
+		GotFirstResponseByte: func() { gotByte.Store(true) },
+	}
+	resp, err := h.do(httptrace.WithClientTrace(cctx, trace))
 	timer.Stop()
 	stopCtx()
+	mu.Lock()
+	if headerTimer != nil {
+		headerTimer.Stop()
+	}
+	mu.Unlock()
 	if err != nil {
 		if cause := context.Cause(cctx); cause != nil {
 			err = cause
+		}
+		if errors.Is(err, ErrHeaderTimeout) {
+			return err
 		}
 		if errors.Is(err, ErrClosed) {
 			return ErrClosed

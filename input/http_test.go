@@ -429,41 +429,97 @@ func TestHTTPFile(t *testing.T) {
 
 func TestHTTPConnectTimeout(t *testing.T) {
 	// A server that accepts connections and never answers.
+	addr, conns := stallingServer(t, "")
+	cfg := fastConfig(t)
+	cfg.ConnectTimeout = 100 * time.Millisecond
+	cfg.MaxRetries = 2
+	start := time.Now()
+	_, err := OpenURL(t.Context(), "http://"+addr+"/", cfg)
+	require.ErrorIs(t, err, ErrConnectTimeout)
+	require.Less(t, time.Since(start), 3*time.Second)
+	require.Eventually(t, func() bool { return conns() == 2 }, 5*time.Second, time.Millisecond, "two attempts")
+}
+
+// stallingServer accepts connections, sends each the bytes head (perhaps
+// none) and then nothing more until the test ends.
+func stallingServer(t *testing.T, head string) (addr string, conns func() int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var conns []net.Conn
+	var open []net.Conn
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			_, _ = c.Write([]byte(head))
 			mu.Lock()
-			conns = append(conns, c)
+			open = append(open, c)
 			mu.Unlock()
 		}
 	})
-	defer func() {
+	t.Cleanup(func() {
 		ln.Close()
 		wg.Wait()
-		for _, c := range conns {
+		for _, c := range open {
 			c.Close()
 		}
-	}()
-	cfg := fastConfig(t)
-	cfg.ConnectTimeout = 100 * time.Millisecond
-	cfg.MaxRetries = 2
-	start := time.Now()
-	_, err = OpenURL(t.Context(), "http://"+ln.Addr().String()+"/", cfg)
-	require.ErrorIs(t, err, ErrConnectTimeout)
-	require.Less(t, time.Since(start), 3*time.Second)
-	require.Eventually(t, func() bool {
+	})
+	return ln.Addr().String(), func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(conns) == 2
-	}, 5*time.Second, time.Millisecond, "two attempts")
+		return len(open)
+	}
+}
+
+func TestHTTPHeadersThatNeverEnd(t *testing.T) {
+	// A server that starts its headers and stalls: OpenURL fails at once
+	// after the header timeout, however many retries it may make, and
+	// says what happened.
+	addr, conns := stallingServer(t, "HTTP/1.0 200 OK\r\nContent-Type: audio/mpeg\r\nicy-na")
+	cfg := fastConfig(t)
+	cfg.HeaderTimeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err := OpenURL(t.Context(), "http://"+addr+"/", cfg)
+	took := time.Since(start)
+	require.ErrorIs(t, err, ErrHeaderTimeout)
+	var he *HeaderTimeoutError
+	require.ErrorAs(t, err, &he)
+	require.True(t, he.Partial)
+	require.Contains(t, err.Error(), "http://"+addr+"/: the server began its response but did not finish its headers within 300ms")
+	require.GreaterOrEqual(t, took, 300*time.Millisecond)
+	require.Less(t, took, 2*time.Second)
+	require.Equal(t, 1, conns(), "no retry")
+	t.Logf("failed after %v: %v", took, err)
+	requireNoClientConns(t)
+
+	// With the defaults, within a few seconds.
+	require.LessOrEqual(t, DefaultHeaderTimeout, 5*time.Second)
+	cfg = HTTPConfig{Logger: testLogger(t)}
+	start = time.Now()
+	_, err = OpenURL(t.Context(), "http://"+addr+"/", cfg)
+	require.ErrorIs(t, err, ErrHeaderTimeout)
+	require.Less(t, time.Since(start), DefaultHeaderTimeout+time.Second)
+	t.Logf("with the defaults: failed after %v", time.Since(start))
+}
+
+func TestHTTPHeaderTimeoutRetriesASilentServer(t *testing.T) {
+	// A server that answers nothing at all may be busy: it is retried.
+	addr, conns := stallingServer(t, "")
+	cfg := fastConfig(t)
+	cfg.HeaderTimeout = 100 * time.Millisecond
+	cfg.MaxRetries = 3
+	_, err := OpenURL(t.Context(), "http://"+addr+"/", cfg)
+	var he *HeaderTimeoutError
+	require.ErrorAs(t, err, &he)
+	require.False(t, he.Partial)
+	require.Contains(t, err.Error(), "giving up after 3 failed attempts")
+	require.Contains(t, err.Error(), "the server sent no response within 100ms")
+	require.Eventually(t, func() bool { return conns() == 3 }, 5*time.Second, time.Millisecond)
+	_, err = OpenURL(t.Context(), "http://"+addr+"/", HTTPConfig{HeaderTimeout: -time.Second})
+	require.Error(t, err)
 }
 
 func TestHTTPShoutcastV1(t *testing.T) {

@@ -11,24 +11,8 @@ import (
 	"github.com/p2pradio/p2pradio/mux"
 )
 
-// id3v2HeaderSize is the size of an ID3v2 tag header (and footer).
+// id3v2HeaderSize is the size of an ID3v2 tag header.
 const id3v2HeaderSize = 10
-
-// id3v2Size returns the size of the whole ID3v2 tag (header, body and
-// footer) that b starts with, or 0 when b does not start with one.
-func id3v2Size(b []byte) int64 {
-	if len(b) < id3v2HeaderSize || b[0] != 'I' || b[1] != 'D' || b[2] != '3' {
-		return 0
-	}
-	if b[3] < 2 || b[3] > 4 || b[4] == 0xff || b[6]|b[7]|b[8]|b[9] >= 0x80 {
-		return 0
-	}
-	n := id3v2HeaderSize + int64(syncsafe(b[6:10]))
-	if b[5]&0x10 != 0 { // footer present
-		n += id3v2HeaderSize
-	}
-	return n
-}
 
 // syncsafe decodes a 28-bit ID3v2 syncsafe integer (7 bits per byte).
 func syncsafe(b []byte) int {
@@ -40,14 +24,18 @@ func syncsafe(b []byte) int {
 // title is looked for in what there is. Compressed and encrypted frames are
 // skipped.
 func id3v2Title(tag []byte) string {
-	size := id3v2Size(tag)
+	size := mux.ID3v2Size(tag)
 	if size == 0 {
 		return ""
 	}
 	ver, flags := tag[3], tag[5]
+	size -= id3v2HeaderSize
+	if ver == 4 && flags&0x10 != 0 {
+		size -= id3v2HeaderSize // the footer
+	}
 	body := tag[id3v2HeaderSize:]
-	if int64(len(body)) > size-id3v2HeaderSize {
-		body = body[:size-id3v2HeaderSize]
+	if len(body) > size {
+		body = body[:size]
 	}
 	if flags&0x80 != 0 {
 		body = unsync(body)

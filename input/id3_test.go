@@ -85,14 +85,6 @@ func TestID3v1Title(t *testing.T) {
 	require.Empty(t, id3v1Title([]byte("TAG")))
 }
 
-func TestID3v2Size(t *testing.T) {
-	require.Equal(t, int64(10+0x4b), id3v2Size(readTestdata(t, "vbr_id3_xing.mp3")))
-	footer := []byte("ID3\x04\x00\x10\x00\x00\x01\x00")
-	require.Equal(t, int64(10+128+10), id3v2Size(footer))
-	require.Zero(t, id3v2Size([]byte("ID3\x04\x00\x00\x80\x00\x00\x00")), "not syncsafe")
-	require.Zero(t, id3v2Size([]byte("ID3\x04\x00")), "short")
-}
-
 func FuzzID3v2Title(f *testing.F) {
 	f.Add(id3Tag(4, 0, id3Frame(4, "TIT2", 0, []byte("\x03title"))))
 	f.Add(id3Tag(3, 0xc0, append([]byte{0, 0, 0, 6, 0, 0, 0, 0, 0, 0}, id3Frame(3, "TIT2", 0x20, []byte("\x01\xff\xfet\x00"))...)))

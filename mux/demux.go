@@ -4,11 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 )
 
-// MaxJunk is how many bytes the Demuxer scans without finding a frame before
-// it gives up with ErrNotMP3. Tags do not count.
-const MaxJunk = 64 << 10
+const (
+	// MaxJunk is how many bytes the Demuxer scans at the start of a stream
+	// without finding a frame before it gives up with ErrNotMP3. Once the
+	// stream has started, a run of junk this long is logged and counted
+	// (DemuxStats.JunkRuns) and the Demuxer goes on looking. Tags do not
+	// count.
+	MaxJunk = 64 << 10
+	// MaxLiveJunk is how many bytes of junk after the last frame end a
+	// stream that has started with ErrNotMP3: about 8 minutes of 128
+	// kbit/s audio.
+	MaxLiveJunk = 8 << 20
+)
 
 const (
 	// demuxBufSize is the read buffer: room for the largest frame the
@@ -43,6 +53,7 @@ type DemuxStats struct {
 	TagBytes   int64 // bytes of the tags skipped
 	InfoFrames int64 // Xing, Info and VBRI frames dropped
 	Resyncs    int64 // times the stream lost frame sync after it had it
+	JunkRuns   int64 // runs of more than MaxJunk bytes without a frame after the stream started
 	Truncated  int64 // bytes of a partial frame dropped at the end of the stream
 }
 
@@ -56,10 +67,17 @@ type DemuxStats struct {
 // than the current frame and the next frame's header. A frame of a new
 // Format must be confirmed by the header after it, like a frame after junk.
 //
+// A long run of junk (more than MaxJunk bytes) is fatal only at the start
+// of the stream, where it means the input is not MP3; later it is skipped,
+// logged and counted in DemuxStats.JunkRuns, up to MaxLiveJunk bytes. The
+// Demuxer holds at most a fixed buffer (16 KiB) and the frames it returns,
+// whatever the input.
+//
 // A Demuxer is not safe for concurrent use. It reads from its reader only
 // inside Next.
 type Demuxer struct {
 	r        io.Reader
+	log      *slog.Logger
 	buf      []byte // buf[off:end] is read and not yet consumed
 	off, end int
 	eof      bool
@@ -70,6 +88,8 @@ type Demuxer struct {
 	format  Format // of the last frame
 	aligned bool   // nothing but tags and frames consumed since the start or the last frame
 	junkRun int64  // bytes skipped since the last frame
+	lost    bool   // junkRun passed MaxJunk after the stream started: logged
+	lastEnd int64  // the offset after the last frame
 	tags    int    // tags since the last frame
 	tagRun  int64  // bytes of those tags
 	total   int64  // bytes consumed
@@ -81,20 +101,45 @@ type Demuxer struct {
 	stats DemuxStats
 }
 
-// NewDemuxer returns a Demuxer reading MP3 bytes from r. It does no I/O.
-func NewDemuxer(r io.Reader) *Demuxer {
-	return &Demuxer{r: r, buf: make([]byte, demuxBufSize), aligned: true}
+// DemuxConfig configures a Demuxer. The zero value is usable.
+type DemuxConfig struct {
+	// Logger receives a warning when the stream loses sync for more than
+	// MaxJunk bytes, and a note when it is back in sync. Nil is silent.
+	Logger *slog.Logger
+}
+
+// NewDemuxer returns a Demuxer reading MP3 bytes from r, with the zero
+// DemuxConfig. It does no I/O.
+func NewDemuxer(r io.Reader) *Demuxer { return NewDemuxerConfig(r, DemuxConfig{}) }
+
+// NewDemuxerConfig returns a Demuxer reading MP3 bytes from r. It does no
+// I/O.
+func NewDemuxerConfig(r io.Reader, cfg DemuxConfig) *Demuxer {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Demuxer{r: r, log: log, buf: make([]byte, demuxBufSize), aligned: true}
 }
 
 // Stats returns the counts so far.
 func (d *Demuxer) Stats() DemuxStats { return d.stats }
+
+// Offset is how many bytes of the stream Next has consumed: after Next
+// returns a frame, the offset of the byte after the frame; after io.EOF,
+// the length of the stream.
+func (d *Demuxer) Offset() int64 { return d.total }
+
+// started reports whether the stream has yielded a frame.
+func (d *Demuxer) started() bool { return d.stats.Frames > 0 || d.stats.InfoFrames > 0 }
 
 // Next returns the next audio frame. The frame is the Demuxer's own copy and
 // stays valid: the Demuxer never reuses its memory.
 //
 // At the end of the stream Next returns io.EOF; a partial frame at the end
 // is dropped and counted in Stats.Truncated. A stream that ends, or runs
-// MaxJunk bytes, without a frame yields an error wrapping ErrNotMP3; three
+// MaxJunk bytes, without a frame, and a started stream that runs
+// MaxLiveJunk bytes without one, yield an error wrapping ErrNotMP3; three
 // consecutive frames of MPEG audio that p2pradio does not carry (free
 // format, Layers I and II) yield an error wrapping ErrUnsupported.
 // These errors, like io.EOF, are returned again by every later call. Any
@@ -120,7 +165,9 @@ func (d *Demuxer) next() (Frame, error) {
 			return nil, err
 		}
 		if d.junkRun > MaxJunk {
-			return nil, fmt.Errorf("%w: no frame in %d bytes", ErrNotMP3, d.junkRun)
+			if err := d.longJunk(); err != nil {
+				return nil, err
+			}
 		}
 		if err := d.fill(HeaderSize); err == io.EOF {
 			return nil, d.finish()
@@ -133,10 +180,13 @@ func (d *Demuxer) next() (Frame, error) {
 			if err != nil {
 				return nil, err
 			}
-			if n > 0 {
-				if d.tags >= maxTags || d.tagRun+int64(n) > maxTagBytes {
+			if n > 0 && (d.tags >= maxTags || d.tagRun+int64(n) > maxTagBytes) {
+				if !d.started() {
 					return nil, fmt.Errorf("%w: %d tags of %d bytes and no frame", ErrNotMP3, d.tags+1, d.tagRun+int64(n))
 				}
+				n = 0 // in a live stream, junk that looks like a tag
+			}
+			if n > 0 {
 				d.skipTag(n)
 				continue
 			}
@@ -229,12 +279,17 @@ func (d *Demuxer) consume(n int) {
 // accept consumes the frame of n bytes at the start of the buffer, which
 // has header h. It returns a copy of the frame, or nil for an info frame.
 func (d *Demuxer) accept(h Header, n int) Frame {
+	if d.lost {
+		d.lost = false
+		d.log.Info("mux: back in sync", "offset", d.total, "skipped", d.total-d.lastEnd)
+	}
 	d.locked, d.aligned = true, true
 	d.format = h.Format()
 	d.junkRun, d.tags, d.tagRun = 0, 0, 0
 	d.unsupported, d.unsupportedErr = 0, nil
 	src := Frame(d.buf[d.off : d.off+n])
 	d.consume(n)
+	d.lastEnd = d.total
 	if src.IsInfo() {
 		d.stats.InfoFrames++
 		return nil
@@ -260,6 +315,22 @@ func (d *Demuxer) skipJunk(n int) {
 	d.consume(n)
 	d.stats.Skipped += int64(n)
 	d.junkRun += int64(n)
+}
+
+// longJunk handles a run of more than MaxJunk bytes without a frame: the
+// end of a stream that has not started, a warning in one that has.
+func (d *Demuxer) longJunk() error {
+	switch {
+	case !d.started():
+		return fmt.Errorf("%w: no frame in %d bytes", ErrNotMP3, d.junkRun)
+	case d.junkRun > MaxLiveJunk:
+		return fmt.Errorf("%w: no frame in the %d bytes since the last frame (which ended at offset %d)", ErrNotMP3, d.total-d.lastEnd, d.lastEnd)
+	case !d.lost:
+		d.lost = true
+		d.stats.JunkRuns++
+		d.log.Warn("mux: lost sync: skipping junk", "after", d.lastEnd, "skipped", d.total-d.lastEnd)
+	}
+	return nil
 }
 
 // truncate drops what is left of the stream, the start of a frame.
@@ -347,18 +418,20 @@ func (d *Demuxer) tag() (int, error) {
 	switch {
 	case need == 3 && string(b[:3]) == "TAG":
 		return 128, nil // ID3v1
-	case need == 10 && string(b[:3]) == "ID3":
-		return id3v2Size(b), nil
+	case need == 10:
+		return ID3v2Size(b), nil
 	case need == 32 && string(b[:8]) == "APETAGEX":
 		return apeSize(b), nil
 	}
 	return 0, nil
 }
 
-// id3v2Size returns the size of the ID3v2 tag whose 10-byte header starts
-// b, or 0 if b does not start with one.
-func id3v2Size(b []byte) int {
-	if b[3] < 2 || b[3] > 4 || b[4] == 0xFF {
+// ID3v2Size returns the size of the whole ID3v2 tag that b starts with:
+// the 10-byte header, the body and, in ID3v2.4, the footer when the header
+// says there is one. It returns 0 when b does not start with an ID3v2 tag
+// header (versions 2.2 to 2.4), or holds fewer than its 10 bytes.
+func ID3v2Size(b []byte) int {
+	if len(b) < 10 || string(b[:3]) != "ID3" || b[3] < 2 || b[3] > 4 || b[4] == 0xFF {
 		return 0
 	}
 	n := 0

@@ -31,4 +31,7 @@
 //     error). A stream that yields no frame within MaxJunk bytes is not MP3
 //     (ErrNotMP3); a run of free-format, Layer I or Layer II frames is
 //     ErrUnsupported.
+//   - Once the stream has started, junk is never fatal short of MaxLiveJunk
+//     bytes: a long run is logged (DemuxConfig.Logger), counted
+//     (DemuxStats.JunkRuns) and skipped, and the stream goes on.
 package mux

@@ -1,11 +1,15 @@
 package output
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,15 +39,25 @@ type HTTPConfig struct {
 	// is refused with 503 Service Unavailable. Zero means 100; negative
 	// means no limit.
 	MaxListeners int
-	// Queue is how much audio may wait for one listener. A listener whose
-	// queue is full loses whole chunks. Zero means Burst + 4 s; a value
-	// below Burst + 1 s is raised to that.
+	// MaxPerAddress bounds the streams served at once to one client
+	// address (an IPv4 address, or an IPv6 /64: one host's addresses); a
+	// request beyond it is refused with 429 Too Many Requests. Loopback
+	// counts like any address. Behind a reverse proxy every listener has
+	// the proxy's address: raise it or make it negative there. Zero means
+	// 8; negative means no limit.
+	MaxPerAddress int
+	// Queue is how much audio may wait for one listener: in its queue here
+	// and, as far as the server can tell, in its connection, sent or not
+	// but not yet read by its player. A listener whose queue is full loses
+	// whole chunks. Zero means Burst + 4 s; a value below Burst + 1 s is
+	// raised to that.
 	Queue time.Duration
 	// MaxDrops is how many chunks in a row a listener may lose before it
 	// is disconnected. Zero means 20 (about 2 s of audio).
 	MaxDrops int
 	// WriteTimeout bounds one write to a listener: one that takes nothing
-	// for this long is disconnected. Zero means 10 s.
+	// for this long is disconnected (a listener that stops reading is
+	// usually disconnected sooner, when its Queue fills). Zero means 10 s.
 	WriteTimeout time.Duration
 	// Reorder is how many later chunks may wait for a missing one before
 	// the stream goes on without it (chunks may arrive out of order, as
@@ -72,6 +86,9 @@ func (c *HTTPConfig) setDefaults() {
 	}
 	if c.MaxListeners == 0 {
 		c.MaxListeners = 100
+	}
+	if c.MaxPerAddress == 0 {
+		c.MaxPerAddress = 8
 	}
 	burst := max(c.Burst, 0)
 	if c.Queue == 0 {
@@ -105,6 +122,20 @@ func (c *HTTPConfig) setDefaults() {
 // whole chunks and, after MaxDrops in a row, is disconnected. It never
 // slows the node or the other listeners.
 //
+// A listener that stops reading is noticed by what it has not taken, not
+// by a blocked write alone: the socket buffers of one TCP connection hold
+// minutes of audio. For an HTTP/1 connection, HTTP takes the connection
+// over from the server, as an Icecast server does (it writes the response
+// itself, chunked for HTTP/1.1, and closes the connection at the end),
+// keeps its send buffer small and, on Linux, reads from the kernel after
+// each write the bytes not yet sent or acknowledged and how far the
+// client's TCP window has shrunk (what it has received and not read).
+// These count against the listener's Queue, so one that stops reading is
+// disconnected within a few seconds (about Queue - Burst, then MaxDrops
+// chunks: 7 s with the defaults on loopback), and its slot is free at
+// once. Elsewhere, and over HTTP/2, only the queue here counts, with
+// WriteTimeout.
+//
 // The title is the one carried by the latest chunk with mux.FlagMetadata,
 // unless SetTitle overrides it. WriteChunk is called from one goroutine;
 // ServeHTTP, SetTitle, Title, Bitrate, Stats and Close from any.
@@ -117,6 +148,7 @@ type HTTP struct {
 	mu        sync.Mutex
 	closed    bool
 	clients   map[*client]struct{}
+	perAddr   map[string]int // listeners by addrKey
 	started   bool
 	next      uint64                // the next sequence number to send
 	pending   map[uint64]*mux.Chunk // arrived ahead of next
@@ -125,7 +157,7 @@ type HTTP struct {
 	recentLen int64 // frame bytes in recent
 	title     string
 
-	served, bytes, dropped, slow, refused, skipped atomic.Int64
+	served, bytes, dropped, slow, refused, skipped, refusedAddr atomic.Int64
 }
 
 var (
@@ -149,13 +181,27 @@ type segment struct {
 // client is one listener's queue.
 type client struct {
 	wake chan struct{} // cap 1: the queue has something, or the client was kicked
+	addr string        // addrKey of its address
 
-	mu     sync.Mutex
-	queue  []segment
-	spare  []segment // the writer's previous queue, for reuse
-	queued time.Duration
-	drops  int // chunks lost in a row
-	kicked bool
+	mu      sync.Mutex
+	queue   []segment
+	spare   []segment // the writer's previous queue, for reuse
+	queued  time.Duration
+	writing time.Duration // in the write under way
+	unread  int64         // bytes in the connection not yet read, as last measured
+	drops   int           // chunks lost in a row
+	kicked  bool
+	abort   func() // unblocks the writer's write; nil if it cannot be
+}
+
+// behind is how much audio waits for the listener, at rate bytes per
+// second for what is measured in bytes. cl.mu is held.
+func (cl *client) behind(rate float64) time.Duration {
+	d := cl.queued + cl.writing
+	if rate > 0 {
+		d += time.Duration(float64(cl.unread) / rate * float64(time.Second))
+	}
+	return d
 }
 
 func (cl *client) signal() {
@@ -167,13 +213,14 @@ func (cl *client) signal() {
 
 // HTTPStats counts an HTTP output's listeners and what they were sent.
 type HTTPStats struct {
-	Listeners int   `json:"listeners"` // streams being served now
-	Served    int64 `json:"served"`    // streams started so far
-	Bytes     int64 `json:"bytes"`     // bytes sent to listeners (audio and ICY metadata)
-	Dropped   int64 `json:"dropped"`   // chunks a listener lost because its queue was full
-	Slow      int64 `json:"slow"`      // listeners disconnected for not keeping up
-	Refused   int64 `json:"refused"`   // requests refused at MaxListeners
-	Skipped   int64 `json:"skipped"`   // chunks the stream went on without (missing or late)
+	Listeners      int   `json:"listeners"`       // streams being served now
+	Served         int64 `json:"served"`          // streams started so far
+	Bytes          int64 `json:"bytes"`           // bytes sent to listeners (audio and ICY metadata)
+	Dropped        int64 `json:"dropped"`         // chunks a listener lost because its queue was full
+	Slow           int64 `json:"slow"`            // listeners disconnected for not keeping up
+	Refused        int64 `json:"refused"`         // requests refused at MaxListeners
+	RefusedAddress int64 `json:"refused_address"` // requests refused at MaxPerAddress
+	Skipped        int64 `json:"skipped"`         // chunks the stream went on without (missing or late)
 }
 
 // ErrStreamClosed is what a listener is told after Close.
@@ -187,6 +234,7 @@ func NewHTTP(cfg HTTPConfig) *HTTP {
 		log:     cfg.Logger,
 		done:    make(chan struct{}),
 		clients: make(map[*client]struct{}),
+		perAddr: make(map[string]int),
 		pending: make(map[uint64]*mux.Chunk),
 	}
 }
@@ -235,13 +283,14 @@ func (h *HTTP) Stats() HTTPStats {
 	n := len(h.clients)
 	h.mu.Unlock()
 	return HTTPStats{
-		Listeners: n,
-		Served:    h.served.Load(),
-		Bytes:     h.bytes.Load(),
-		Dropped:   h.dropped.Load(),
-		Slow:      h.slow.Load(),
-		Refused:   h.refused.Load(),
-		Skipped:   h.skipped.Load(),
+		Listeners:      n,
+		Served:         h.served.Load(),
+		Bytes:          h.bytes.Load(),
+		Dropped:        h.dropped.Load(),
+		Slow:           h.slow.Load(),
+		Refused:        h.refused.Load(),
+		RefusedAddress: h.refusedAddr.Load(),
+		Skipped:        h.skipped.Load(),
 	}
 }
 
@@ -315,16 +364,16 @@ func (h *HTTP) send(c *mux.Chunk) {
 	h.recentDur += d
 	h.recentLen += frameBytes(c)
 	h.trimRecent()
+	rate := h.byteRate()
 	for cl := range h.clients {
 		cl.mu.Lock()
 		switch {
 		case cl.kicked:
-		case cl.queued+d > h.cfg.Queue:
+		case cl.behind(rate)+d > h.cfg.Queue:
 			h.dropped.Add(1)
 			cl.drops++
 			if cl.drops >= h.cfg.MaxDrops {
-				cl.kicked = true
-				h.slow.Add(1)
+				h.kick(cl)
 			}
 		default:
 			cl.queue = append(cl.queue, segment{held: hd})
@@ -334,6 +383,39 @@ func (h *HTTP) send(c *mux.Chunk) {
 		cl.mu.Unlock()
 		cl.signal()
 	}
+}
+
+// kick disconnects a listener that does not keep up: its slot is free at
+// once, and its writer is stopped. h.mu and cl.mu are held.
+func (h *HTTP) kick(cl *client) {
+	cl.kicked = true
+	h.slow.Add(1)
+	h.remove(cl)
+	if cl.abort != nil {
+		cl.abort()
+	}
+}
+
+// remove frees a listener's slot. h.mu is held.
+func (h *HTTP) remove(cl *client) {
+	if _, ok := h.clients[cl]; !ok {
+		return
+	}
+	delete(h.clients, cl)
+	if cl.addr != "" {
+		if h.perAddr[cl.addr]--; h.perAddr[cl.addr] <= 0 {
+			delete(h.perAddr, cl.addr)
+		}
+	}
+}
+
+// byteRate is the stream's rate in bytes per second over the recent
+// chunks, 0 before the first. h.mu is held.
+func (h *HTTP) byteRate() float64 {
+	if h.recentDur <= 0 {
+		return 0
+	}
+	return float64(h.recentLen) / h.recentDur.Seconds()
 }
 
 // keepRecent is how much audio the recent chunks cover: Burst, and 1 s for
@@ -396,9 +478,25 @@ type refusal struct {
 	msg  string
 }
 
-// join adds a listener with the burst in its queue (or, for a HEAD
-// request, only reads the bitrate).
-func (h *HTTP) join(head bool) (*client, int, *refusal) {
+// addrKey is what MaxPerAddress counts by for a client at remote (an
+// http.Request's RemoteAddr): its IPv4 address, or its IPv6 /64; "" (no
+// limit) for an address that is not IP.
+func addrKey(remote string) string {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return ""
+	}
+	a := ap.Addr().Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.String()
+	}
+	return a.String()
+}
+
+// join adds a listener from the address key addr with the burst in its
+// queue (or, for a HEAD request, only reads the bitrate).
+func (h *HTTP) join(head bool, addr string) (*client, int, *refusal) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	br := h.bitrate()
@@ -413,7 +511,12 @@ func (h *HTTP) join(head bool) (*client, int, *refusal) {
 		return nil, br, &refusal{http.StatusServiceUnavailable,
 			fmt.Sprintf("p2pradio: this stream is full (%d listeners); try again later or join the station as a peer", h.cfg.MaxListeners)}
 	}
-	cl := &client{wake: make(chan struct{}, 1)}
+	if addr != "" && h.cfg.MaxPerAddress > 0 && h.perAddr[addr] >= h.cfg.MaxPerAddress {
+		h.refusedAddr.Add(1)
+		return nil, br, &refusal{http.StatusTooManyRequests,
+			fmt.Sprintf("p2pradio: too many streams to your address (%d)", h.cfg.MaxPerAddress)}
+	}
+	cl := &client{wake: make(chan struct{}, 1), addr: addr}
 	if i, from := h.burstStart(); i >= 0 {
 		for j, hd := range h.recent[i:] {
 			s := segment{held: hd}
@@ -426,6 +529,9 @@ func (h *HTTP) join(head bool) (*client, int, *refusal) {
 		cl.signal()
 	}
 	h.clients[cl] = struct{}{}
+	if addr != "" {
+		h.perAddr[addr]++
+	}
 	h.served.Add(1)
 	return cl, br, nil
 }
@@ -453,8 +559,16 @@ func (h *HTTP) burstStart() (i, from int) {
 
 func (h *HTTP) leave(cl *client) {
 	h.mu.Lock()
-	delete(h.clients, cl)
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	h.remove(cl)
+}
+
+// setAbort sets what unblocks the listener's writer. It is called before
+// the writer's first write.
+func (h *HTTP) setAbort(cl *client, abort func()) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	cl.abort = abort
 }
 
 // ServeHTTP serves the stream at the mount: GET streams, HEAD answers the
@@ -470,7 +584,7 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	head := r.Method == http.MethodHead
-	cl, br, ref := h.join(head)
+	cl, br, ref := h.join(head, addrKey(r.RemoteAddr))
 	if ref != nil {
 		w.Header().Set("Retry-After", "10")
 		http.Error(w, ref.msg, ref.code)
@@ -498,7 +612,12 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer h.leave(cl)
 	log := h.log.With("client", r.RemoteAddr)
 	log.Info("http listener joined", "icy", metaint > 0)
-	err := h.stream(w, r, cl, metaint)
+	var err error
+	if conn, brw, herr := http.NewResponseController(w).Hijack(); herr == nil {
+		err = h.streamConn(r, conn, brw.Reader, cl, metaint, hdr)
+	} else {
+		err = h.stream(w, r, cl, metaint)
+	}
 	log.Info("http listener left", "why", err)
 }
 
@@ -515,11 +634,141 @@ func flush(rc *http.ResponseController) error {
 // row.
 var errSlowListener = errors.New("too slow: lost too many chunks")
 
+// errClientGone ends a stream whose client closed its connection.
+var errClientGone = errors.New("client closed the connection")
+
+// sendBuffer is the send buffer asked for a taken-over connection (Linux
+// doubles it): a few seconds of audio, so that a listener that stops
+// reading soon blocks the writes rather than filling megabytes of kernel
+// memory.
+const sendBuffer = 32 << 10
+
+// streamConn streams to a connection taken over from the HTTP server: it
+// writes the response head itself, then the listener's queue as it fills,
+// and measures after each write what the client has not read.
+func (h *HTTP) streamConn(r *http.Request, conn net.Conn, in io.Reader, cl *client, metaint int, hdr http.Header) (err error) {
+	tcp := tcpConn(conn)
+	gone := make(chan struct{})
+	readDone := make(chan struct{})
+	defer func() {
+		if errors.Is(err, errSlowListener) && tcp != nil {
+			_ = tcp.SetLinger(0) // drop what it did not take at once
+		}
+		_ = conn.Close()
+		<-readDone
+	}()
+	_ = conn.SetReadDeadline(time.Time{})
+	go func() {
+		// The client sends nothing after its request; a read fails when
+		// it resets or closes the connection (or when conn is closed).
+		defer close(readDone)
+		if _, err := io.Copy(io.Discard, in); err != nil {
+			close(gone)
+		}
+	}()
+	var sock sockState
+	if tcp != nil {
+		_ = tcp.SetWriteBuffer(sendBuffer)
+	}
+	h.setAbort(cl, func() { _ = conn.SetWriteDeadline(time.Now()) })
+
+	// HTTP/1.1 clients get the body chunked, so that the end of the
+	// stream is told from a cut (ffmpeg reports a cut as an error);
+	// HTTP/1.0 ones get it up to the close.
+	var head bytes.Buffer
+	chunked := r.ProtoAtLeast(1, 1)
+	if chunked {
+		head.WriteString("HTTP/1.1 200 OK\r\n")
+		hdr.Set("Transfer-Encoding", "chunked")
+	} else {
+		head.WriteString("HTTP/1.0 200 OK\r\n")
+	}
+	hdr.Set("Connection", "close")
+	if err := hdr.Write(&head); err != nil {
+		return err
+	}
+	head.WriteString("\r\n")
+	out := head.Bytes()
+	pre := len(out) // bytes of out before the audio
+	var buf []byte
+	icy := newICYWriter(metaint)
+	for {
+		if len(out) > 0 {
+			if err := h.arm(cl, conn.SetWriteDeadline); err != nil {
+				return err
+			}
+			n, err := conn.Write(out)
+			h.bytes.Add(int64(min(max(n-pre, 0), len(buf))))
+			if err := h.wrote(cl, err, sock.unread(tcp)); err != nil {
+				return err
+			}
+		}
+		if buf, err = h.nextWrite(r, cl, &icy, buf, gone); err != nil {
+			if chunked && (errors.Is(err, ErrStreamClosed) || errors.Is(err, r.Context().Err())) {
+				_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = io.WriteString(conn, "0\r\n\r\n") // the end of the body
+			}
+			return err
+		}
+		out = out[:0]
+		if len(buf) > 0 && chunked {
+			out = fmt.Appendf(out, "%x\r\n", len(buf))
+		}
+		pre = len(out)
+		out = append(out, buf...)
+		if len(buf) > 0 && chunked {
+			out = append(out, "\r\n"...)
+		}
+	}
+}
+
+// tcpConn returns the TCP connection under c (a TLS connection's, say), or
+// nil.
+func tcpConn(c net.Conn) *net.TCPConn {
+	for {
+		switch t := c.(type) {
+		case *net.TCPConn:
+			return t
+		case interface{ NetConn() net.Conn }:
+			c = t.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// sockState follows what a listener's TCP connection holds.
+type sockState struct {
+	peakWindow int64 // the largest receive window the client advertised
+}
+
+// unread is how many bytes sent to the listener it has not read: those
+// not yet sent or acknowledged, and those it acknowledged but did not
+// read, seen as its receive window shrinking from the largest it
+// advertised. Linux advertises about half the free room of a receive
+// buffer (the rest is overhead), so the shrinking counts twice. Where the
+// kernel does not tell, it is 0.
+func (s *sockState) unread(c *net.TCPConn) int64 {
+	if c == nil {
+		return 0
+	}
+	unsent, window, ok := tcpQueue(c)
+	if !ok {
+		return 0
+	}
+	if window < 0 { // not reported
+		return unsent
+	}
+	s.peakWindow = max(s.peakWindow, window)
+	return unsent + 2*(s.peakWindow-window)
+}
+
 // stream writes the listener's queue as it fills until the client leaves,
 // falls behind or the output is closed.
 func (h *HTTP) stream(w http.ResponseWriter, r *http.Request, cl *client, metaint int) error {
 	rc := http.NewResponseController(w)
 	defer rc.SetWriteDeadline(time.Time{})
+	h.setAbort(cl, func() { _ = rc.SetWriteDeadline(time.Now()) })
 	w.WriteHeader(http.StatusOK)
 	if err := flush(rc); err != nil {
 		return err
@@ -527,46 +776,88 @@ func (h *HTTP) stream(w http.ResponseWriter, r *http.Request, cl *client, metain
 	icy := newICYWriter(metaint)
 	var buf []byte
 	for {
-		select {
-		case <-cl.wake:
-		case <-r.Context().Done():
-			return r.Context().Err()
-		case <-h.done:
-			return ErrStreamClosed
+		var err error
+		if buf, err = h.nextWrite(r, cl, &icy, buf, nil); err != nil {
+			return err
 		}
-		cl.mu.Lock()
-		segs, kicked := cl.queue, cl.kicked
-		cl.queue, cl.spare, cl.queued = cl.spare[:0], nil, 0
-		cl.mu.Unlock()
-		if kicked {
-			return errSlowListener
-		}
-		override := h.override.Load()
-		buf = buf[:0]
-		for _, s := range segs {
-			title := s.title
-			if override != nil {
-				title = *override
-			}
-			for _, f := range s.c.Frames[s.from:] {
-				buf = icy.append(buf, f, title)
-			}
-		}
-		clear(segs)
-		cl.mu.Lock()
-		cl.spare = segs[:0]
-		cl.mu.Unlock()
 		if len(buf) == 0 {
 			continue
 		}
-		rc.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout)) // not every ResponseWriter supports it
+		if err := h.arm(cl, rc.SetWriteDeadline); err != nil { // not every ResponseWriter supports deadlines
+			return err
+		}
 		n, err := w.Write(buf)
 		h.bytes.Add(int64(n))
 		if err == nil {
 			err = flush(rc)
 		}
-		if err != nil {
+		if err := h.wrote(cl, err, 0); err != nil {
 			return err
 		}
 	}
+}
+
+// nextWrite waits for the listener's queue to fill and returns its audio
+// (with ICY metadata) in buf's storage. It returns an error when the
+// stream is to end: the client left (its request's context is done, or
+// gone is closed), the output closed, or the listener was kicked.
+func (h *HTTP) nextWrite(r *http.Request, cl *client, icy *icyWriter, buf []byte, gone <-chan struct{}) ([]byte, error) {
+	select {
+	case <-cl.wake:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	case <-h.done:
+		return nil, ErrStreamClosed
+	case <-gone:
+		return nil, errClientGone
+	}
+	cl.mu.Lock()
+	segs, kicked, queued := cl.queue, cl.kicked, cl.queued
+	cl.queue, cl.spare, cl.queued, cl.writing = cl.spare[:0], nil, 0, queued
+	cl.mu.Unlock()
+	if kicked {
+		return nil, errSlowListener
+	}
+	override := h.override.Load()
+	buf = buf[:0]
+	for _, s := range segs {
+		title := s.title
+		if override != nil {
+			title = *override
+		}
+		for _, f := range s.c.Frames[s.from:] {
+			buf = icy.append(buf, f, title)
+		}
+	}
+	clear(segs)
+	cl.mu.Lock()
+	cl.spare = segs[:0]
+	cl.mu.Unlock()
+	return buf, nil
+}
+
+// arm sets the deadline of the listener's next write with set, unless it
+// was kicked: then its abort (which sets a deadline in the past) has run
+// or will not run again.
+func (h *HTTP) arm(cl *client, set func(time.Time) error) error {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.kicked {
+		return errSlowListener
+	}
+	_ = set(time.Now().Add(h.cfg.WriteTimeout))
+	return nil
+}
+
+// wrote records the end of a write: err is its error, unread the bytes the
+// connection holds that the client has not read (as far as is known).
+// It returns the error that ends the stream, if any.
+func (h *HTTP) wrote(cl *client, err error, unread int64) error {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	cl.writing, cl.unread = 0, unread
+	if cl.kicked {
+		return errSlowListener
+	}
+	return err
 }

@@ -441,7 +441,7 @@ func (w *stuckWriter) Write(b []byte) (int, error) {
 func TestHTTPSlowListenerLosesChunksAndNeverSlowsOthers(t *testing.T) {
 	const n = 250
 	chunks, frames := demoChunks(t, n, nil)
-	h := NewHTTP(HTTPConfig{Burst: -1, Queue: 15 * time.Second, MaxDrops: 10})
+	h := NewHTTP(HTTPConfig{Burst: -1, Queue: 15 * time.Second, MaxDrops: 10, MaxPerAddress: -1})
 	srv := serve(t, h)
 	h.WriteChunk(chunks[0])
 
