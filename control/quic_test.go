@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,17 +81,33 @@ func TestQUICOversizedDataStreamCutsOff(t *testing.T) {
 	requireCutOff(t, qc, accepted)
 }
 
-func TestQUICDataStreamTooLongCutsOff(t *testing.T) {
+// A data stream carries message after message; one cut short by the
+// stream's end is dropped and the connection goes on.
+func TestQUICDataStreamCutShort(t *testing.T) {
 	a, b := newQUICPair(t, QUICConfig{})
 	qc, _ := rawDial(t, a, b)
 	accepted, err := b.Accept(testCtx(t))
 	require.NoError(t, err)
 	s, err := qc.OpenUniStream()
 	require.NoError(t, err)
-	_, err = s.Write(append(binary.AppendUvarint(nil, 3), "abcdef"...))
+	var w []byte
+	w = append(binary.AppendUvarint(w, 3), "abc"...)
+	w = append(binary.AppendUvarint(w, 2), "de"...)
+	w = append(binary.AppendUvarint(w, 9), "fgh"...) // 6 bytes short
+	_, err = s.Write(w)
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
-	requireCutOff(t, qc, accepted)
+	ctx := testCtx(t)
+	for _, want := range []string{"abc", "de"} {
+		m, err := accepted.ReceiveData(ctx)
+		require.NoError(t, err)
+		require.Equal(t, want, string(m))
+	}
+	require.Eventually(t, func() bool { return accepted.(*QUICConn).Stats().DataFailed == 1 },
+		3*time.Second, 10*time.Millisecond)
+	require.Nil(t, accepted.Err())
+	data, _ := accepted.(*QUICConn).Buffered()
+	require.Zero(t, data)
 }
 
 func TestQUICControlStreamEndCutsOff(t *testing.T) {
@@ -352,4 +369,73 @@ func TestReadN(t *testing.T) {
 	}
 	_, err := readN(bytes.NewReader(make([]byte, 100)), 40_000)
 	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+}
+
+// BenchmarkQUICDelayUnderLoss measures how long data messages take over a
+// lossy link: a 1.7 KB chunk every 100 ms (128 kbit/s audio) for b.N
+// chunks, 20 ms each way and 5% loss each way (control/lossy.go). A lost
+// packet delays the messages behind it on the data stream until it is
+// retransmitted: the quantiles show by how much.
+//
+//	go test -run '^$' -bench DelayUnderLoss -benchtime 300x ./control
+func BenchmarkQUICDelayUnderLoss(b *testing.B) {
+	link := LinkConfig{Delay: 20 * time.Millisecond, Loss: 0.05}
+	newLossy := func(seed uint64) *QUICTransport {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(b, err)
+		l := link
+		l.Seed = seed
+		tr, err := NewQUIC(QUICConfig{PacketConn: NewLossyPacketConn(pc, l), IdleTimeout: 10 * time.Second})
+		require.NoError(b, err)
+		b.Cleanup(func() { tr.Close() })
+		return tr
+	}
+	src, dst := newLossy(1), newLossy(2)
+	ctx := context.Background()
+	accepted := make(chan Conn, 1)
+	go func() {
+		c, _ := dst.Accept(ctx)
+		accepted <- c
+	}()
+	out, err := src.Dial(ctx, dst.Addr(), dst.Key())
+	require.NoError(b, err)
+	in := <-accepted
+	require.NotNil(b, in)
+
+	start := time.Now()
+	var delays []time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range b.N {
+			m, err := in.ReceiveData(ctx)
+			if err != nil {
+				return
+			}
+			sent := time.Duration(binary.LittleEndian.Uint64(m))
+			delays = append(delays, time.Since(start)-sent)
+		}
+	}()
+	chunk := make([]byte, 1700)
+	b.ResetTimer()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for range b.N {
+		<-tick.C
+		binary.LittleEndian.PutUint64(chunk, uint64(time.Since(start)))
+		require.NoError(b, out.SendData(chunk))
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
+	b.StopTimer()
+	require.NotEmpty(b, delays)
+	slices.Sort(delays)
+	q := func(f float64) float64 { return float64(delays[int(f*float64(len(delays)-1))]) / 1e6 }
+	b.ReportMetric(q(0.5), "p50-ms")
+	b.ReportMetric(q(0.9), "p90-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+	b.ReportMetric(q(1), "max-ms")
+	b.ReportMetric(float64(len(delays))/float64(b.N), "delivered")
 }
