@@ -43,8 +43,8 @@ const (
 	DefaultMaxConns          = 256
 	DefaultMaxConnsPerAddr   = 16
 	DefaultMaxConnsPerPrefix = 64
-	DefaultStreamWindow      = 128 << 10
-	DefaultConnWindow        = 256 << 10
+	DefaultStreamWindow      = 64 << 10
+	DefaultConnWindow        = 128 << 10
 	DefaultReceiveBuffer     = 512 << 10
 	DefaultMaxReceiveBuffer  = 16 << 20
 	DefaultQueueLen          = 64
@@ -106,11 +106,13 @@ type QUICConfig struct {
 	// loopback addresses too (for tests).
 	LimitLoopback bool
 	// StreamWindow is the flow-control window of one stream; default
-	// 128 KiB (one control message of MaxMessageSize, many chunks).
+	// 64 KiB (dozens of chunks; half the largest control message).
 	StreamWindow uint64
 	// ConnWindow is the flow-control window of a connection; default
-	// 256 KiB. It bounds the bytes a peer can make quic-go hold for us
-	// that we have not read.
+	// 128 KiB. It bounds the bytes a peer can make quic-go hold for us
+	// that we have not read (beyond ReceiveBuffer, which bounds what we
+	// have read). 128 KiB per round trip is 20 times 128 kbit/s audio at
+	// 300 ms.
 	ConnWindow uint64
 	// ReceiveBuffer bounds the bytes of data messages one connection holds
 	// once read: the message being read (counted in full from its length
