@@ -16,6 +16,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
+	_ "net/http/pprof" // served by -pprof only
 	"os"
 	"os/signal"
 	"strings"
@@ -37,7 +39,11 @@ func main() {
 	tracker := flag.String("tracker", "", "use this external rendezvous (host:port, see examples/tracker) instead of the embedded one")
 	verbose := flag.Bool("v", false, "log events to standard error")
 	httpAddr := flag.String("http", "", "serve the station page, the stream (/stream.mp3), /status.json and /metrics on this TCP address")
+	pprofAddr := flag.String("pprof", "", "serve Go's profiler (/debug/pprof/) on this TCP address")
 	flag.Parse()
+	if *pprofAddr != "" {
+		go func() { fmt.Fprintln(os.Stderr, "broadcast: pprof:", http.ListenAndServe(*pprofAddr, nil)) }()
+	}
 	if err := run(*in, *loop || *in == "", *listen, *upload, *keyFile, *tracker, *verbose, *httpAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "broadcast:", err)
 		os.Exit(1)
