@@ -87,6 +87,14 @@ type HomeConfig struct {
 	// Loss, when positive, drops this fraction of the packets the router
 	// forwards, in both directions (iptables statistic).
 	Loss float64
+	// Delay, when positive, holds every packet the router forwards, in
+	// both directions, this long: a home-to-public round trip takes
+	// 2*Delay more, a home-to-home one the sum of both homes' 2*Delay.
+	// This kernel has no netem: the lab queues the packets with an
+	// iptables NFQUEUE rule and releases them from the process that built
+	// the lab (the packets stay in the kernel; only their ids cross). The
+	// delay is exact to a millisecond or so, and ends with that process.
+	Delay time.Duration
 }
 
 // Lab is a running lab. Its fields describe it and must not be changed.
@@ -101,10 +109,11 @@ type Lab struct {
 	cfg    Config
 	prefix string // "<Prefix>-<pid>-<n>-"
 
-	mu     sync.Mutex
-	ns     []string // created, in order
-	procs  map[*Proc]struct{}
-	closed bool
+	mu       sync.Mutex
+	ns       []string // created, in order
+	procs    map[*Proc]struct{}
+	delayers []*delayer
+	closed   bool
 }
 
 // Home is one home: a router and the hosts of its LAN.
@@ -168,7 +177,7 @@ func New(cfg Config) (*Lab, error) {
 		if hc.Hosts == 0 {
 			cfg.Homes[i].Hosts = 1
 		}
-		if hc.Hosts < 0 || hc.Hosts > 250 || hc.Loss < 0 || hc.Loss >= 1 || hc.RateKbit < 0 {
+		if hc.Hosts < 0 || hc.Hosts > 250 || hc.Loss < 0 || hc.Loss >= 1 || hc.RateKbit < 0 || hc.Delay < 0 {
 			return nil, fmt.Errorf("netlab: home %d: bad config %+v", i+1, hc)
 		}
 	}
@@ -328,6 +337,18 @@ func (l *Lab) buildHome(j int, hc HomeConfig) (*Home, error) {
 				"tbf", "rate", fmt.Sprintf("%dkbit", hc.RateKbit), "burst", "16kb", "latency", "400ms"})
 		}
 	}
+	if hc.Delay > 0 {
+		q, err := startDelay(r, 0, hc.Delay)
+		if err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		l.delayers = append(l.delayers, q)
+		l.mu.Unlock()
+		// In mangle, before the filter table's firewall, after conntrack.
+		steps = append(steps, []string{"ip", "netns", "exec", r.Name, "iptables", "-t", "mangle", "-A", "FORWARD",
+			"-j", "NFQUEUE", "--queue-num", "0"})
+	}
 	for _, s := range steps {
 		if err := l.run(s...); err != nil {
 			return nil, err
@@ -376,10 +397,13 @@ func (l *Lab) Close() error {
 	for p := range l.procs {
 		procs = append(procs, p)
 	}
-	ns := l.ns
+	ns, delayers := l.ns, l.delayers
 	l.mu.Unlock()
 	for _, p := range procs {
 		p.Kill()
+	}
+	for _, q := range delayers {
+		q.close()
 	}
 	var first error
 	for i := len(ns) - 1; i >= 0; i-- {

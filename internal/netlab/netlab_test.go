@@ -247,3 +247,45 @@ func TestNewRemovesStaleNamespaces(t *testing.T) {
 	require.NotContains(t, string(out), stale)
 	require.True(t, strings.Contains(string(out), live))
 }
+
+// A home's Delay holds each packet its router forwards, each way.
+func TestDelay(t *testing.T) {
+	const delay = 25 * time.Millisecond
+	lab := NewForTest(t, Config{Homes: []HomeConfig{{Delay: delay}, {Delay: delay}}})
+	rv := udp(t, lab.Public[0], 3478)
+	a := udp(t, lab.Homes[0].Hosts[0], 4001)
+	b := udp(t, lab.Homes[1].Hosts[0], 4001)
+	rtt := func(from *net.UDPConn, to *net.UDPConn) time.Duration {
+		best := time.Hour
+		for range 5 {
+			start := time.Now()
+			_, err := from.WriteToUDPAddrPort([]byte("ping"), to.LocalAddr().(*net.UDPAddr).AddrPort())
+			require.NoError(t, err)
+			_, seen, err := recv(to, 2*time.Second)
+			require.NoError(t, err)
+			_, err = to.WriteToUDPAddrPort([]byte("pong"), seen)
+			require.NoError(t, err)
+			_, _, err = recv(from, 2*time.Second)
+			require.NoError(t, err)
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	got := rtt(a, rv)
+	t.Logf("home to public: %v", got)
+	require.GreaterOrEqual(t, got, 2*delay)
+	require.Less(t, got, 2*delay+20*time.Millisecond)
+	// Home to home: a punch lets a's packets into b's home.
+	seenA, seenB := observe(t, a, rv), observe(t, b, rv)
+	sendTTL(t, b, "punch", seenA, 2)
+	time.Sleep(delay + 10*time.Millisecond)
+	start := time.Now()
+	_, err := a.WriteToUDPAddrPort([]byte("ping"), seenB)
+	require.NoError(t, err)
+	_, _, err = recv(b, 2*time.Second)
+	require.NoError(t, err)
+	oneWay := time.Since(start)
+	t.Logf("home to home, one way: %v", oneWay)
+	require.GreaterOrEqual(t, oneWay, 2*delay)
+	require.Less(t, oneWay, 2*delay+20*time.Millisecond)
+}

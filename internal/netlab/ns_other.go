@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+	"time"
 )
 
 func platformOK() error {
@@ -16,3 +17,8 @@ func doInNamespace(string, func() error) error { return platformOK() }
 func ownGroup(*exec.Cmd)                       {}
 func killGroup(int)                            {}
 func processAlive(int) bool                    { return true }
+
+type delayer struct{}
+
+func startDelay(*Host, uint16, time.Duration) (*delayer, error) { return nil, platformOK() }
+func (*delayer) close()                                         {}
