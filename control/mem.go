@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"fmt"
 	mrand "math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -67,13 +69,19 @@ func (cfg MemConfig) withDefaults() MemConfig {
 // by time.AfterFunc timers, so a network runs under testing/synctest (create
 // it inside the bubble) and holds many thousands of nodes.
 //
+// Nodes made by NewTransport are public: anyone can dial them at their
+// address "mem:N". Nodes made by a MemNAT's NewTransport sit behind that
+// NAT; see MemNAT for what they can reach and how they are seen.
+//
 // Lock order: MemNetwork, MemTransport, link direction, MemConn; a link
-// direction may also take a MemTransport's lock (never the reverse).
+// direction may also take a MemTransport's lock (never the reverse). A
+// MemNAT's lock is taken last, alone or under any of them.
 type MemNetwork struct {
 	cfg MemConfig
 
 	mu       sync.Mutex
-	nodes    map[string]*MemTransport
+	nodes    map[string]*MemTransport // public nodes and NAT members
+	nats     map[string]*MemNAT       // by public address
 	links    map[[2]string]LinkConfig
 	lastAddr uint64
 	lastPipe uint64
@@ -84,13 +92,19 @@ func NewMemNetwork(cfg MemConfig) *MemNetwork {
 	return &MemNetwork{
 		cfg:   cfg.withDefaults(),
 		nodes: make(map[string]*MemTransport),
+		nats:  make(map[string]*MemNAT),
 		links: make(map[[2]string]LinkConfig),
 	}
 }
 
-// NewTransport adds a node with the identity key (nil means a new random
-// key) at the next free address "mem:N".
+// NewTransport adds a public node with the identity key (nil means a new
+// random key) at the next free address "mem:N".
 func (n *MemNetwork) NewTransport(key ed25519.PrivateKey) (*MemTransport, error) {
+	return n.newTransport(key, nil)
+}
+
+// newTransport adds a node, public when nat is nil.
+func (n *MemNetwork) newTransport(key ed25519.PrivateKey, nat *MemNAT) (*MemTransport, error) {
 	if key == nil {
 		var err error
 		if _, key, err = ed25519.GenerateKey(rand.Reader); err != nil {
@@ -102,14 +116,20 @@ func (n *MemNetwork) NewTransport(key ed25519.PrivateKey) (*MemTransport, error)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.lastAddr++
 	t := &MemTransport{
 		net:     n,
-		addr:    fmt.Sprintf("mem:%d", n.lastAddr),
+		nat:     nat,
 		pub:     key.Public().(ed25519.PublicKey),
 		backlog: make(chan *MemConn, n.cfg.AcceptBacklog),
 		done:    make(chan struct{}),
 		conns:   make(map[*MemConn]struct{}),
+	}
+	if nat == nil {
+		n.lastAddr++
+		t.addr = fmt.Sprintf("mem:%d", n.lastAddr)
+	} else {
+		t.port = nat.newMember()
+		t.addr = fmt.Sprintf("%s/%d", nat.addr, t.port)
 	}
 	n.nodes[t.addr] = t
 	return t, nil
@@ -131,7 +151,7 @@ func (n *MemNetwork) SetLink(a, b string, cfg LinkConfig) {
 	if t := n.nodes[a]; t != nil {
 		t.mu.Lock()
 		for c := range t.conns {
-			if c.remoteAddr == b {
+			if c.peerAddr == b {
 				pipes = append(pipes, c.in, c.out)
 			}
 		}
@@ -170,6 +190,8 @@ func (n *MemNetwork) remove(t *MemTransport) {
 // MemTransport is a node of a MemNetwork.
 type MemTransport struct {
 	net     *MemNetwork
+	nat     *MemNAT // nil for a public node
+	port    int     // behind a NAT: the member's own port
 	addr    string
 	pub     ed25519.PublicKey
 	backlog chan *MemConn
@@ -183,8 +205,12 @@ type MemTransport struct {
 
 var _ Transport = (*MemTransport)(nil)
 
-// Addr returns the node's address, "mem:N".
+// Addr returns the node's address: "mem:N" for a public node, the LAN
+// address "mem:R/P" behind a NAT.
 func (t *MemTransport) Addr() string { return t.addr }
+
+// NAT returns the NAT the node sits behind, or nil for a public node.
+func (t *MemTransport) NAT() *MemNAT { return t.nat }
 
 // Key returns the node's public identity key.
 func (t *MemTransport) Key() ed25519.PublicKey { return t.pub }
@@ -208,8 +234,15 @@ func (t *MemTransport) sleep(ctx context.Context, d time.Duration) error {
 
 // Dial connects to the node at addr. It takes two round trips of the link
 // (QUIC's handshake and the transport's own), fails with ErrTimeout after
-// HandshakeTimeout when no node is at addr, with ErrKeyMismatch when the
-// node's key is not wantKey, and with ErrRefused when the node is full.
+// HandshakeTimeout when nobody answers at addr (no node, or a NAT that drops
+// the dialer's packets), with ErrKeyMismatch when the node's key is not
+// wantKey, and with ErrRefused when the node is full.
+//
+// Through NATs the dial behaves like a QUIC handshake: its first packet
+// leaves at once and, while it is dropped, is sent again after 300 ms, then
+// after twice as long each time, each reaching the far end one link delay
+// after it left. Each packet refreshes the dialer's NAT flow to addr, so a
+// dial also opens the dialer's own NAT for addr.
 func (t *MemTransport) Dial(ctx context.Context, addr string, wantKey ed25519.PublicKey) (Conn, error) {
 	if wantKey != nil && len(wantKey) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("%w: wanted key has %d bytes", ErrKeyMismatch, len(wantKey))
@@ -232,29 +265,45 @@ func (t *MemTransport) Dial(ctx context.Context, addr string, wantKey ed25519.Pu
 		t.mu.Unlock()
 	}()
 
-	n.mu.Lock()
-	target := n.nodes[addr]
-	link, ok := n.links[linkKey(t.addr, addr)]
-	if !ok {
-		link = n.cfg.Link
-	}
-	n.mu.Unlock()
+	start := time.Now()
+	deadline := start.Add(n.cfg.HandshakeTimeout)
 	noAnswer := func() (Conn, error) {
-		if err := t.sleep(ctx, n.cfg.HandshakeTimeout); err != nil {
+		if err := t.sleep(ctx, time.Until(deadline)); err != nil {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: no answer from %s", ErrTimeout, addr)
 	}
-	if target == nil {
-		return noAnswer()
+	var (
+		target  *MemTransport
+		src     string
+		out, in *memFlow
+		link    LinkConfig
+	)
+	for resend := memResend; ; resend *= 2 {
+		src, out = n.natSend(t, addr, time.Now())
+		link = n.linkTowards(t, addr)
+		if err := t.sleep(ctx, link.Delay); err != nil {
+			return nil, err
+		}
+		if target, in = n.natArrive(t, src, addr, time.Now()); target != nil {
+			break
+		}
+		next := start.Add(resend)
+		if !next.Add(link.Delay).Before(deadline) {
+			return noAnswer()
+		}
+		if err := t.sleep(ctx, time.Until(next)); err != nil {
+			return nil, err
+		}
 	}
-	if err := t.sleep(ctx, 4*link.Delay); err != nil {
+	if err := t.sleep(ctx, 3*link.Delay); err != nil {
 		return nil, err
 	}
 	if wantKey != nil && !wantKey.Equal(target.pub) {
 		return nil, fmt.Errorf("%w: dial %s", ErrKeyMismatch, addr)
 	}
 	c, peer := n.newPair(t, target, link)
+	c.remoteAddr, peer.remoteAddr = addr, src
 	target.mu.Lock()
 	switch {
 	case target.closed:
@@ -264,6 +313,7 @@ func (t *MemTransport) Dial(ctx context.Context, addr string, wantKey ed25519.Pu
 		target.mu.Unlock()
 		return nil, fmt.Errorf("%w: dial %s", ErrRefused, addr)
 	}
+	peer.pin(in)
 	target.conns[peer] = struct{}{}
 	target.backlog <- peer // never blocks: only senders hold target.mu
 	target.mu.Unlock()
@@ -274,6 +324,7 @@ func (t *MemTransport) Dial(ctx context.Context, addr string, wantKey ed25519.Pu
 		c.Close(CodeShutdown, "transport closed")
 		return nil, ErrClosed
 	}
+	c.pin(out)
 	t.conns[c] = struct{}{}
 	t.mu.Unlock()
 	return c, nil
@@ -538,8 +589,10 @@ func (q *msgQueue) pop() []byte {
 type MemConn struct {
 	t          *MemTransport
 	in, out    *memPipe
-	remoteAddr string
+	remoteAddr string // as this end observes it
+	peerAddr   string // the peer's own Addr, which names the link
 	remoteKey  ed25519.PublicKey
+	flow       *memFlow // the NAT flow this end keeps open, or nil
 
 	mu      sync.Mutex
 	ctrl    msgQueue
@@ -557,6 +610,7 @@ func newMemConn(local, remote *MemTransport) *MemConn {
 	return &MemConn{
 		t:          local,
 		remoteAddr: remote.addr,
+		peerAddr:   remote.addr,
 		remoteKey:  remote.pub,
 		ctrlSig:    make(chan struct{}, 1),
 		dataSig:    make(chan struct{}, 1),
@@ -598,9 +652,31 @@ func (c *MemConn) closeWith(err error) bool {
 	}
 	c.err = err
 	close(c.done)
+	f := c.flow
+	c.flow = nil
 	c.mu.Unlock()
+	if f != nil {
+		f.nat.unpin(f)
+	}
 	c.t.forget(c)
 	return true
+}
+
+// pin keeps f open while the connection lives (its keep-alives would).
+func (c *MemConn) pin(f *memFlow) {
+	if f == nil {
+		return
+	}
+	f.nat.pin(f)
+	c.mu.Lock()
+	if c.err == nil {
+		c.flow = f
+		f = nil
+	}
+	c.mu.Unlock()
+	if f != nil {
+		f.nat.unpin(f)
+	}
 }
 
 // Send queues one control message; see Conn. It blocks while ControlQueue
@@ -722,7 +798,10 @@ func (c *MemConn) receive(ctx context.Context, data bool) ([]byte, error) {
 	}
 }
 
-// RemoteAddr returns the peer's address, "mem:N".
+// RemoteAddr returns the peer's address as this end observes it: at the
+// dialer the address it dialed, at the acceptor the dialer's address after
+// the dialer's NAT (its mapping, "mem:R:P"), or its Addr when it is public
+// or on the acceptor's LAN.
 func (c *MemConn) RemoteAddr() string { return c.remoteAddr }
 
 // RemoteKey returns the peer's identity key.
@@ -785,3 +864,420 @@ func (c *MemConn) kill() {
 
 // Stats returns the connection's counters.
 func (c *MemConn) Stats() ConnStats { return c.stats.snapshot() }
+
+// memResend is when a dial's first packet, dropped, is sent again (QUIC's
+// first probe timeout with its initial RTT estimate of 100 ms); each later
+// one waits twice as long.
+const memResend = 300 * time.Millisecond
+
+// DefaultFlowTimeout is NATConfig.FlowTimeout's default: Linux conntrack's
+// timeout for UDP.
+const DefaultFlowTimeout = 30 * time.Second
+
+// NATKind is how a MemNAT picks the public port of a new flow.
+type NATKind int
+
+const (
+	// NATPortPreserving behaves like Linux MASQUERADE: a flow keeps the
+	// member's own port as its public port, so a member shows every remote
+	// the same address (endpoint-independent mapping) and a third party can
+	// predict it, unless that port is taken towards the same remote (by a
+	// live flow or by the trace of a packet from that remote that the NAT
+	// dropped), in which case the flow gets a random port.
+	NATPortPreserving NATKind = iota
+	// NATPortRandom behaves like MASQUERADE --random-fully: each new flow
+	// (each remote address) gets a random public port, so the address one
+	// remote observed says nothing about the next flow's.
+	NATPortRandom
+)
+
+func (k NATKind) String() string {
+	switch k {
+	case NATPortPreserving:
+		return "port-preserving"
+	case NATPortRandom:
+		return "port-random"
+	}
+	return "NATKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// NATConfig configures a MemNAT. A zero field means its default.
+type NATConfig struct {
+	// Kind is the mapping behaviour; default NATPortPreserving.
+	Kind NATKind
+	// Hairpin lets members reach one another at their public addresses
+	// (the NAT's own address, "mem:R:P"): a member's packet to such an
+	// address comes back in from the sender's mapping, past the filter
+	// (NAT loopback). Without it such packets are dropped and members
+	// reach each other only at their LAN addresses.
+	Hairpin bool
+	// FlowTimeout is how long a flow (a mapping and the admission it gives
+	// its remote) outlives its last packet when no connection keeps it
+	// open, and how long the trace of a dropped inbound packet blocks its
+	// port for the remote that sent it. Default DefaultFlowTimeout.
+	FlowTimeout time.Duration
+}
+
+// MemNAT is a home router of a MemNetwork: its members (MemNAT.NewTransport)
+// have LAN addresses "mem:R/P" (P is the member's own port), which only
+// other members can dial, and reach everyone else through the NAT's public
+// address "mem:R".
+//
+// Each packet a member sends to a remote address outside the LAN travels by
+// a flow: a public port P of the NAT (chosen by Kind) for that member and
+// that remote. The far side sees the packet come from "mem:R:P"; that is the
+// RemoteAddr of the connection it accepts. A packet arriving from outside at
+// "mem:R:P" is admitted only if a live flow on port P was opened towards
+// exactly the address it comes from (address- and port-dependent
+// filtering, as Linux's conntrack does); anything else is dropped, and the
+// dropped packet leaves a trace that keeps port P from being given to a new
+// flow towards its sender for FlowTimeout (so a member that is dialed before
+// it punches cannot then dial back from its usual port). A flow lives while
+// a connection uses it and FlowTimeout after its last packet otherwise.
+//
+// Hops are counted as in the netlab: a packet from a member passes its own
+// NAT (hop 1), the internet's router (hop 2) and reaches the far NAT. A
+// packet with TTL 1 thus dies in the member's own NAT before any flow is
+// made, TTL 2 opens the member's flow but dies before the far NAT (and so
+// leaves no trace there), TTL 3 reaches it; from a public node, TTL 1 dies
+// in the internet and TTL 2 reaches the far NAT.
+//
+// A MemNAT holds no goroutines and needs no closing.
+type MemNAT struct {
+	net  *MemNetwork
+	addr string // public address, "mem:R"
+	cfg  NATConfig
+
+	mu      sync.Mutex
+	members int
+	flows   map[natTuple]*memFlow // live and stale flows by public port and remote
+	byLocal map[natLocal]*memFlow // the same by member and remote
+	traces  map[natTuple]time.Time
+	nextGC  int
+	rng     *mrand.Rand
+}
+
+type natTuple struct {
+	port   int
+	remote string
+}
+
+type natLocal struct {
+	member *MemTransport
+	remote string
+}
+
+// memFlow is a NAT mapping: the member's packets to remote leave from the
+// NAT's port, and packets from remote to that port come in.
+type memFlow struct {
+	nat    *MemNAT
+	member *MemTransport
+	port   int
+	remote string
+	last   time.Time // last packet
+	pins   int       // connections that keep it open
+}
+
+// NewNAT adds a NAT (a home router) at the next free address "mem:R".
+func (n *MemNetwork) NewNAT(cfg NATConfig) *MemNAT {
+	if cfg.FlowTimeout <= 0 {
+		cfg.FlowTimeout = DefaultFlowTimeout
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.lastAddr++
+	h := &MemNAT{
+		net:     n,
+		addr:    fmt.Sprintf("mem:%d", n.lastAddr),
+		cfg:     cfg,
+		flows:   make(map[natTuple]*memFlow),
+		byLocal: make(map[natLocal]*memFlow),
+		traces:  make(map[natTuple]time.Time),
+		rng:     mrand.New(mrand.NewPCG(n.cfg.Link.Seed, n.lastAddr)),
+	}
+	n.nats[h.addr] = h
+	return h
+}
+
+// Addr returns the NAT's public address "mem:R"; its members' public
+// addresses are "mem:R:P". Nobody answers at the bare address.
+func (h *MemNAT) Addr() string { return h.addr }
+
+// Config returns the NAT's configuration with defaults filled in.
+func (h *MemNAT) Config() NATConfig { return h.cfg }
+
+// NewTransport adds a member to the NAT's LAN, with the identity key (nil
+// means a new random key), at the next free LAN address "mem:R/P".
+func (h *MemNAT) NewTransport(key ed25519.PrivateKey) (*MemTransport, error) {
+	return h.net.newTransport(key, h)
+}
+
+// Mapping returns the public address that member's packets to remote
+// currently leave from, and false if no live flow exists.
+func (h *MemNAT) Mapping(member *MemTransport, remote string) (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f := h.byLocal[natLocal{member, remote}]
+	if f == nil || !h.liveLocked(f, time.Now()) {
+		return "", false
+	}
+	return h.public(f.port), true
+}
+
+func (h *MemNAT) newMember() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.members++
+	return h.members
+}
+
+func (h *MemNAT) public(port int) string { return h.addr + ":" + strconv.Itoa(port) }
+
+// onLAN reports whether addr is a member's LAN address.
+func (h *MemNAT) onLAN(addr string) bool {
+	return strings.HasPrefix(addr, h.addr) && strings.HasPrefix(addr[len(h.addr):], "/")
+}
+
+func (h *MemNAT) liveLocked(f *memFlow, now time.Time) bool {
+	return f.pins > 0 || now.Sub(f.last) < h.cfg.FlowTimeout
+}
+
+// takenLocked reports whether port is in use towards remote.
+func (h *MemNAT) takenLocked(port int, remote string, now time.Time) bool {
+	k := natTuple{port, remote}
+	if f := h.flows[k]; f != nil && h.liveLocked(f, now) {
+		return true
+	}
+	at, ok := h.traces[k]
+	return ok && now.Sub(at) < h.cfg.FlowTimeout
+}
+
+// outbound is a member's packet to remote leaving the NAT: it returns the
+// flow it travels by, made if none is live.
+func (h *MemNAT) outbound(member *MemTransport, remote string, now time.Time) *memFlow {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f := h.byLocal[natLocal{member, remote}]; f != nil {
+		if h.liveLocked(f, now) {
+			f.last = now
+			return f
+		}
+		h.dropLocked(f)
+	}
+	port := member.port
+	if h.cfg.Kind == NATPortRandom || h.takenLocked(port, remote, now) {
+		for {
+			port = 1024 + h.rng.IntN(65536-1024)
+			if !h.takenLocked(port, remote, now) {
+				break
+			}
+		}
+	}
+	h.gcLocked(now)
+	if f := h.flows[natTuple{port, remote}]; f != nil {
+		h.dropLocked(f) // stale
+	}
+	f := &memFlow{nat: h, member: member, port: port, remote: remote, last: now}
+	h.flows[natTuple{port, remote}] = f
+	h.byLocal[natLocal{member, remote}] = f
+	return f
+}
+
+// inbound is a packet from src arriving at the NAT's port: it returns the
+// flow that admits it, or nil after leaving the dropped packet's trace.
+func (h *MemNAT) inbound(src string, port int, now time.Time) *memFlow {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := natTuple{port, src}
+	if f := h.flows[k]; f != nil && h.liveLocked(f, now) {
+		f.last = now
+		return f
+	}
+	h.gcLocked(now)
+	h.traces[k] = now
+	return nil
+}
+
+// hairpin is a member's packet to the NAT's own port: with Hairpin it is
+// admitted by any live flow on that port.
+func (h *MemNAT) hairpin(port int, now time.Time) *memFlow {
+	if !h.cfg.Hairpin {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, f := range h.flows {
+		if k.port == port && h.liveLocked(f, now) {
+			return f
+		}
+	}
+	return nil
+}
+
+// owner returns the member a packet to port would be for, if admitted.
+func (h *MemNAT) owner(port int) *MemTransport {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, f := range h.flows {
+		if k.port == port {
+			return f.member
+		}
+	}
+	return nil
+}
+
+func (h *MemNAT) pin(f *memFlow) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f.pins++
+	f.last = time.Now()
+	if h.byLocal[natLocal{f.member, f.remote}] == nil && h.flows[natTuple{f.port, f.remote}] == nil {
+		// It went stale and was swept while the handshake finished.
+		h.flows[natTuple{f.port, f.remote}] = f
+		h.byLocal[natLocal{f.member, f.remote}] = f
+	}
+}
+
+func (h *MemNAT) unpin(f *memFlow) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f.pins--
+	f.last = time.Now()
+}
+
+func (h *MemNAT) dropLocked(f *memFlow) {
+	if h.flows[natTuple{f.port, f.remote}] == f {
+		delete(h.flows, natTuple{f.port, f.remote})
+	}
+	if h.byLocal[natLocal{f.member, f.remote}] == f {
+		delete(h.byLocal, natLocal{f.member, f.remote})
+	}
+}
+
+// gcLocked sweeps stale flows and traces once the tables have doubled.
+func (h *MemNAT) gcLocked(now time.Time) {
+	if len(h.flows)+len(h.traces) < h.nextGC {
+		return
+	}
+	for _, f := range h.flows {
+		if !h.liveLocked(f, now) {
+			h.dropLocked(f)
+		}
+	}
+	for k, at := range h.traces {
+		if now.Sub(at) >= h.cfg.FlowTimeout {
+			delete(h.traces, k)
+		}
+	}
+	h.nextGC = max(64, 2*(len(h.flows)+len(h.traces)))
+}
+
+// natSend is a packet from t to addr leaving t's NAT at now: it returns the
+// address it comes from as the far side sees it, and the flow it travels by
+// (nil when t is public or addr is on its LAN).
+func (n *MemNetwork) natSend(t *MemTransport, addr string, now time.Time) (string, *memFlow) {
+	if t.nat == nil || t.nat.onLAN(addr) {
+		return t.addr, nil
+	}
+	f := t.nat.outbound(t, addr, now)
+	return t.nat.public(f.port), f
+}
+
+// resolve says where a packet to addr goes: to a node (public or a LAN
+// address), or to a port of a NAT.
+func (n *MemNetwork) resolve(addr string) (node *MemTransport, nat *MemNAT, port int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if node = n.nodes[addr]; node != nil {
+		return node, nil, 0
+	}
+	if i := strings.LastIndexByte(addr, ':'); i > 0 {
+		if p, err := strconv.Atoi(addr[i+1:]); err == nil {
+			return nil, n.nats[addr[:i]], p
+		}
+	}
+	return nil, nil, 0
+}
+
+// natArrive is a packet from t, seen as coming from src, arriving at addr at
+// now. It returns the node that receives it and the flow of that node's NAT
+// that admitted it (nil when the node is public or on t's LAN); a nil node
+// means the packet was dropped or nobody is there.
+func (n *MemNetwork) natArrive(t *MemTransport, src, addr string, now time.Time) (*MemTransport, *memFlow) {
+	node, nat, port := n.resolve(addr)
+	switch {
+	case node != nil:
+		if node.nat != nil && node.nat != t.nat {
+			return nil, nil // a LAN address is not routed on the internet
+		}
+		return node, nil
+	case nat == nil:
+		return nil, nil
+	case nat == t.nat:
+		if f := nat.hairpin(port, now); f != nil {
+			return f.member, nil
+		}
+		return nil, nil
+	}
+	if f := nat.inbound(src, port, now); f != nil {
+		return f.member, f
+	}
+	return nil, nil
+}
+
+// linkTowards returns the link a packet from t to addr takes: the one to the
+// node it would reach if admitted.
+func (n *MemNetwork) linkTowards(t *MemTransport, addr string) LinkConfig {
+	node, nat, port := n.resolve(addr)
+	if node == nil && nat != nil {
+		node = nat.owner(port)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if node != nil {
+		if l, ok := n.links[linkKey(t.addr, node.addr)]; ok {
+			return l
+		}
+	}
+	return n.cfg.Link
+}
+
+// Punch sends punch packets from t to addr (see Puncher) and returns at
+// once. In the network they act as one packet: from a member of a NAT, with
+// a TTL of 2 or more (0 means 64), it opens or refreshes the flow of t's NAT
+// to addr. If it reaches a far NAT (see MemNAT for the hops) it refreshes
+// the flow there that admits it, or leaves the trace of a dropped packet,
+// one link delay later. Public nodes and LAN members ignore it.
+func (t *MemTransport) Punch(ctx context.Context, addr string, ttl int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if ttl <= 0 {
+		ttl = 64
+	}
+	n := t.net
+	hops := 1 // to the far NAT, across the internet's router
+	if t.nat != nil && !t.nat.onLAN(addr) {
+		if ttl < 2 {
+			return nil // died in our own NAT
+		}
+		hops = 2
+	}
+	src, _ := n.natSend(t, addr, time.Now())
+	if ttl <= hops {
+		return nil
+	}
+	arrive := func() { n.natArrive(t, src, addr, time.Now()) }
+	if d := n.linkTowards(t, addr).Delay; d > 0 {
+		time.AfterFunc(d, arrive)
+	} else {
+		arrive()
+	}
+	return nil
+}
