@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -76,6 +77,17 @@ func (s *testSwarm) joinNew(n int) {
 	}
 }
 
+// requireHeapUnder checks that the process (every node of the test) holds
+// less than limit bytes of live heap.
+func requireHeapUnder(t *testing.T, limit uint64) {
+	t.Helper()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("heap in use: %.1f MB", float64(ms.HeapInuse)/1e6)
+	require.Less(t, ms.HeapInuse, limit, "heap in use")
+}
+
 // requireUnbroken checks that the honest nodes hold every chunk from
 // first to a little before the live edge.
 func (s *testSwarm) requireUnbroken(first int64, nodes ...*testNode) {
@@ -118,6 +130,7 @@ func TestAttackIdlePeersDoNotBlockJoiners(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		s.requireUnbroken(from, a, b)
 		require.LessOrEqual(t, s.root.ov.Stats().Peers, s.root.ov.maxChildren()+neighboursBase+1, "the root holds its budget of links, no more")
+		requireHeapUnder(t, 100<<20)
 	})
 }
 
@@ -148,6 +161,7 @@ func TestAttackFakeRegistrationsDoNotBlockJoiners(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		s.joinNew(4)
 		s.requireUnbroken(from, a, b)
+		requireHeapUnder(t, 100<<20)
 		var honest []NodeID
 		for _, n := range append(s.nodes, s.root) {
 			honest = append(honest, n.ov.ID())
