@@ -657,7 +657,7 @@ func TestHostilePeerQUIC(t *testing.T) {
 
 	htr := newQUICTransport(t)
 	defer htr.Close()
-	h := newHostilePeer(t, htr, b.Address().Station, nil)
+	h := newHostilePeer(t, htr, b.Address().Station, []control.NodeID{control.IDOf(b.Key())})
 	defer h.wg.Wait()
 	defer cancel()
 	time.Sleep(300 * time.Millisecond)
