@@ -8,13 +8,20 @@
 // the namespaces, and with them their links, iptables rules and conntrack
 // tables.
 //
-// Topology, for public host i and home j (each /24 is one link):
+// Topology, for public host i and home j (each /24 is one link), with each
+// namespace's Role:
 //
-//	public host i  eth0 172.16.i.2 ---- 172.16.i.1 p<i>  \
-//	                                                     inet (router)
-//	home j router  wan  172.17.j.2 ---- 172.17.j.1 h<j>  /
-//	               lan  10.j.0.1 (a bridge)
-//	home j host k  eth0 10.j.0.(k+1)
+//	public host i (p<i>)  eth0 172.16.i.2 ---- 172.16.i.1 p<i>  \
+//	                                                            inet (router)
+//	home j router (h<j>r) wan  172.17.j.2 ---- 172.17.j.1 h<j>  /
+//	                      lan  10.j.0.1 (a bridge)
+//	home j host k (h<j>a, h<j>b, ...) eth0 10.j.0.(k+1)
+//
+// The router's firewall admits from outside only packets of flows its hosts
+// opened (conntrack ESTABLISHED,RELATED). A home can lose packets (Loss),
+// be rate-limited (RateKbit, tc tbf) and delay packets (Delay: this kernel
+// has no netem, so an NFQUEUE rule hands them to the lab's process, which
+// releases them later).
 //
 // A packet from a home host to another home passes its own router (hop 1),
 // the internet router (hop 2) and the far router: a TTL of 2 leaves the home
@@ -128,7 +135,11 @@ type Home struct {
 
 // Host is one namespace of a lab.
 type Host struct {
-	// Name is the namespace's name (ip netns).
+	// Role names the host within its lab: "inet", "p1", "p2" ... for
+	// public hosts, "h1r" for home 1's router, "h1a", "h1b" ... for its
+	// hosts.
+	Role string
+	// Name is the namespace's name (ip netns): the lab's prefix and Role.
 	Name string
 	// Addr is the host's address: public for public hosts, the LAN address
 	// for home hosts, the WAN (public) address for a home's router.
@@ -241,7 +252,7 @@ func (l *Lab) addNS(role string, addr netip.Addr) (*Host, error) {
 	if err := l.run("ip", "-n", name, "link", "set", "lo", "up"); err != nil {
 		return nil, err
 	}
-	return &Host{Name: name, Addr: addr, lab: l}, nil
+	return &Host{Role: role, Name: name, Addr: addr, lab: l}, nil
 }
 
 // in runs a command inside a namespace (built-in steps, not tracked).
@@ -438,6 +449,27 @@ func removeStale(prefix string) {
 		}
 		_ = exec.Command("ip", "netns", "del", name).Run()
 	}
+}
+
+// Hosts returns every namespace of the lab: the internet router, the public
+// hosts, then each home's router and hosts.
+func (l *Lab) Hosts() []*Host {
+	hosts := append([]*Host{l.Inet}, l.Public...)
+	for _, home := range l.Homes {
+		hosts = append(hosts, home.Router)
+		hosts = append(hosts, home.Hosts...)
+	}
+	return hosts
+}
+
+// Host returns the host with the role ("p1", "h2a", ...), or nil.
+func (l *Lab) Host(role string) *Host {
+	for _, h := range l.Hosts() {
+		if h.Role == role {
+			return h
+		}
+	}
+	return nil
 }
 
 // Names returns the names of the lab's namespaces (all of them are deleted

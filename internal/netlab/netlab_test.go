@@ -289,3 +289,38 @@ func TestDelay(t *testing.T) {
 	require.GreaterOrEqual(t, oneWay, 2*delay)
 	require.Less(t, oneWay, 2*delay+20*time.Millisecond)
 }
+
+// The test binary runs one of its own tests inside a namespace, and Close
+// kills what is still running there.
+func TestCommandRunsTheTestBinaryInside(t *testing.T) {
+	if os.Getenv("NETLAB_HELPER") != "" {
+		ifs, err := net.InterfaceAddrs()
+		require.NoError(t, err)
+		fmt.Println("inside:", ifs)
+		if os.Getenv("NETLAB_HELPER") == "wait" {
+			time.Sleep(time.Minute)
+		}
+		return
+	}
+	lab := NewForTest(t, Config{Public: -1, Homes: []HomeConfig{{}}})
+	h := lab.Host("h1a")
+	require.Same(t, lab.Homes[0].Hosts[0], h)
+	t0 := time.Now()
+	cmd := h.Command(t.Context(), os.Args[0], "-test.run=^TestCommandRunsTheTestBinaryInside$", "-test.v")
+	cmd.Env = append(os.Environ(), "NETLAB_HELPER=1")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "10.1.0.2/24")
+	t.Logf("helper ran in %v", time.Since(t0))
+
+	cmd = h.Command(context.Background(), os.Args[0], "-test.run=^TestCommandRunsTheTestBinaryInside$")
+	cmd.Env = append(os.Environ(), "NETLAB_HELPER=wait")
+	p, err := h.Start(cmd)
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, lab.Close())
+	<-p.Done()
+	t.Logf("killed in %v", time.Since(start))
+	require.Less(t, time.Since(start), 10*time.Second)
+	require.Error(t, p.Wait(), "killed")
+}
