@@ -33,10 +33,10 @@ type Node struct {
 	addr    Address
 	log     *slog.Logger
 
-	tr     control.Transport
-	ownTr  bool
-	prober control.Transport // the embedded rendezvous's dial-back socket, owned
-	ov     *control.Overlay
+	tr    control.Transport
+	ownTr bool
+	extra []control.Transport // the embedded rendezvous's dial-back and echo sockets, owned
+	ov    *control.Overlay
 
 	window *output.Window
 	fanout *output.Fanout
@@ -134,13 +134,17 @@ func New(cfg Config) (*Node, error) {
 			if n.ownTr {
 				// Dial-backs come from a second socket, an address no
 				// listener has sent to: what gets through reaches anyone.
+				// A third answers listeners that check their NAT.
 				host, _, _ := net.SplitHostPort(n.tr.Addr())
-				pr, err := control.NewQUIC(control.QUICConfig{ListenAddr: net.JoinHostPort(host, "0"), Logger: cfg.Logger})
-				if err != nil {
-					n.closeTransport()
-					return nil, err
+				for _, t := range []*control.Transport{&tc.Prober, &tc.Echo} {
+					tr, err := control.NewQUIC(control.QUICConfig{ListenAddr: net.JoinHostPort(host, "0"), Logger: cfg.Logger})
+					if err != nil {
+						n.closeTransport()
+						return nil, err
+					}
+					*t = tr
+					n.extra = append(n.extra, tr)
 				}
-				n.prober, tc.Prober = pr, pr
 			}
 			oc.Tracker = control.NewTracker(tc)
 		}
@@ -323,8 +327,8 @@ func (n *Node) closeTransport() {
 	if n.ownTr {
 		n.tr.Close()
 	}
-	if n.prober != nil {
-		n.prober.Close()
+	for _, t := range n.extra {
+		t.Close()
 	}
 }
 

@@ -43,6 +43,9 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	if len(found) == 0 && o.canRelay() {
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
 	}
+	if len(found) == 0 {
+		found = o.joinPunched(ctx, rv)
+	}
 	var parent *peer
 	for _, r := range found {
 		switch {

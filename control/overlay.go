@@ -164,6 +164,7 @@ type Overlay struct {
 	recv     received
 	observed atomic.Pointer[string] // our address as the last peer or tracker saw it
 	reach    atomic.Uint32          // a Reach: what the rendezvous's dial-back found
+	nat      atomic.Uint32          // a NATBehaviour: what checkNAT found
 	live     atomic.Uint64          // the station's live edge as the rendezvous said (Candidates.Live)
 
 	repairs, badChunks, bytesOut atomic.Int64
@@ -224,6 +225,9 @@ func (o *Overlay) Run(ctx context.Context) error {
 	o.goFunc(func() { o.statusLoop(ctx) })
 	if o.cfg.Root {
 		o.goFunc(func() { o.rootLoop(ctx) })
+		if t := o.cfg.Tracker; t != nil && t.cfg.Echo != nil {
+			o.goFunc(func() { ServeEcho(ctx, t.cfg.Echo, o.id) })
+		}
 	} else {
 		o.goFunc(func() { newMaintainer(o).run(ctx) })
 	}
@@ -483,7 +487,7 @@ func (o *Overlay) askFrom() int64 {
 func (o *Overlay) status() *Status {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return &Status{Depth: o.depth, FreeSlots: o.freeSlots(), Path: o.path, Newest: uint64(o.newest() + 1)}
+	return &Status{Depth: o.depth, FreeSlots: o.freeSlots(), UploadKbps: o.uploadClaim(), Path: o.path, Newest: uint64(o.newest() + 1)}
 }
 
 // hello is what this node says of itself to p.
@@ -504,10 +508,11 @@ func (o *Overlay) freeSlots() int {
 }
 
 // maxChildren is how many children the node takes: what its budget allows,
-// none while the rendezvous finds it unreachable (behind a NAT, no one it
-// has not contacted can dial it: it sits below the relays, as a leaf).
+// none while the rendezvous finds it unreachable and no punch can open its
+// NAT (no one it has not contacted can dial it: it sits below the relays,
+// as a leaf).
 func (o *Overlay) maxChildren() int {
-	if !o.cfg.Root && Reach(o.reach.Load()) == ReachUnreachable {
+	if !o.cfg.Root && Reach(o.reach.Load()) == ReachUnreachable && NATBehaviour(o.nat.Load()) != NATPreserves {
 		return 0
 	}
 	return o.slots.slots(o.bitrate())
@@ -572,8 +577,10 @@ type OverlayStats struct {
 	// Observed is this node's address as a peer or the rendezvous last saw
 	// it (its public address behind a NAT); empty until told.
 	Observed string
-	// Reach is what the rendezvous's dial-back found.
+	// Reach is what the rendezvous's dial-back found; NAT what the node
+	// found out about its NAT's mapping when unreachable.
 	Reach Reach
+	NAT   NATBehaviour
 	// Waiting says why a listener has no parent (empty when it has one).
 	Waiting string
 
@@ -604,6 +611,7 @@ func (o *Overlay) Stats() OverlayStats {
 		s.Observed = *a
 	}
 	s.Reach = Reach(o.reach.Load())
+	s.NAT = NATBehaviour(o.nat.Load())
 	o.mu.Lock()
 	s.Depth, s.Peers = o.depth, len(o.peers)
 	links := append([]*peer{o.parent}, o.backups...)

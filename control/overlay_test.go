@@ -145,8 +145,10 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 	require.NoError(t, err)
 	prober, err := s.net.NewTransport(nil)
 	require.NoError(t, err)
+	echo, err := s.net.NewTransport(nil)
+	require.NoError(t, err)
 	h := newTestHost()
-	s.tracker = NewTracker(TrackerConfig{Prober: prober, Station: IDOf(key.Public().(ed25519.PublicKey))})
+	s.tracker = NewTracker(TrackerConfig{Prober: prober, Echo: echo, Station: IDOf(key.Public().(ed25519.PublicKey))})
 	ov, err := NewOverlay(OverlayConfig{Station: key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,
 		Root: true, Tracker: s.tracker, UploadKbps: rootKbps})
 	require.NoError(t, err)
@@ -182,6 +184,19 @@ func (s *testSwarm) add(uploadKbps int) *testNode {
 	s.t.Helper()
 	tr, err := s.net.NewTransport(nil)
 	require.NoError(s.t, err)
+	return s.start(tr, uploadKbps)
+}
+
+// addBehind starts a listener behind nat.
+func (s *testSwarm) addBehind(nat *MemNAT, uploadKbps int) *testNode {
+	s.t.Helper()
+	tr, err := nat.NewTransport(nil)
+	require.NoError(s.t, err)
+	return s.start(tr, uploadKbps)
+}
+
+func (s *testSwarm) start(tr *MemTransport, uploadKbps int) *testNode {
+	s.t.Helper()
 	h := newTestHost()
 	ov, err := NewOverlay(OverlayConfig{Station: s.key.Public().(ed25519.PublicKey), Transport: tr, Host: h, Window: h.win,
 		Rendezvous: s.root.tr.Addr(), UploadKbps: uploadKbps, SignatureCache: s.sigs,

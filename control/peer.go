@@ -188,6 +188,9 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 			return err
 		}
 		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
+		p.mu.Lock()
+		p.upload = m.UploadKbps
+		p.mu.Unlock()
 		o.mu.Lock()
 		isParent := o.parent == p
 		o.mu.Unlock()

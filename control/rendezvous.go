@@ -20,6 +20,8 @@ type rendezvous struct {
 	conn     Conn
 	cands    []PeerInfo
 	displace []PeerInfo // full parents whose leaf child we may replace
+	punch    []PeerInfo // parents behind port-preserving NATs
+	echoing  bool       // a NAT check ran
 	got      chan struct{}
 	lastReg  time.Time
 	regDepth int // the depth last registered
@@ -78,18 +80,34 @@ func (r *rendezvous) read(ctx context.Context, c Conn, got chan struct{}) {
 			c.Close(CodeBadMessage, err.Error())
 			return
 		}
+		if p, ok := m.(*Punch); ok {
+			r.o.goFunc(func() { r.o.punch(ctx, p) })
+			continue
+		}
 		cs, ok := m.(*Candidates)
 		if !ok {
-			c.Close(CodeBadMessage, "rendezvous sends only Candidates")
+			c.Close(CodeBadMessage, "rendezvous sends only Candidates and Punch")
 			return
 		}
 		r.o.setObserved(cs.Observed)
+		if cs.Echo != "" {
+			r.mu.Lock()
+			check := !r.echoing
+			r.echoing = true
+			r.mu.Unlock()
+			if check {
+				r.o.goFunc(func() {
+					r.o.checkNAT(ctx, cs.Echo, cs.Observed)
+					r.refresh() // tell the rendezvous at once
+				})
+			}
+		}
 		r.o.reach.Store(uint32(cs.Reach))
 		if cs.Live > r.o.live.Load() {
 			r.o.live.Store(cs.Live)
 		}
 		r.mu.Lock()
-		r.cands, r.displace = cs.Peers, cs.Displace
+		r.cands, r.displace, r.punch = cs.Peers, cs.Displace, cs.Punch
 		r.mu.Unlock()
 		select {
 		case got <- struct{}{}:
@@ -112,6 +130,7 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 		Want:       want,
 		Leaf:       o.maxChildren() == 0,
 		Failed:     o.takeFailed(),
+		NAT:        NATBehaviour(o.nat.Load()),
 	}
 	o.mu.Lock()
 	reg.Depth, reg.FreeSlots = o.depth, o.freeSlots()
@@ -166,6 +185,36 @@ func (r *rendezvous) candidates(ctx context.Context) []PeerInfo {
 	out = append(out, r.o.heard...)
 	r.o.mu.Unlock()
 	return out
+}
+
+// punchable is the last list of parents behind port-preserving NATs.
+func (r *rendezvous) punchable() []PeerInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.punch)
+}
+
+// send sends m on the session, if there is one.
+func (r *rendezvous) send(ctx context.Context, m Message) bool {
+	r.mu.Lock()
+	c := r.conn
+	r.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, answerTimeout)
+	defer cancel()
+	return c.Send(sctx, AppendMessage(nil, m)) == nil
+}
+
+// rtt is the round trip to the rendezvous (0 unknown).
+func (r *rendezvous) rtt() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.conn == nil {
+		return 0
+	}
+	return r.conn.RTT()
 }
 
 // displaceable is the last list of full parents with a leaf child.

@@ -33,6 +33,12 @@ type TrackerConfig struct {
 	// is not, and counts as a leaf. Nil: no dial-back, every node is
 	// offered as it claims (a trusted lab).
 	Prober Transport
+	// Echo, when set, is a third socket of the rendezvous's host, which
+	// answers a dial with the address it came from (ServeEcho): a node
+	// behind a NAT compares it with what the rendezvous saw to learn how
+	// its NAT maps (Candidates.Echo). It must not be the Prober: a node
+	// that dialed the echo has opened its NAT to it.
+	Echo Transport
 	// Station, when set, is the station's key: a dial-back then also
 	// exchanges Hellos, so that only a node that answers as a peer of
 	// this station counts as reachable (a socket that completes handshakes
@@ -66,8 +72,11 @@ type Tracker struct {
 	maxLeaf int // the deepest level leaves was ever given
 	regs    int // registrations since the last sweep for expired nodes
 	perHost map[string]int
-	live    uint64 // one more than the station's newest chunk (SetLive)
-	probes  chan struct{}
+	// punchable indexes the nodes behind port-preserving NATs with free
+	// slots by depth: offered in Candidates.Punch, reached by a punch.
+	punchable map[int]map[NodeID]*tracked
+	live      uint64 // one more than the station's newest chunk (SetLive)
+	probes    chan struct{}
 }
 
 type tracked struct {
@@ -83,6 +92,11 @@ type tracked struct {
 	probing   bool                 // a dial-back runs
 	failed    map[NodeID]time.Time // candidates that failed it: not offered again for a while
 	blamed    map[NodeID]struct{}  // who reported it failed since its last dial-back
+	nat       NATBehaviour         // what it found out about its NAT
+	told      Reach                // the Reach it was last told
+	admitted  time.Time            // when its session began
+	listen    string               // the address it listens on, as it sees it (a LAN address behind a NAT)
+	session   Conn                 // its rendezvous session, for Punch
 }
 
 // reprobeAfter is how long an unreachable node waits before it is dialed
@@ -93,6 +107,7 @@ const (
 	maxFailedKept = 64
 	maxProbes     = 32 // dial-backs at once
 	failedOffer   = time.Minute
+	echoGrace     = 2 * time.Second // for a node to check its NAT before the dial-back
 )
 
 // holdFor is how long a slot offered to a joiner is held for it: about a
@@ -127,7 +142,8 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	}
 	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
 		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-		perHost: make(map[string]int), probes: make(chan struct{}, maxProbes)}
+		perHost: make(map[string]int), probes: make(chan struct{}, maxProbes),
+		punchable: make(map[int]map[NodeID]*tracked)}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -163,11 +179,14 @@ func (t *Tracker) offered(n *tracked) bool {
 func (t *Tracker) index(n *tracked) {
 	d := n.info.Depth
 	switch {
-	case d > 0 && (n.leaf || n.reach == ReachUnreachable) && !n.parent.IsZero():
+	case d > 0 && (n.leaf || (n.reach == ReachUnreachable && !n.punchable())) && !n.parent.IsZero():
 		addTo(t.leaves, d, n)
 		t.maxLeaf = max(t.maxLeaf, d)
 	case d >= 0 && n.info.FreeSlots > 0 && t.offered(n):
 		addTo(t.free, d, n)
+		t.maxDepth = max(t.maxDepth, d)
+	case d >= 0 && n.info.FreeSlots > 0 && n.punchable():
+		addTo(t.punchable, d, n)
 		t.maxDepth = max(t.maxDepth, d)
 	}
 }
@@ -186,6 +205,9 @@ func (t *Tracker) unindex(n *tracked) {
 		delete(b, n.info.ID)
 	}
 	if b := t.leaves[n.info.Depth]; b != nil {
+		delete(b, n.info.ID)
+	}
+	if b := t.punchable[n.info.Depth]; b != nil {
 		delete(b, n.info.ID)
 	}
 }
@@ -220,29 +242,34 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 		c.Close(CodeRefused, why)
 		return
 	}
+	t.setSession(id, c)
 	m := Message(first)
 	for {
-		reg, ok := m.(*Register)
-		switch {
-		case !ok:
-			c.Close(CodeBadMessage, "rendezvous expects Register")
-			return
-		case reg.Version != WireVersion:
-			c.Close(CodeVersion, errWrongVersion(reg.Version).Error())
-			return
-		}
-		cands := t.register(id, c.RemoteAddr(), reg)
-		if t.shouldProbe(id) {
-			probes.Go(func() { t.probe(ctx, id, c.RemoteAddr(), c.RemoteKey()) })
-		}
-		if reg.Want {
-			// Only a Register that wants candidates is answered.
-			sctx, cancel := context.WithTimeout(ctx, time.Second)
-			err := c.Send(sctx, AppendMessage(nil, cands))
-			cancel()
-			if err != nil {
+		switch m := m.(type) {
+		case *Connect:
+			t.connect(ctx, id, m.Target)
+		case *Register:
+			if m.Version != WireVersion {
+				c.Close(CodeVersion, errWrongVersion(m.Version).Error())
 				return
 			}
+			cands := t.register(id, c.RemoteAddr(), m)
+			if t.shouldProbe(id) {
+				probes.Go(func() { t.probe(ctx, id, c.RemoteAddr(), c.RemoteKey()) })
+			}
+			if cands != nil {
+				// A Register is answered when it wants candidates, or
+				// when the node's reachability is news.
+				sctx, cancel := context.WithTimeout(ctx, time.Second)
+				err := c.Send(sctx, AppendMessage(nil, cands))
+				cancel()
+				if err != nil {
+					return
+				}
+			}
+		default:
+			c.Close(CodeBadMessage, "rendezvous expects Register or Connect")
+			return
 		}
 		b, err := c.Receive(ctx)
 		if err != nil {
@@ -272,7 +299,7 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 		n.reach = ReachUnknown // a new address: dial it back again
 	}
 	n.info = PeerInfo{ID: id, Addr: observed, Depth: t.checkedDepth(r), FreeSlots: min(r.FreeSlots, maxClaimedSlots), UploadKbps: r.UploadKbps}
-	n.parent, n.leaf = r.Parent, r.Leaf
+	n.parent, n.leaf, n.nat, n.listen = r.Parent, r.Leaf, r.NAT, r.ListenAddr
 	n.seen = now
 	t.index(n)
 	for _, f := range r.Failed {
@@ -287,9 +314,16 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 		}
 	}
 	if !r.Want {
-		return nil
+		if n.reach == n.told {
+			return nil
+		}
+		// What the dial-back found is news: told without candidates.
+		n.told = n.reach
+		return &Candidates{Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
 	}
-	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed, Reach: n.reach, Live: t.live}
+	n.told = n.reach
+	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
+	t.traversal(n, c, now)
 	if !r.Leaf {
 		c.Displace = t.displaceable(id, r.Depth)
 	}
@@ -328,7 +362,7 @@ func (t *Tracker) admit(id NodeID, addr string) string {
 	if h != "" && t.perHost[h] >= t.cfg.MaxPerHost {
 		return "too many nodes from " + h
 	}
-	n := &tracked{host: h, info: PeerInfo{ID: id, Addr: addr, Depth: -1}, seen: time.Now()}
+	n := &tracked{host: h, info: PeerInfo{ID: id, Addr: addr, Depth: -1}, seen: time.Now(), admitted: time.Now()}
 	t.nodes[id] = n
 	if h != "" {
 		t.perHost[h]++
@@ -386,7 +420,11 @@ func (t *Tracker) shouldProbe(id NodeID) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := t.nodes[id]
-	due := n != nil && !n.probing && (n.reach == ReachUnknown || (n.reach == ReachUnreachable && time.Since(n.probed) > reprobeAfter))
+	// A node first checks its NAT through the echo (the Prober's socket):
+	// a dial-back dropped by its NAT before that would make the NAT map
+	// the node's flow to the echo to another port.
+	settled := n != nil && (n.nat != NATUnknown || time.Since(n.admitted) > echoGrace)
+	due := settled && !n.probing && (n.reach == ReachUnknown || (n.reach == ReachUnreachable && time.Since(n.probed) > reprobeAfter))
 	if due {
 		n.probing = true
 	}

@@ -73,6 +73,8 @@ const (
 	TypeRegister
 	TypeCandidates
 	TypeStatus
+	TypeConnect
+	TypePunch
 )
 
 func (t MessageType) String() string {
@@ -99,6 +101,10 @@ func (t MessageType) String() string {
 		return "Candidates"
 	case TypeStatus:
 		return "Status"
+	case TypeConnect:
+		return "Connect"
+	case TypePunch:
+		return "Punch"
 	}
 	return fmt.Sprintf("MessageType(%d)", uint8(t))
 }
@@ -152,6 +158,10 @@ func ParseMessage(b []byte) (Message, error) {
 		m = new(Candidates)
 	case TypeStatus:
 		m = new(Status)
+	case TypeConnect:
+		m = new(Connect)
+	case TypePunch:
+		m = new(Punch)
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrBadMessage, b[0])
 	}
@@ -432,6 +442,31 @@ type Register struct {
 	// feed it (at most MaxFailed): the tracker offers them to it no more
 	// and checks them again.
 	Failed []NodeID
+	// NAT is what the sender found out about the NAT in front of it (see
+	// Candidates.Echo).
+	NAT NATBehaviour
+}
+
+// NATBehaviour is how a node's NAT maps its socket, as the node found by
+// comparing the address two destinations saw: the same port for both
+// (endpoint-independent mapping: a coordinated punch can open it) or not.
+type NATBehaviour uint8
+
+// The values of NATBehaviour.
+const (
+	NATUnknown    NATBehaviour = iota // not found out (or no NAT: see Reach)
+	NATPreserves                      // one mapping for every destination: punchable
+	NATRandomises                     // a mapping per destination: only relays reach it
+)
+
+func (b NATBehaviour) String() string {
+	switch b {
+	case NATPreserves:
+		return "port-preserving"
+	case NATRandomises:
+		return "port-randomising"
+	}
+	return "unknown"
 }
 
 // MaxFailed is how many failed candidates one Register reports.
@@ -448,7 +483,8 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = appendU16(b, m.FreeSlots)
 	b = append(b, m.Parent[:]...)
 	b = append(b, boolByte(m.Want), boolByte(m.Leaf))
-	return appendIDs(b, m.Failed, MaxFailed)
+	b = appendIDs(b, m.Failed, MaxFailed)
+	return append(b, byte(min(m.NAT, NATRandomises)))
 }
 
 func boolByte(v bool) byte {
@@ -468,6 +504,9 @@ func (m *Register) parsePayload(r *wireReader) {
 	m.Want = r.bool()
 	m.Leaf = r.bool()
 	m.Failed = r.ids(MaxFailed)
+	if m.NAT = NATBehaviour(r.u8()); m.NAT > NATRandomises {
+		r.fail("NAT behaviour %d", m.NAT)
+	}
 }
 
 // Candidates is the tracker's answer to Register: possible parents.
@@ -485,6 +524,48 @@ type Candidates struct {
 	// tracker knows it (0: unknown): chunks older than a window behind it
 	// are stale, whoever sends them.
 	Live uint64
+	// Punch lists parents behind port-preserving NATs with free slots:
+	// reach one by sending the tracker a Connect for it and then dialing
+	// it; the tracker has it open its NAT to the sender meanwhile.
+	Punch []PeerInfo
+	// Echo is an address of the tracker's other socket: a node that dials
+	// it is told (Hello.Observed) the address it saw, and compares it with
+	// Observed to learn its NAT's behaviour. Empty: none.
+	Echo string
+}
+
+// Connect asks the tracker to have Target (listed in Candidates.Punch)
+// open its NAT to the sender, which dials it next.
+type Connect struct {
+	Target NodeID
+}
+
+// Type returns TypeConnect.
+func (*Connect) Type() MessageType { return TypeConnect }
+
+func (m *Connect) appendPayload(b []byte) []byte { return append(b, m.Target[:]...) }
+
+func (m *Connect) parsePayload(r *wireReader) { m.Target = r.id() }
+
+// Punch tells a node, from the tracker, that Peer is about to dial it:
+// it sends a few packets to Peer.Addr from its socket (with a low TTL), so
+// that its NAT lets Peer's dial in.
+type Punch struct {
+	Peer PeerInfo
+}
+
+// Type returns TypePunch.
+func (*Punch) Type() MessageType { return TypePunch }
+
+func (m *Punch) appendPayload(b []byte) []byte { return appendPeers(b, []PeerInfo{m.Peer}) }
+
+func (m *Punch) parsePayload(r *wireReader) {
+	ps := r.peers()
+	if len(ps) != 1 {
+		r.fail("punch for %d peers", len(ps))
+		return
+	}
+	m.Peer = ps[0]
 }
 
 // Reach is whether a node can be dialed by nodes it has not contacted:
@@ -515,7 +596,8 @@ func (*Candidates) Type() MessageType { return TypeCandidates }
 func (m *Candidates) appendPayload(b []byte) []byte {
 	b = appendString(appendPeers(appendPeers(b, m.Peers), m.Displace), m.Observed)
 	b = append(b, byte(min(m.Reach, ReachUnreachable)))
-	return binary.BigEndian.AppendUint64(b, m.Live)
+	b = binary.BigEndian.AppendUint64(b, m.Live)
+	return appendString(appendPeers(b, m.Punch), m.Echo)
 }
 
 func (m *Candidates) parsePayload(r *wireReader) {
@@ -526,14 +608,17 @@ func (m *Candidates) parsePayload(r *wireReader) {
 		r.fail("reach %d", m.Reach)
 	}
 	m.Live = r.u64()
+	m.Punch = r.peers()
+	m.Echo = r.str()
 }
 
 // Status is a node's periodic news to its neighbours.
 type Status struct {
-	Depth     int // -1 when not joined
-	FreeSlots int
-	Path      []NodeID // ancestors, broadcaster first
-	Newest    uint64   // as in Hello
+	Depth      int // -1 when not joined
+	FreeSlots  int
+	UploadKbps int      // as in Hello: 0 once the sender found it can take no children
+	Path       []NodeID // ancestors, broadcaster first
+	Newest     uint64   // as in Hello
 }
 
 // Type returns TypeStatus.
@@ -542,6 +627,7 @@ func (*Status) Type() MessageType { return TypeStatus }
 func (m *Status) appendPayload(b []byte) []byte {
 	b = appendDepth(b, m.Depth)
 	b = appendU16(b, m.FreeSlots)
+	b = appendU32(b, m.UploadKbps)
 	b = appendPath(b, m.Path)
 	return binary.BigEndian.AppendUint64(b, m.Newest)
 }
@@ -549,6 +635,7 @@ func (m *Status) appendPayload(b []byte) []byte {
 func (m *Status) parsePayload(r *wireReader) {
 	m.Depth = r.depth()
 	m.FreeSlots = int(r.u16())
+	m.UploadKbps = int(r.u32())
 	m.Path = r.path()
 	m.Newest = r.u64()
 }

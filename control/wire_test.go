@@ -47,8 +47,10 @@ func sampleMessages() []Message {
 		&PeerList{},
 		&Register{Version: 2, ListenAddr: "127.0.0.1:7000", UploadKbps: 300, Depth: 2, FreeSlots: 1, Parent: testID(7)},
 		&Register{Version: 2, Depth: -1},
-		&Register{Version: 3, Depth: 3, Want: true, Leaf: true, Failed: []NodeID{testID(3), testID(4)}},
-		&Candidates{Peers: peers[:2], Observed: "198.51.100.1:7000", Reach: ReachUnreachable, Live: 1234},
+		&Register{Version: 3, Depth: 3, Want: true, Leaf: true, Failed: []NodeID{testID(3), testID(4)}, NAT: NATPreserves},
+		&Candidates{Peers: peers[:2], Observed: "198.51.100.1:7000", Reach: ReachUnreachable, Live: 1234, Punch: peers[2:], Echo: "198.51.100.9:4000"},
+		&Connect{Target: testID(8)},
+		&Punch{Peer: peers[0]},
 		&Candidates{Peers: peers[:1], Displace: peers[1:3]},
 		&Candidates{},
 		&Status{Depth: 4, FreeSlots: 1, Path: []NodeID{testID(9)}, Newest: 12},
@@ -134,9 +136,10 @@ func TestWireRejects(t *testing.T) {
 		"peers too many": append([]byte{byte(TypePeerList), MaxPeers + 1},
 			make([]byte, peerInfoMin*(MaxPeers+1))...),
 		"have too long":        append([]byte{byte(TypeHave), 0, 0, 0, 0, 0, 0, 0, 0, MaxHaveBytes + 1}, make([]byte, 200)...),
-		"status path too long": append([]byte{byte(TypeStatus), 1, 0, 0, MaxPath + 1}, make([]byte, 32*(MaxPath+1))...),
+		"status path too long": append([]byte{byte(TypeStatus), 1, 0, 0, 0, 0, 0, 0, MaxPath + 1}, make([]byte, 32*(MaxPath+1))...),
 		"register version 0":   {byte(TypeRegister), 0},
-		"bool not 0 or 1":      append(AppendMessage(nil, &Register{})[:len(AppendMessage(nil, &Register{}))-1], 2),
+		"bool not 0 or 1":      badLeaf(),
+		"NAT behaviour 3":      append(AppendMessage(nil, &Register{})[:len(AppendMessage(nil, &Register{}))-1], 3),
 		"string beyond data":   {byte(TypeRefuse), 5, 'a', 'b'},
 	} {
 		_, err := ParseMessage(b)
@@ -185,4 +188,12 @@ func ExampleParseMessage() {
 	// Output:
 	// Subscribe 04 00 00 00 00 00 00 04 b0
 	// {From:1200}
+}
+
+// badLeaf is a Register whose Leaf byte is 2 (it ends Leaf, Failed's
+// count, NAT).
+func badLeaf() []byte {
+	b := AppendMessage(nil, &Register{})
+	b[len(b)-3] = 2
+	return b
 }

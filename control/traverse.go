@@ -1,0 +1,111 @@
+package control
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// NAT traversal at the rendezvous: nodes behind port-preserving NATs are
+// offered as parents through a coordinated punch (Connect, Punch), nodes
+// behind the same public address reach each other by their LAN addresses,
+// and a node behind a NAT learns how it maps (Candidates.Echo).
+
+// punchable reports whether n is behind a NAT that a coordinated punch
+// opens: unreachable from outside, one mapping for every destination.
+func (n *tracked) punchable() bool {
+	return n.reach == ReachUnreachable && n.nat == NATPreserves
+}
+
+// maxPunch is how many punchable parents one answer lists.
+const maxPunch = 4
+
+// traversal adds to c what a node behind a NAT needs: punchable parents,
+// parents behind its own public address (by their LAN address), and the
+// echo address. t.mu is held.
+func (t *Tracker) traversal(asker *tracked, c *Candidates, now time.Time) {
+	for d := 0; d <= t.maxDepth && len(c.Punch) < maxPunch; d++ {
+		for nid, n := range t.punchable[d] {
+			if nid == asker.info.ID || t.isDescendant(n, asker.info.ID) || t.failedFor(asker.info.ID, nid) || now.Sub(n.seen) > t.cfg.Expiry {
+				continue
+			}
+			info := n.info
+			if sameHost(info.Addr, asker.info.Addr) && n.listen != "" {
+				// Behind the same router: its LAN address, no punch
+				// (routers seldom hairpin).
+				info.Addr = n.listen
+				c.Peers = append(c.Peers, info)
+				continue
+			}
+			c.Punch = append(c.Punch, info)
+			if len(c.Punch) == maxPunch {
+				break
+			}
+		}
+	}
+}
+
+// echo is the echo address for n, a node not known to be reachable.
+func (t *Tracker) echo(n *tracked) string {
+	if t.cfg.Echo == nil || n.reach == ReachPublic {
+		return ""
+	}
+	return t.cfg.Echo.Addr()
+}
+
+// sameHost reports whether two addresses have the same IP.
+func sameHost(a, b string) bool {
+	ha, _, errA := net.SplitHostPort(a)
+	hb, _, errB := net.SplitHostPort(b)
+	return errA == nil && errB == nil && ha == hb
+}
+
+// setSession records id's rendezvous session, over which a Punch reaches
+// it.
+func (t *Tracker) setSession(id NodeID, c Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := t.nodes[id]; n != nil {
+		n.session = c
+	}
+}
+
+// connect has target open its NAT to asker, which is about to dial it.
+func (t *Tracker) connect(ctx context.Context, asker, target NodeID) {
+	t.mu.Lock()
+	a, n := t.nodes[asker], t.nodes[target]
+	if a == nil || n == nil || n.session == nil || !n.punchable() {
+		t.mu.Unlock()
+		return
+	}
+	c, peer := n.session, a.info
+	t.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	c.Send(sctx, AppendMessage(nil, &Punch{Peer: peer}))
+}
+
+// ServeEcho answers each connection on tr (TrackerConfig.Echo) with a
+// Hello that tells the dialer the address it came from, so that a node
+// can compare it with what the rendezvous saw (see Candidates.Echo). It
+// runs until ctx is done.
+func ServeEcho(ctx context.Context, tr Transport, station NodeID) {
+	for {
+		c, err := tr.Accept(ctx)
+		if err != nil {
+			return
+		}
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		c.Send(sctx, AppendMessage(nil, &Hello{Station: station, Depth: -1, Observed: c.RemoteAddr()}))
+		cancel()
+		go func() {
+			// The dialer closes once it has read the answer.
+			select {
+			case <-c.Done():
+			case <-time.After(2 * time.Second):
+			case <-ctx.Done():
+			}
+			c.Close(CodeNormal, "")
+		}()
+	}
+}
