@@ -408,7 +408,7 @@ func (p *Player) run(ctx context.Context) error {
 			if err := p.fill(&l); err != nil {
 				return err
 			}
-			if !l.ended && !l.eof && !p.ready(&l) {
+			if ready := p.ready(&l); !l.ended && !l.eof && !ready {
 				if err := wait(-1, true); err != nil {
 					return err
 				}
