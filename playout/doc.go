@@ -16,4 +16,13 @@
 // uninterrupted concealment does the Player stop and buffer Target again.
 // With a ClockedSink (the speaker) the sink's queue, drained by the device's
 // clock, replaces the system clock.
+//
+// Falling behind is normal (a starved process, a sink that blocked, a
+// parent that went silent). With a LiveFrames (the Reassembler is one), a
+// Player that fell more than Resync beyond Target behind the live edge, the
+// newest audio received, skips ahead at a chunk boundary, and after a
+// rebuffer it resumes Target behind the live edge rather than where it
+// stopped; the frames after a jump first prime the decoder, so playback
+// resumes without a click. The playing time the sink went without audio is
+// counted in Stats.FramesMissed: continuity counts it as missed.
 package playout

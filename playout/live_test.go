@@ -57,6 +57,27 @@ type timedSink struct {
 	mu    sync.Mutex
 	block func(call int) time.Duration
 	calls int
+	// A device's clock, as deviceSink's, for clockedSink.
+	start   time.Time
+	written time.Duration
+}
+
+func (s *timedSink) queued() time.Duration {
+	if s.start.IsZero() {
+		return 0
+	}
+	return max(0, s.written-time.Since(s.start))
+}
+
+// clockedSink is a timedSink that is a ClockedSink: its device plays in
+// real time and goes on playing (silence, once its queue ran dry) while
+// WritePCM blocks.
+type clockedSink struct{ *timedSink }
+
+func (s clockedSink) Queued() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queued()
 }
 
 func (s *timedSink) WritePCM(pcm []byte, rate int) error {
@@ -66,6 +87,10 @@ func (s *timedSink) WritePCM(pcm []byte, rate int) error {
 	if s.block != nil {
 		d = s.block(s.calls)
 	}
+	if s.start.IsZero() || s.queued() == 0 {
+		s.start, s.written = time.Now(), 0 // (re)starts
+	}
+	s.written += samplesDuration(int64(len(pcm)/4), rate)
 	s.mu.Unlock()
 	err := s.MemorySink.WritePCM(pcm, rate) // At: when it was handed over
 	if d > 0 {
@@ -102,6 +127,8 @@ type liveCase struct {
 	// every, if set, makes the sink block for stall every every (a
 	// device that keeps underrunning).
 	every time.Duration
+	// clocked makes the sink a ClockedSink (a sound card).
+	clocked bool
 }
 
 // playLive plays frames, chunked as produced live from the bubble's start,
@@ -137,6 +164,9 @@ func playLive(t *testing.T, frames []mux.Frame, c liveCase, cfg Config) liveRun 
 			}
 		}
 		cfg.Sink = sink
+		if c.clocked {
+			cfg.Sink = clockedSink{sink}
+		}
 		p, err := New(r, cfg)
 		require.NoError(t, err)
 		errc := runPlayer(p, context.Background())
@@ -266,6 +296,7 @@ func TestPlayerResumesAtLiveEdge(t *testing.T) {
 		{name: "sink blocks 5s", stallAt: 2 * time.Second, stall: 5 * time.Second},
 		{name: "parent silent 5s, audio lost", silentAt: 2 * time.Second, silent: 5 * time.Second},
 		{name: "parent silent 5s, then its backlog at once", silentAt: 2 * time.Second, silent: 5 * time.Second, backlog: true},
+		{name: "sound card, listener starved 5s", stallAt: 2 * time.Second, stall: 5 * time.Second, clocked: true},
 		{name: "whole listener starved 5s", stallAt: 2 * time.Second, stall: 5 * time.Second, silentAt: 2 * time.Second, silent: 5 * time.Second, backlog: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {

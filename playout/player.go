@@ -111,8 +111,9 @@ type Stats struct {
 	Resyncs int64
 	// FramesMissed counts the frames' worth of playing time, since
 	// playback began, during which the sink had nothing to play: the wait
-	// of a rebuffer or a resync, and the gap of an underrun (with a sink
-	// that is not a ClockedSink, whose underruns the Player cannot time).
+	// of a rebuffer or a resync, and the gap of an underrun (with a
+	// ClockedSink, as timed by the system clock from when its queue was to
+	// run out).
 	// They are misses, like concealed frames: frames due that were not
 	// played, whether they were skipped to rejoin the live edge or never
 	// received.
@@ -378,7 +379,7 @@ type loop struct {
 	topping   bool // woken at Lead: hand over up to Lead+Batch
 	conceal   time.Duration
 	dry       time.Time // since when no frame could be handed over, late
-	dryAt     time.Time // when the sink ran out, after a rebuffer or resync
+	dryAt     time.Time // when the sink runs out of what it was given
 	missed    time.Duration
 }
 
@@ -418,7 +419,7 @@ func (p *Player) run(ctx context.Context) error {
 			if err := p.fill(&l); err != nil {
 				return err
 			}
-			if !l.ended && !l.eof && !p.ready(&l) {
+			if ready := p.ready(&l); !l.ended && !l.eof && !ready {
 				if err := wait(-1, true); err != nil {
 					return err
 				}
@@ -526,8 +527,7 @@ func (p *Player) pace(d time.Duration) time.Duration {
 // outage, or (resync) to skip ahead to the live edge.
 func (p *Player) startRebuffer(l *loop, resync bool) {
 	l.buffering, l.conceal, l.dry = true, 0, time.Time{}
-	now := time.Now()
-	l.dryAt = now.Add(p.ahead(now))
+	l.dryAt = p.runsOut(l, time.Now())
 	p.mu.Lock()
 	if resync {
 		p.stats.Resyncs++
@@ -651,6 +651,10 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 	// for a frame handed over early in a Batch, Lead before it is due.
 	handoff := now
 	underrun := false
+	var ahead time.Duration // before this frame
+	if !l.restart || p.clocked != nil {
+		ahead = p.ahead(now)
+	}
 	if l.restart {
 		at := now
 		if l.started {
@@ -662,10 +666,14 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 		}
 		p.clk.align(at)
 	} else {
-		ahead := p.ahead(now)
 		switch {
 		case p.clocked != nil:
 			underrun = ahead <= 0
+			if underrun && now.After(l.dryAt) {
+				// The device played silence since its queue ran out, about
+				// when the last write's queue was to play out.
+				l.missed += now.Sub(l.dryAt)
+			}
 		case ahead < 0:
 			underrun = true
 			l.missed -= ahead
@@ -737,5 +745,30 @@ func (p *Player) play(l *loop, slot mux.Slot, begin time.Time) error {
 		return fmt.Errorf("playout: sink: %w", err)
 	}
 	p.clk.add(samples, format.SampleRate)
+	if p.clocked != nil {
+		// When the device will run out: by its queue, or, if the write
+		// blocked until the queue ran dry (a stalled device, a starved
+		// process), when what it had was to play out.
+		after := time.Now()
+		if q := p.clocked.Queued(); q > 0 {
+			l.dryAt = after.Add(q)
+		} else {
+			l.dryAt = now.Add(max(ahead, 0) + dur)
+			if l.dryAt.After(after) {
+				l.dryAt = after
+			}
+		}
+	}
 	return nil
+}
+
+// runsOut is when the sink runs out of the audio it was given: by the
+// playout clock or a ClockedSink's queue; for a ClockedSink whose queue is
+// already empty, when it ran out, as estimated at the last write.
+func (p *Player) runsOut(l *loop, now time.Time) time.Time {
+	ahead := p.ahead(now)
+	if p.clocked == nil || ahead > 0 || l.dryAt.IsZero() || l.dryAt.After(now) {
+		return now.Add(ahead)
+	}
+	return l.dryAt
 }

@@ -3,6 +3,7 @@
 //
 //	go run ./examples/listen p2pradio://<key>@127.0.0.1:7000
 //	go run ./examples/listen -wav out.wav -duration 30s ADDRESS
+//	go run ./examples/listen -fallback-discard ADDRESS  # no sound card: relay anyway
 //	go run ./examples/listen -discard -http 127.0.0.1:8001 ADDRESS  # page, stream.mp3, status.json, metrics
 package main
 
@@ -34,6 +35,7 @@ func main() {
 	target := flag.Duration("target", playout.DefaultTarget, "audio to buffer before playback starts")
 	verbose := flag.Bool("v", false, "log events to standard error")
 	httpAddr := flag.String("http", "", "serve the station page, the stream (/stream.mp3), /status.json and /metrics on this TCP address")
+	fallback := flag.Bool("fallback-discard", false, "when the sound device cannot be opened (or fails), warn and discard the audio instead of exiting")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: listen [flags] p2pradio://KEY@HOST:PORT\n\nflags:\n")
 		flag.PrintDefaults()
@@ -43,16 +45,16 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *wav, *discard, *duration, *listen, *upload, *target, *verbose, *httpAddr); err != nil {
-		if errors.Is(err, speaker.ErrDevice) {
-			err = fmt.Errorf("%w\n(no sound card here? use -wav FILE or -discard)", err)
-		}
+	if err := run(flag.Arg(0), *wav, *discard, *fallback, *duration, *listen, *upload, *target, *verbose, *httpAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
+		if errors.Is(err, speaker.ErrDevice) {
+			fmt.Fprintf(os.Stderr, "(%s)\n", deviceHint)
+		}
 		os.Exit(1)
 	}
 }
 
-func run(addr, wav string, discard bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool, httpAddr string) error {
+func run(addr, wav string, discard, fallback bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool, httpAddr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if duration > 0 {
@@ -60,23 +62,24 @@ func run(addr, wav string, discard bool, duration time.Duration, listen string, 
 		ctx, cancel = context.WithTimeout(ctx, duration)
 		defer cancel()
 	}
-	var sink playout.Sink
-	switch {
-	case wav != "":
-		w, err := playout.CreateWAV(wav)
-		if err != nil {
-			return err
-		}
-		sink = w
-	case discard:
-		sink = &playout.Discard{}
-	default:
-		sp, err := speaker.New(speaker.Config{})
-		if err != nil {
-			return fmt.Errorf("speaker: %w (use -wav FILE or -discard without a sound card)", err)
-		}
-		sink = sp
+	sink, err := openSink(wav, discard, fallback, os.Stderr)
+	if err != nil {
+		return err
 	}
+	// A sink that fails stops the listener: the node would otherwise go on
+	// relaying with its player stopped, saying "buffering" for ever.
+	sink, failed := watch(sink, fallback, os.Stderr)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		select {
+		case err := <-failed:
+			cancel(fmt.Errorf("playing: %w", err))
+		case <-stopWatch:
+		}
+	}()
 	var stream *output.HTTP
 	var outputs []output.Output
 	if httpAddr != "" {
@@ -106,8 +109,12 @@ func run(addr, wav string, discard bool, duration time.Duration, listen string, 
 		defer stopHTTP()
 		fmt.Fprintf(os.Stderr, "station page %s  stream %sstream.mp3\n", url, url)
 	}
-	return cli.Watch(func() error { return n.Run(ctx) }, 500*time.Millisecond, 10*time.Second,
+	err = cli.Watch(func() error { return n.Run(ctx) }, 500*time.Millisecond, 10*time.Second,
 		func() string { return line(n.Stats()) })
+	if cause := context.Cause(ctx); err == nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+		err = cause // the sink failed
+	}
+	return err
 }
 
 func line(s p2pradio.Stats) string {
