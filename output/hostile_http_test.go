@@ -165,3 +165,31 @@ func TestHTTPListenerThatStopsReadingIsCutWithinSeconds(t *testing.T) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+func TestHTTP10ClientGetsTheBodyUpToTheClose(t *testing.T) {
+	chunks, frames := demoChunks(t, 30, nil)
+	h := NewHTTP(HTTPConfig{})
+	srv := serve(t, h)
+	for _, c := range chunks[:25] {
+		h.WriteChunk(c)
+	}
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET /stream.mp3 HTTP/1.0\r\nIcy-MetaData: 0\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, "HTTP/1.0 200 OK", resp.Proto+" "+resp.Status)
+	require.Empty(t, resp.TransferEncoding)
+	require.True(t, resp.Close)
+	for _, c := range chunks[25:] {
+		h.WriteChunk(c)
+	}
+	h.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	nb := burstFrames(frames, 2*time.Second)
+	require.Equal(t, concat(frames[25*4-nb:]), body)
+}
