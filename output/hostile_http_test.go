@@ -187,9 +187,12 @@ func TestHTTP10ClientGetsTheBodyUpToTheClose(t *testing.T) {
 	for _, c := range chunks[25:] {
 		h.WriteChunk(c)
 	}
+	nb := burstFrames(frames, 2*time.Second)
+	want := concat(frames[25*4-nb:])
+	// Close ends the stream at once, sent or not: wait for it to be sent.
+	require.Eventually(t, func() bool { return h.Stats().Bytes == int64(len(want)) }, 5*time.Second, time.Millisecond)
 	h.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	nb := burstFrames(frames, 2*time.Second)
-	require.Equal(t, concat(frames[25*4-nb:]), body)
+	require.Equal(t, want, body)
 }
