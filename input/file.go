@@ -90,6 +90,9 @@ func OpenFile(path string, cfg FileConfig) (*File, error) {
 		return fail(fmt.Errorf("input: %s is not a regular file (read pipes and devices with NewReader): %w", path, mux.ErrNotMP3))
 	}
 	if _, err := newPass(fh).Next(); err != nil {
+		if err == io.EOF { // a Xing frame, say, and no audio
+			return fail(fmt.Errorf("input: %s: no audio frame: %w", path, mux.ErrNotMP3))
+		}
 		if errors.Is(err, mux.ErrUnsupported) {
 			return fail(fmt.Errorf("input: %s: %w: %w", path, mux.ErrNotMP3, err))
 		}

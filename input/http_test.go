@@ -440,8 +440,8 @@ func TestHTTPConnectTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { return conns() == 2 }, 5*time.Second, time.Millisecond, "two attempts")
 }
 
-// stallingServer accepts connections, sends each the bytes head (perhaps
-// none) and then nothing more until the test ends.
+// stallingServer accepts connections, reads each request and sends the
+// bytes head (perhaps none) and then nothing more until the test ends.
 func stallingServer(t *testing.T, head string) (addr string, conns func() int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -454,18 +454,34 @@ func stallingServer(t *testing.T, head string) (addr string, conns func() int) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte(head))
 			mu.Lock()
 			open = append(open, c)
 			mu.Unlock()
+			wg.Go(func() {
+				// Answer only once the request is in, as a server does:
+				// net/http drops a connection that speaks first.
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "\r\n" {
+						break
+					}
+				}
+				_, _ = c.Write([]byte(head))
+			})
 		}
 	})
 	t.Cleanup(func() {
 		ln.Close()
-		wg.Wait()
+		mu.Lock()
 		for _, c := range open {
 			c.Close()
 		}
+		mu.Unlock()
+		wg.Wait()
 	})
 	return ln.Addr().String(), func() int {
 		mu.Lock()

@@ -583,22 +583,14 @@ func TestDemuxLongJunkMidStream(t *testing.T) {
 			in := bytes.Join([][]byte{joinFrames(cbr[:100]), junk, joinFrames(cbr[100:])}, nil)
 			var logs bytes.Buffer
 			d := NewDemuxerConfig(bytes.NewReader(in), DemuxConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-			var fs []Frame
-			for {
-				f, err := d.Next()
-				if err == io.EOF {
-					break
-				}
-				require.NoError(t, err)
-				fs = append(fs, f)
-			}
+			fs, st, err := nextAll(d)
+			require.ErrorIs(t, err, io.EOF)
 			// The frame just before the junk is kept (it was in sync); a
 			// fake frame at the end of the junk, confirmed by the real
 			// header after it, may come out and the real one be lost.
 			require.InDelta(t, len(cbr), len(fs), 1)
 			require.Equal(t, cbr[:100], fs[:100])
 			require.Equal(t, cbr[len(cbr)-50:], fs[len(fs)-50:])
-			st := d.Stats()
 			require.Equal(t, int64(1), st.JunkRuns)
 			require.GreaterOrEqual(t, st.Skipped+st.TagBytes, int64(len(junk)-MaxFrameSize))
 			require.Contains(t, logs.String(), "lost sync")
@@ -606,7 +598,7 @@ func TestDemuxLongJunkMidStream(t *testing.T) {
 			t.Logf("%d frames of %d; skipped %d bytes, %d tags of %d bytes; log:\n%s", len(fs), len(cbr), st.Skipped, st.Tags, st.TagBytes, logs.String())
 
 			// At the start, the same junk means the input is not MP3.
-			_, _, err := demuxAll(bytes.NewReader(append(append([]byte{}, junk...), joinFrames(cbr)...)))
+			_, _, err = demuxAll(bytes.NewReader(append(append([]byte{}, junk...), joinFrames(cbr)...)))
 			require.ErrorIs(t, err, ErrNotMP3)
 		})
 	}

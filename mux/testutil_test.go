@@ -30,8 +30,10 @@ func readTestdata(t testing.TB, name string) []byte {
 
 // demuxAll runs a Demuxer over r to its end and returns the frames and the
 // error that ended it (io.EOF for a clean end).
-func demuxAll(r io.Reader) ([]Frame, DemuxStats, error) {
-	d := NewDemuxer(r)
+func demuxAll(r io.Reader) ([]Frame, DemuxStats, error) { return nextAll(NewDemuxer(r)) }
+
+// nextAll calls d.Next until it fails, and returns the frames and the error.
+func nextAll(d *Demuxer) ([]Frame, DemuxStats, error) {
 	var fs []Frame
 	for {
 		f, err := d.Next()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -55,6 +56,16 @@ func rawListener(t *testing.T, from net.IP, addr string) net.Conn {
 	return c
 }
 
+// requireLoopbackAlias skips the test where 127.0.0.2 is not a local
+// address (Linux has all of 127/8; macOS only 127.0.0.1).
+func requireLoopbackAlias(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("127.0.0.2 is not a local address here: %v", err)
+	}
+	ln.Close()
+}
+
 // clientFrom is an HTTP client whose connections come from the local
 // address from.
 func clientFrom(from net.IP) *http.Client {
@@ -63,6 +74,7 @@ func clientFrom(from net.IP) *http.Client {
 }
 
 func TestHTTPManyNonReadersFromOneAddressDoNotShutOutOthers(t *testing.T) {
+	requireLoopbackAlias(t)
 	chunks, _ := demoChunks(t, 300, nil)
 	h := NewHTTP(HTTPConfig{})
 	srv := serve(t, h)
@@ -115,6 +127,10 @@ func TestHTTPAddressKey(t *testing.T) {
 }
 
 func TestHTTPListenerThatStopsReadingIsCutWithinSeconds(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the unread bytes are read from Linux's TCP_INFO")
+	}
+	requireLoopbackAlias(t)
 	// The stream runs at twice real time to make the test quicker: what
 	// counts is how much audio the listener has not taken.
 	const speed = 2
@@ -164,4 +180,35 @@ func TestHTTPListenerThatStopsReadingIsCutWithinSeconds(t *testing.T) {
 // testLogger logs to the test's output.
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestHTTP10ClientGetsTheBodyUpToTheClose(t *testing.T) {
+	chunks, frames := demoChunks(t, 30, nil)
+	h := NewHTTP(HTTPConfig{})
+	srv := serve(t, h)
+	for _, c := range chunks[:25] {
+		h.WriteChunk(c)
+	}
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET /stream.mp3 HTTP/1.0\r\nIcy-MetaData: 0\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, "HTTP/1.0 200 OK", resp.Proto+" "+resp.Status)
+	require.Empty(t, resp.TransferEncoding)
+	require.True(t, resp.Close)
+	for _, c := range chunks[25:] {
+		h.WriteChunk(c)
+	}
+	nb := burstFrames(frames, 2*time.Second)
+	want := concat(frames[25*4-nb:])
+	// Close ends the stream at once, sent or not: wait for it to be sent.
+	require.Eventually(t, func() bool { return h.Stats().Bytes == int64(len(want)) }, 5*time.Second, time.Millisecond)
+	h.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, want, body)
 }
