@@ -279,7 +279,7 @@ func (n *Node) broadcast(ctx context.Context) error {
 	src := n.cfg.Source
 	stop := context.AfterFunc(ctx, func() { src.Close() })
 	defer stop()
-	d := mux.NewDemuxer(src)
+	d := mux.NewDemuxerConfig(src, mux.DemuxConfig{Logger: n.log})
 	ch := mux.NewChunker(mux.ChunkerConfig{Duration: n.cfg.ChunkDuration, Key: n.key})
 	var last time.Time
 	err := mux.Pump(d, ch, src.Title, func(c *mux.Chunk) {
