@@ -117,6 +117,8 @@ type Status struct {
 	// NAT, the router's mapping); Waiting why it has no parent.
 	Observed    string  `json:"observed,omitempty"`
 	Waiting     string  `json:"waiting,omitempty"`
+	Reach       string  `json:"reach"`         // public, unreachable (behind a NAT) or unknown
+	NAT         string  `json:"nat,omitempty"` // when unreachable: port-preserving or port-randomising
 	Title       string  `json:"title"`
 	BitrateKbps int     `json:"bitrate_kbps"`
 	UptimeS     float64 `json:"uptime_s"`         // since Run
@@ -175,6 +177,7 @@ type StatusNode struct {
 	FreeSlots  int     `json:"free_slots"`
 	UploadKbps int     `json:"upload_kbps"`
 	SeenS      float64 `json:"seen_s"` // since its last registration
+	Reach      string  `json:"reach"`
 	Self       bool    `json:"self,omitempty"`
 }
 
@@ -190,8 +193,10 @@ func (h *Handler) Status() Status {
 		Addr:        n.LocalAddr(),
 		Observed:    s.Observed,
 		Waiting:     s.Waiting,
+		Reach:       o.Reach.String(),
 		Title:       s.Title,
 		BitrateKbps: o.BitrateKbps,
+		NAT:         natString(o),
 		Depth:       s.Depth,
 		Slots:       s.Slots,
 		Peers:       s.Peers,
@@ -243,6 +248,14 @@ func (h *Handler) Status() Status {
 	return st
 }
 
+// natString is the NAT's behaviour, for a node behind one.
+func natString(o control.OverlayStats) string {
+	if o.Reach != control.ReachUnreachable {
+		return ""
+	}
+	return o.NAT.String()
+}
+
 func statusPeers(ps []control.PeerState) []StatusPeer {
 	out := make([]StatusPeer, 0, len(ps))
 	for _, p := range ps {
@@ -263,6 +276,7 @@ func swarm(nodes []control.TrackedNode, self control.NodeID) []StatusNode {
 			FreeSlots:  t.FreeSlots,
 			UploadKbps: t.UploadKbps,
 			SeenS:      now.Sub(t.Seen).Seconds(),
+			Reach:      t.Reach.String(),
 			Self:       t.ID == self,
 		}
 		if !t.Parent.IsZero() {

@@ -231,7 +231,7 @@ func TestListenerServesHTTPOverQUIC(t *testing.T) {
 	require.Equal(t, l.ov.ID().String(), bs.Children[0].ID)
 	require.Len(t, bs.Swarm, 2)
 	require.Equal(t, StatusNode{ID: st.b.ov.ID().String(), Addr: st.b.LocalAddr(), Depth: 0, FreeSlots: bs.Swarm[0].FreeSlots,
-		UploadKbps: 512, SeenS: bs.Swarm[0].SeenS, Self: true}, bs.Swarm[0])
+		UploadKbps: 512, SeenS: bs.Swarm[0].SeenS, Reach: "public", Self: true}, bs.Swarm[0])
 	require.Equal(t, l.ov.ID().String(), bs.Swarm[1].ID)
 	require.Equal(t, 1, bs.Swarm[1].Depth)
 	require.Equal(t, st.b.ov.ID().String(), bs.Swarm[1].Parent)

@@ -38,7 +38,16 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 		found = o.probe(ctx, []PeerInfo{*hint}, true, 1, nil)
 	}
 	if len(found) == 0 {
-		found = o.probe(ctx, rv.candidates(ctx), true, maxCandidates, nil)
+		cands := rv.candidates(ctx)
+		found = o.probe(ctx, cands, true, maxCandidates, nil)
+		if len(cands) == 0 && len(rv.punchable()) == 0 {
+			o.mu.Lock()
+			o.waiting = "no reachable parent: every node the rendezvous knows that we can reach is full"
+			if Reach(o.reach.Load()) == ReachUnreachable && NATBehaviour(o.nat.Load()) != NATPreserves {
+				o.waiting += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
+			}
+			o.mu.Unlock()
+		}
 	}
 	if len(found) == 0 && o.canRelay() {
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
@@ -52,7 +61,7 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 		case parent == nil && o.subscribeTo(ctx, r.p, 0):
 			parent = r.p
 			o.mu.Lock()
-			o.parent, o.refused = parent, ""
+			o.parent, o.waiting = parent, ""
 			o.mu.Unlock()
 			o.adoptPath(parent)
 			o.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
@@ -156,7 +165,7 @@ func (o *Overlay) promote(ctx context.Context, b *peer) bool {
 	}
 	o.mu.Lock()
 	o.backups = slices.DeleteFunc(o.backups, func(p *peer) bool { return p == b })
-	o.parent, o.refused = b, ""
+	o.parent, o.waiting = b, ""
 	o.mu.Unlock()
 	o.adoptPath(b)
 	o.log.Info("backup promoted", "addr", b.conn.RemoteAddr())
@@ -183,7 +192,7 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 			return true
 		}
 		o.mu.Lock()
-		o.refused = a.reason
+		o.waiting = a.reason
 		o.mu.Unlock()
 		o.log.Debug("subscription refused", "addr", p.conn.RemoteAddr(), "reason", a.reason)
 	case <-t.C:

@@ -20,7 +20,9 @@ type maintainer struct {
 	o  *Overlay
 	rv *rendezvous
 
-	lostParent NodeID                // the parent we last lost
+	lostParent NodeID    // the parent we last lost
+	nextJoin   time.Time // no join before: a stuck joiner backs off
+	joinDelay  time.Duration
 	orphaned   bool                  // no parent since the last tick
 	parentAt   time.Time             // when the current parent came
 	asked      map[uint64]*repairTry // repair requests in flight
@@ -166,7 +168,19 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 			return b
 		}
 	}
-	return o.join(ctx, m.rv)
+	if now.Before(m.nextJoin) {
+		return nil
+	}
+	p := o.join(ctx, m.rv)
+	if p != nil {
+		m.joinDelay = 0
+		return p
+	}
+	// Nothing found: try again soon, then less and less often (up to
+	// every 3 s), so that a stuck joiner does not hammer the rendezvous.
+	m.joinDelay = min(max(2*m.joinDelay, tick), 3*time.Second)
+	m.nextJoin = time.Now().Add(m.joinDelay)
+	return nil
 }
 
 // dropDependentBackups drops backups that moved under one of our

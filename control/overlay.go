@@ -157,7 +157,7 @@ type Overlay struct {
 	failed  map[NodeID]time.Time // peers that died or did not answer lately
 	report  []NodeID             // failures not yet reported to the rendezvous
 	hint    *PeerInfo            // a parent to try first on the next join
-	refused string               // why the last subscription was turned down
+	waiting string               // why we have no parent: the last refusal or failed search
 	closed  bool
 
 	subMu    sync.Mutex // one subscription at a time: the free-slot check and the attach
@@ -622,7 +622,7 @@ func (o *Overlay) Stats() OverlayStats {
 		}
 	}
 	if o.parent == nil && !o.cfg.Root {
-		s.Waiting = o.refused
+		s.Waiting = o.waiting
 		if s.Waiting == "" {
 			s.Waiting = "looking for a parent"
 		}
