@@ -4,11 +4,10 @@
 //
 //	go run ./examples/play testdata/cbr128.mp3
 //	go run ./examples/play -wav out.wav testdata/vbr_id3_xing.mp3
+//	ffmpeg -re -i song.flac -f mp3 - | go run ./examples/play -
 //
 // It decodes with libmpg123, as the mpg123 program does, where built with
 // cgo (the default), and with go-mp3 otherwise.
-//
-//	ffmpeg -re -i song.flac -f mp3 - | go run ./examples/play -
 package main
 
 import (
