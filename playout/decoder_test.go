@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -406,21 +407,44 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// BenchmarkDecode decodes cbr128.mp3 and reports the speed as a multiple
-// of real time.
+// BenchmarkDecode decodes files with each engine, one frame at a time as
+// a Player does, and reports the decoding CPU per second of audio
+// (cpu-ms/s: one goroutine, so the elapsed time is CPU time) and the speed
+// as a multiple of real time. Run it as
+//
+//	go test -run '^$' -bench Decode -benchtime 3s ./playout/
 func BenchmarkDecode(b *testing.B) {
-	frames := testFrames(b, "cbr128.mp3")
-	var audio time.Duration
-	for _, f := range frames {
-		audio += f.Format().FrameDuration()
-	}
-	pcm := make([]byte, 0, 1152*4)
-	b.ReportAllocs()
-	for b.Loop() {
-		var d Decoder
+	for _, name := range []string{
+		"cbr128.mp3",                    // MPEG-1 44.1 kHz joint stereo, 128 kbit/s
+		"matrix/22050_j_cbr32_talk.mp3", // MPEG-2 talk radio
+		"matrix/11025_s_vbr0.mp3",       // MPEG-2.5 (go-mp3 cannot)
+	} {
+		frames := testFrames(b, name)
+		var audio time.Duration
 		for _, f := range frames {
-			pcm, _, _ = d.Decode(pcm[:0], slotOf(f))
+			audio += f.Format().FrameDuration()
+		}
+		for _, e := range []Engine{Mpg123, GoMP3} {
+			b.Run(strings.TrimSuffix(filepath.Base(name), ".mp3")+"/"+e.String(), func(b *testing.B) {
+				if !e.Available() {
+					b.Skipf("%v is not in this build", e)
+				}
+				if e == GoMP3 && frames[0].Format().Version == mux.MPEG25 {
+					b.Skip("go-mp3 does not decode MPEG-2.5")
+				}
+				pcm := make([]byte, 0, 1152*4)
+				b.ReportAllocs()
+				for b.Loop() {
+					d := Decoder{Engine: e}
+					for _, f := range frames {
+						pcm, _, _ = d.Decode(pcm[:0], slotOf(f))
+					}
+					d.Close()
+				}
+				played := float64(audio) * float64(b.N)
+				b.ReportMetric(float64(b.Elapsed())/played*1000, "cpu-ms/s")
+				b.ReportMetric(played/float64(b.Elapsed()), "x_realtime")
+			})
 		}
 	}
-	b.ReportMetric(float64(audio)*float64(b.N)/float64(b.Elapsed()), "x_realtime")
 }

@@ -99,6 +99,7 @@ const haveMpg123 = true
 type mpg123Engine struct {
 	h       *C.mpg123_handle
 	cleanup runtime.Cleanup // deletes h if the engine is lost unclosed
+	done    C.size_t        // decode's count, here so that it does not escape per call
 }
 
 func newMpg123() (engine, error) {
@@ -118,9 +119,9 @@ func newMpg123() (engine, error) {
 // that yields more means the decoder is out of step with the frames: an
 // error, and the Decoder resets it.
 func (e *mpg123Engine) decode(f mux.Frame, out []byte) error {
-	var done C.size_t
 	r := C.p2p_mpg123_decode(e.h, (*C.uchar)(unsafe.Pointer(&f[0])), C.size_t(len(f)),
-		(*C.uchar)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &done)
+		(*C.uchar)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &e.done)
+	done := e.done
 	if r != C.MPG123_OK {
 		return fmt.Errorf("%w: mpg123: %s", ErrDecode, C.GoString(C.mpg123_plain_strerror(r)))
 	}
