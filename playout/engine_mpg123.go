@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build cgo && !nompg123
 
 package playout
 
@@ -91,7 +91,8 @@ import (
 	"github.com/p2pradio/p2pradio/mux"
 )
 
-// haveMpg123 is true in builds with cgo, where libmpg123 is linked.
+// haveMpg123 is true in builds with cgo (and without the nompg123 tag),
+// where libmpg123 is linked.
 const haveMpg123 = true
 
 // mpg123Engine decodes with libmpg123 through its feed API: one handle per
