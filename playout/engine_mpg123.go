@@ -7,6 +7,12 @@ package playout
 #include <stdlib.h>
 #include <mpg123.h>
 
+// From API 46 (mpg123 1.27.0) on, handles need no mpg123_init: the
+// package keeps no global state.
+#if MPG123_API_VERSION < 46
+#error "libmpg123 1.27.0 or later is needed"
+#endif
+
 // p2p_mpg123_open returns a handle opened for feeding whole frames, with
 // output forced to 16-bit stereo at the stream's own rate (mono is
 // duplicated, nothing is resampled), without gapless trimming (as
