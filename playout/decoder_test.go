@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -94,7 +95,8 @@ func maxDiff(a, b []byte, from int) int {
 }
 
 // TestDecodeMatchesMpg123 plays every test file through a Player into a
-// MemorySink and compares the PCM with an independent decoder, mpg123.
+// MemorySink and compares the PCM with an independent decoder, mpg123: the
+// same PCM with the default engine (libmpg123), within tol with go-mp3.
 func TestDecodeMatchesMpg123(t *testing.T) {
 	tests := []struct {
 		name, ref  string
@@ -128,6 +130,11 @@ func TestDecodeMatchesMpg123(t *testing.T) {
 			}
 			want := mpg123(t, ref)
 			require.Len(t, got, len(want))
+			if DefaultEngine.Resolve() == Mpg123 {
+				// The same decoder as the mpg123 program: bit for bit.
+				require.Zero(t, maxDiff(got, want, 0))
+				return
+			}
 			require.LessOrEqual(t, maxDiff(got, want, 0), tt.tol)
 			if tt.from > 0 {
 				require.LessOrEqual(t, maxDiff(got, want, tt.from), tt.tol2)
@@ -309,6 +316,21 @@ func testDecodeHostile(t *testing.T, e Engine) {
 	}
 	t.Logf("%d of %d hostile frames reported an error", errs, total)
 
+	// The decoder recovers: good frames after the hostile ones decode, from
+	// the third on (the synthesis and overlap history of the garbage is
+	// gone by then), as from a fresh decoder: exactly with go-mp3, within
+	// 1 LSB with libmpg123, whose synthesis window may now start at another
+	// phase of its ring buffer (so it rounds differently, as a listener who
+	// joined at another frame does).
+	n := good[0].Samples() * 4
+	var after []byte
+	for _, f := range good {
+		after, _, _ = d.Decode(after, slotOf(f))
+	}
+	clean := decodeWith(t, e, good)
+	require.Len(t, after, len(clean))
+	require.LessOrEqual(t, maxDiff(after[3*n:], clean[3*n:], 0), 1, "decoding recovers after hostile frames")
+
 	// A frame that makes go-mp3 panic (index out of range in its MPEG-2
 	// scale factors; found by FuzzDecode): silence and an error, and the
 	// next frame decodes with a fresh decoder. libmpg123 decodes it.
@@ -406,21 +428,74 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// BenchmarkDecode decodes cbr128.mp3 and reports the speed as a multiple
-// of real time.
+// BenchmarkDecode decodes files with each engine, one frame at a time as
+// a Player does, and reports the decoding CPU per second of audio
+// (cpu-ms/s: one goroutine, so the elapsed time is CPU time) and the speed
+// as a multiple of real time. Run it as
+//
+//	go test -run '^$' -bench Decode -benchtime 3s ./playout/
 func BenchmarkDecode(b *testing.B) {
-	frames := testFrames(b, "cbr128.mp3")
-	var audio time.Duration
-	for _, f := range frames {
-		audio += f.Format().FrameDuration()
-	}
-	pcm := make([]byte, 0, 1152*4)
-	b.ReportAllocs()
-	for b.Loop() {
-		var d Decoder
+	for _, name := range []string{
+		"cbr128.mp3",                    // MPEG-1 44.1 kHz joint stereo, 128 kbit/s
+		"matrix/22050_j_cbr32_talk.mp3", // MPEG-2 talk radio
+		"matrix/11025_s_vbr0.mp3",       // MPEG-2.5 (go-mp3 cannot)
+	} {
+		frames := testFrames(b, name)
+		var audio time.Duration
 		for _, f := range frames {
-			pcm, _, _ = d.Decode(pcm[:0], slotOf(f))
+			audio += f.Format().FrameDuration()
+		}
+		for _, e := range []Engine{Mpg123, GoMP3} {
+			b.Run(strings.TrimSuffix(filepath.Base(name), ".mp3")+"/"+e.String(), func(b *testing.B) {
+				if !e.Available() {
+					b.Skipf("%v is not in this build", e)
+				}
+				if e == GoMP3 && frames[0].Format().Version == mux.MPEG25 {
+					b.Skip("go-mp3 does not decode MPEG-2.5")
+				}
+				pcm := make([]byte, 0, 1152*4)
+				b.ReportAllocs()
+				for b.Loop() {
+					d := Decoder{Engine: e}
+					for _, f := range frames {
+						pcm, _, _ = d.Decode(pcm[:0], slotOf(f))
+					}
+					d.Close()
+				}
+				played := float64(audio) * float64(b.N)
+				b.ReportMetric(float64(b.Elapsed())/played*1000, "cpu-ms/s")
+				b.ReportMetric(played/float64(b.Elapsed()), "x_realtime")
+			})
 		}
 	}
-	b.ReportMetric(float64(audio)*float64(b.N)/float64(b.Elapsed()), "x_realtime")
+}
+
+// TestDecodeSilentFrames: the Silent frames that conceal missing audio
+// decode to silence of their length at every rate and channel count,
+// MPEG-2.5 included (go-mp3 has no MPEG-2.5: it reports an error and
+// yields the same silence).
+func TestDecodeSilentFrames(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e Engine) {
+		d := Decoder{Engine: e}
+		defer d.Close()
+		for _, v := range []mux.Version{mux.MPEG1, mux.MPEG2, mux.MPEG25} {
+			for _, base := range []int{44100, 48000, 32000} {
+				rate := map[mux.Version]int{mux.MPEG1: base, mux.MPEG2: base / 2, mux.MPEG25: base / 4}[v]
+				for _, ch := range []int{1, 2} {
+					format := mux.Format{Version: v, SampleRate: rate, Channels: ch}
+					for range 3 {
+						pcm, got, err := d.Decode(nil, slotOf(mux.Silent(format)))
+						if e == GoMP3 && v == mux.MPEG25 {
+							require.ErrorIs(t, err, ErrDecode)
+						} else {
+							require.NoError(t, err, "%v", format)
+						}
+						require.Equal(t, format, got)
+						require.Len(t, pcm, format.SamplesPerFrame()*4)
+						require.True(t, isZero(pcm), "%v", format)
+					}
+				}
+			}
+		}
+	})
 }

@@ -2,8 +2,8 @@
 // the pace of a playout clock, without stutter.
 //
 // A Player takes slots from a Frames (a *mux.Reassembler at a listener),
-// decodes them with one long-lived Decoder (go-mp3, fed one frame at a time)
-// and hands the PCM to a Sink: a WAV file (WAVSink), memory (MemorySink),
+// decodes them with one long-lived Decoder, fed one frame at a time, and
+// hands the PCM to a Sink: a WAV file (WAVSink), memory (MemorySink),
 // nothing (Discard), any function (SinkFunc), or the sound card (package
 // playout/speaker, the only part that needs cgo).
 //
@@ -25,4 +25,13 @@
 // stopped; the frames after a jump first prime the decoder, so playback
 // resumes without a click. The playing time the sink went without audio is
 // counted in Stats.FramesMissed: continuity counts it as missed.
+//
+// The Decoder's Engine (Config.Engine) is libmpg123 by default, through
+// cgo: the mpg123 program's decoder, so a listener hears exactly what
+// mpg123 (and, within 1 LSB, ffmpeg) makes of the stream, for MPEG-1, 2
+// and 2.5 Layer III. It needs libmpg123-dev to build; builds without cgo,
+// or with the build tag nompg123, fall back to go-mp3 (pure Go, slower,
+// off by up to a few percent of full scale on MPEG-2 joint stereo, and
+// silent on MPEG-2.5). libmpg123 needs no global initialisation since
+// version 1.27 (mpg123_init is a no-op), so the package keeps no state.
 package playout

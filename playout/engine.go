@@ -13,11 +13,13 @@ import (
 type Engine uint8
 
 const (
-	// DefaultEngine is Mpg123 in builds with cgo and GoMP3 without.
+	// DefaultEngine is Mpg123 in builds with cgo and GoMP3 without (or
+	// with the build tag nompg123).
 	DefaultEngine Engine = iota
-	// Mpg123 is libmpg123 (cgo; Debian's libmpg123-dev to build): exact
-	// against the mpg123 and ffmpeg decoders for MPEG-1, 2 and 2.5 Layer
-	// III in every channel mode, and faster than GoMP3.
+	// Mpg123 is libmpg123, linked with cgo (to build: Debian's
+	// libmpg123-dev and pkg-config): the decoder of the mpg123 program,
+	// bit for bit, for MPEG-1, 2 and 2.5 Layer III in every channel mode,
+	// within 1 LSB of ffmpeg's, and about 20 times faster than GoMP3.
 	Mpg123
 	// GoMP3 is github.com/hajimehoshi/go-mp3, pure Go: it plays MPEG-1 and
 	// MPEG-2 but not MPEG-2.5 (those frames come out silent, with
@@ -38,7 +40,8 @@ func (e Engine) String() string {
 	return fmt.Sprintf("Engine(%d)", uint8(e))
 }
 
-// Available reports whether this build can run e: Mpg123 needs cgo.
+// Available reports whether this build can run e: Mpg123 needs cgo and
+// no nompg123 build tag.
 func (e Engine) Available() bool {
 	switch e {
 	case DefaultEngine, GoMP3:
@@ -50,7 +53,7 @@ func (e Engine) Available() bool {
 }
 
 // Resolve is the engine that e stands for in this build: DefaultEngine is
-// Mpg123 with cgo and GoMP3 without; others are themselves.
+// Mpg123 where it is Available and GoMP3 otherwise; others are themselves.
 func (e Engine) Resolve() Engine {
 	if e != DefaultEngine {
 		return e

@@ -1,4 +1,4 @@
-//go:build cgo
+//go:build cgo && !nompg123
 
 package playout
 
@@ -6,6 +6,12 @@ package playout
 #cgo pkg-config: libmpg123
 #include <stdlib.h>
 #include <mpg123.h>
+
+// From API 46 (mpg123 1.27.0) on, handles need no mpg123_init: the
+// package keeps no global state.
+#if MPG123_API_VERSION < 46
+#error "libmpg123 1.27.0 or later is needed"
+#endif
 
 // p2p_mpg123_open returns a handle opened for feeding whole frames, with
 // output forced to 16-bit stereo at the stream's own rate (mono is
@@ -91,7 +97,8 @@ import (
 	"github.com/p2pradio/p2pradio/mux"
 )
 
-// haveMpg123 is true in builds with cgo, where libmpg123 is linked.
+// haveMpg123 is true in builds with cgo (and without the nompg123 tag),
+// where libmpg123 is linked.
 const haveMpg123 = true
 
 // mpg123Engine decodes with libmpg123 through its feed API: one handle per
@@ -99,6 +106,7 @@ const haveMpg123 = true
 type mpg123Engine struct {
 	h       *C.mpg123_handle
 	cleanup runtime.Cleanup // deletes h if the engine is lost unclosed
+	done    C.size_t        // decode's count, here so that it does not escape per call
 }
 
 func newMpg123() (engine, error) {
@@ -118,9 +126,9 @@ func newMpg123() (engine, error) {
 // that yields more means the decoder is out of step with the frames: an
 // error, and the Decoder resets it.
 func (e *mpg123Engine) decode(f mux.Frame, out []byte) error {
-	var done C.size_t
 	r := C.p2p_mpg123_decode(e.h, (*C.uchar)(unsafe.Pointer(&f[0])), C.size_t(len(f)),
-		(*C.uchar)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &done)
+		(*C.uchar)(unsafe.Pointer(&out[0])), C.size_t(len(out)), &e.done)
+	done := e.done
 	if r != C.MPG123_OK {
 		return fmt.Errorf("%w: mpg123: %s", ErrDecode, C.GoString(C.mpg123_plain_strerror(r)))
 	}

@@ -17,7 +17,8 @@ func ExampleDecoder() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	var d playout.Decoder
+	var d playout.Decoder // libmpg123 where built with cgo, else go-mp3
+	defer d.Close()
 	var pcm []byte
 	for range 3 {
 		f, err := mux.ParseFrame(b)

@@ -74,8 +74,9 @@ type Config struct {
 	Logger *slog.Logger
 	// NoDecode skips decoding: the sink gets silence of each frame's
 	// length, while pacing, concealment and every figure work as usual. It
-	// lets a simulation run many listeners on few cores (decoding costs
-	// about 1.2% of a core per listener).
+	// lets a simulation run many listeners on few cores (decoding 128
+	// kbit/s costs about 0.2% of a core per listener with libmpg123, 3%
+	// with go-mp3).
 	NoDecode bool
 	// Engine is the MP3 decoder. Zero means DefaultEngine: libmpg123
 	// (Mpg123) where the build has cgo, which decodes exactly as the mpg123

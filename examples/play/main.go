@@ -5,6 +5,9 @@
 //	go run ./examples/play testdata/cbr128.mp3
 //	go run ./examples/play -wav out.wav testdata/vbr_id3_xing.mp3
 //	ffmpeg -re -i song.flac -f mp3 - | go run ./examples/play -
+//
+// It decodes with libmpg123, as the mpg123 program does, where built with
+// cgo (the default), and with go-mp3 otherwise.
 package main
 
 import (
@@ -35,7 +38,10 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *wav, *loop, *target); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, flag.Arg(0), *wav, *loop, *target)
+	stop()
+	if err != nil {
 		if errors.Is(err, speaker.ErrDevice) {
 			err = fmt.Errorf("%w\n(no sound card here? use -wav FILE)", err)
 		}
@@ -44,9 +50,9 @@ func main() {
 	}
 }
 
-func run(arg, wav string, loop bool, target time.Duration) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+// run plays arg into the WAV file wav, or to the speakers if wav is "",
+// until it ends or ctx is done.
+func run(ctx context.Context, arg, wav string, loop bool, target time.Duration) error {
 	src, err := cli.OpenInput(ctx, arg, loop)
 	if err != nil {
 		return err
