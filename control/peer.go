@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -307,8 +308,8 @@ func (p *peer) state() PeerState {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	addr := p.listen
-	if addr == "" {
-		addr = p.conn.RemoteAddr()
+	if ap, err := netip.ParseAddrPort(addr); err != nil || ap.Addr().IsUnspecified() {
+		addr = p.conn.RemoteAddr() // it listens on every address: where we reach it
 	}
 	return PeerState{ID: p.id, Addr: addr, Depth: p.depth}
 }

@@ -1,0 +1,112 @@
+package p2pradio
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pradio/p2pradio/internal/netlab"
+)
+
+// labStatus reads a node's /status.json from inside its namespace.
+func labStatus(ctx context.Context, h *netlab.Host, addr string) (Status, error) {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		return h.Dial(ctx, network, a)
+	}}, Timeout: 2 * time.Second}
+	var st Status
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/status.json", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// TestNATLab runs the example programs in a lab of network namespaces: a
+// broadcaster on a public host with one child slot, and four listeners,
+// each in its own home behind a router doing iptables MASQUERADE (port
+// preserving), 10 ms from the internet. Every listener plays, at least two
+// are fed by a listener in another home over a direct QUIC path (opened by
+// a punch the rendezvous coordinates), and the broadcaster feeds one child.
+func TestNATLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the examples and a lab of namespaces")
+	}
+	homes := make([]netlab.HomeConfig, 4)
+	for i := range homes {
+		homes[i].Delay = 10 * time.Millisecond
+	}
+	lab := netlab.NewForTest(t, netlab.Config{Prefix: "p2pnat", Homes: homes})
+	dir := t.TempDir()
+	bcast, listen := buildExample(t, dir, "broadcast"), buildExample(t, dir, "listen")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	pub := lab.Public[0]
+	pa := pub.Addr.String()
+	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000", "-upload", "150", "-http", pa+":8000")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	_, err = pub.Start(cmd)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	station := strings.TrimSpace(line)
+	t.Logf("station %s", station)
+
+	started := make([]time.Time, len(lab.Homes))
+	for i, home := range lab.Homes {
+		h := home.Hosts[0]
+		c := h.Command(ctx, listen, "-discard", "-listen", "0.0.0.0:7001", "-http", "0.0.0.0:8001", station)
+		_, err := h.Start(c)
+		require.NoError(t, err)
+		started[i] = time.Now()
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// Every listener plays within 5 s of its start (the joins behind the
+	// broadcaster's one slot need punches), and keeps playing.
+	time.Sleep(15 * time.Second)
+	fedByHome := 0
+	ids := make(map[string]bool)
+	var sts []Status
+	for i, home := range lab.Homes {
+		h := home.Hosts[0]
+		st, err := labStatus(ctx, h, "127.0.0.1:8001")
+		require.NoError(t, err, "listener %d", i)
+		b, _ := json.Marshal(st)
+		t.Logf("listener %d: %s", i, b)
+		require.Equal(t, "unreachable", st.Reach, "listener %d is behind its NAT", i)
+		require.Equal(t, "port-preserving", st.NAT, "listener %d", i)
+		require.NotNil(t, st.Playing, "listener %d", i)
+		require.True(t, *st.Playing, "listener %d plays", i)
+		require.NotNil(t, st.StartupS)
+		require.LessOrEqual(t, *st.StartupS, 5.0, "listener %d started within 5 s", i)
+		require.NotNil(t, st.Continuity)
+		require.GreaterOrEqual(t, *st.Continuity, 0.99, "listener %d", i)
+		require.NotEmpty(t, st.Parents, "listener %d", i)
+		ids[st.ID] = true
+		sts = append(sts, st)
+	}
+	for _, st := range sts {
+		if ids[st.Parents[0].ID] {
+			fedByHome++ // its parent is a listener in another home
+		}
+	}
+	require.GreaterOrEqual(t, fedByHome, 2, "listeners fed by a listener in another home")
+	bs, err := labStatus(ctx, pub, pa+":8000")
+	require.NoError(t, err)
+	require.Len(t, bs.Children, 1, "the broadcaster feeds its one slot")
+	up := bs.UptimeS
+	rate := float64(bs.Bytes.Sent) * 8 / 1000 / up
+	t.Logf("broadcaster: sent %d B in %.1f s = %.0f kbit/s (budget 150)", bs.Bytes.Sent, up, rate)
+	require.LessOrEqual(t, rate, 150.0*1.1, "the broadcaster keeps to its budget")
+}
