@@ -130,8 +130,9 @@ func New(cfg Config) (*Node, error) {
 		if cfg.NoTracker {
 			oc.Rendezvous = cfg.Rendezvous
 		} else {
-			tc := control.TrackerConfig{Station: control.IDOf(n.station), Logger: cfg.Logger}
-			if n.ownTr {
+			tc := cfg.Tracker
+			tc.Station, tc.Logger = control.IDOf(n.station), cmp.Or(tc.Logger, cfg.Logger)
+			if n.ownTr && tc.Prober == nil && tc.Echo == nil {
 				// Dial-backs come from a second socket, an address no
 				// listener has sent to: what gets through reaches anyone.
 				// A third answers listeners that check their NAT.

@@ -94,6 +94,14 @@ type Config struct {
 	// Rendezvous is the tracker a broadcaster registers with when
 	// NoTracker is set. A listener uses the one in its station address.
 	Rendezvous string
+	// Tracker configures a broadcaster's embedded rendezvous. Its Station
+	// is always the station's key. With the default transport, nil Prober
+	// and Echo mean two more sockets on ListenAddr's host, which the Node
+	// owns (dial-backs that tell reachable listeners from those behind
+	// NATs, and the echo that tells a listener how its NAT maps); with a
+	// Transport of the caller's, nil means none (every node is offered as
+	// it claims).
+	Tracker control.TrackerConfig
 
 	// SignatureCache, when set, is shared by the nodes of one process (a
 	// simulation) so that each chunk's signature is checked once; see

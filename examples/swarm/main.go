@@ -59,6 +59,8 @@ type options struct {
 	cpuprof   string
 	batch     time.Duration
 	leaves    float64
+	// natPreserving and natRandom: fractions of listeners behind NATs.
+	natPreserving, natRandom float64
 	fakeTime  bool // run inside a testing/synctest bubble (see faketime_test.go)
 }
 
@@ -95,6 +97,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
 	fs.Float64Var(&o.leaves, "leaves", 0, "fraction of listeners with no upload budget (leaves: they take no children)")
+	fs.Float64Var(&o.natPreserving, "nat", 0, "with -net mem: fraction of listeners each behind its own port-preserving NAT (Linux MASQUERADE's behaviour)")
+	fs.Float64Var(&o.natRandom, "nat-random", 0, "with -net mem: fraction of listeners each behind its own port-randomising NAT (MASQUERADE --random-fully)")
 }
 
 // member is one listener of the swarm, alive or dead.
@@ -136,6 +140,12 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	if o.leaves < 0 || o.leaves > 1 {
 		return nil, fmt.Errorf("-leaves must be in 0..1, not %v", o.leaves)
 	}
+	if o.natPreserving < 0 || o.natRandom < 0 || o.natPreserving+o.natRandom > 1 {
+		return nil, fmt.Errorf("-nat and -nat-random must be fractions adding up to at most 1")
+	}
+	if o.natPreserving+o.natRandom > 0 && o.net != "mem" {
+		return nil, fmt.Errorf("-nat and -nat-random need -net mem (the lab of real NATs is TestNATLab)")
+	}
 	wallStart := wallClock()
 	if o.cpuprof != "" {
 		f, err := os.Create(o.cpuprof)
@@ -166,6 +176,17 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	bcfg := p2pradio.Config{Source: src, UploadKbps: o.srcUpload, Logger: log.With("node", "broadcaster")}
 	if err := s.transport(&bcfg, link); err != nil {
 		return nil, err
+	}
+	if s.memNet != nil {
+		// The rendezvous's dial-back and echo sockets (the QUIC transport
+		// makes its own).
+		for _, t := range []*control.Transport{&bcfg.Tracker.Prober, &bcfg.Tracker.Echo} {
+			tr, err := s.memNet.NewTransport(nil)
+			if err != nil {
+				return nil, err
+			}
+			*t = tr
+		}
 	}
 	b, err := p2pradio.New(bcfg)
 	if err != nil {
@@ -347,6 +368,14 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 	s.spawned++
 	s.mu.Unlock()
 	leaf := math.Floor((i+1)*s.o.leaves) > math.Floor(i*s.o.leaves)
+	// The same for the NATs: each listener behind one is in its own home.
+	var nat *control.MemNAT
+	switch {
+	case math.Floor((i+1)*s.o.natPreserving) > math.Floor(i*s.o.natPreserving):
+		nat = s.memNet.NewNAT(control.NATConfig{Kind: control.NATPortPreserving})
+	case math.Floor((i+1)*s.o.natRandom) > math.Floor(i*s.o.natRandom):
+		nat = s.memNet.NewNAT(control.NATConfig{Kind: control.NATPortRandom})
+	}
 	upload := s.o.upload
 	if leaf {
 		upload = -1
@@ -357,7 +386,13 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		Sink:       &playout.Discard{},
 		Playout:    playout.Config{NoDecode: !s.o.decode, Batch: s.o.batch},
 	}
-	if err := s.transport(&cfg, link); err != nil {
+	if nat != nil {
+		tr, err := nat.NewTransport(nil)
+		if err != nil {
+			return err
+		}
+		cfg.Transport = tr
+	} else if err := s.transport(&cfg, link); err != nil {
 		return err
 	}
 	if s.memNet != nil {
