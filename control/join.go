@@ -448,6 +448,9 @@ func (o *Overlay) neighbours(except *peer) []PeerInfo {
 // markFailed notes a peer that died, did not answer or did not feed us:
 // it is not dialed again for failedFor, and the rendezvous hears of it.
 func (o *Overlay) markFailed(id NodeID) {
+	if id == o.id {
+		return // the station's node: while it runs, it is the parent of last resort
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	now := time.Now()

@@ -177,8 +177,8 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		return p
 	}
 	// Nothing found: try again soon, then less and less often (up to
-	// every 3 s), so that a stuck joiner does not hammer the rendezvous.
-	m.joinDelay = min(max(2*m.joinDelay, tick), 3*time.Second)
+	// every second), so that a stuck joiner does not hammer the rendezvous.
+	m.joinDelay = min(max(2*m.joinDelay, tick), time.Second)
 	m.nextJoin = time.Now().Add(m.joinDelay)
 	return nil
 }

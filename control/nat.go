@@ -47,7 +47,7 @@ func (o *Overlay) checkNAT(ctx context.Context, echo, seen string) {
 		nat = NATPreserves
 	}
 	o.nat.Store(uint32(nat))
-	o.log.Info("behind a NAT", "behaviour", nat, "seen by the rendezvous", seen, "by its echo", h.Observed)
+	o.log.Info("NAT check", "mapping", nat, "seen by the rendezvous", seen, "by its echo", h.Observed)
 }
 
 // port is the port of a host:port address ("" if none).

@@ -106,7 +106,7 @@ const (
 	reprobeAfter  = 30 * time.Second
 	maxFailedKept = 64
 	maxProbes     = 32 // dial-backs at once
-	failedOffer   = time.Minute
+	failedOffer   = 10 * time.Second
 	echoGrace     = 2 * time.Second // for a node to check its NAT before the dial-back
 )
 
@@ -373,6 +373,9 @@ func (t *Tracker) admit(id NodeID, addr string) string {
 // blame records that reporter could not use candidate f: f is not offered
 // to it again, and is dialed back again once two nodes blamed it.
 func (t *Tracker) blame(reporter *tracked, f NodeID) {
+	if t.self != nil && f == t.self.info.ID {
+		return // the station's own node is offered while it runs
+	}
 	now := time.Now()
 	if reporter.failed == nil {
 		reporter.failed = make(map[NodeID]time.Time)

@@ -112,12 +112,16 @@ func DemoFile() (string, error) {
 }
 
 // Logger returns a text logger on standard error at Info level when
-// verbose, else a silent one.
+// verbose (Debug level when P2PRADIO_LOG=debug), else a silent one.
 func Logger(verbose bool) *slog.Logger {
 	if !verbose {
 		return slog.New(slog.DiscardHandler)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := slog.LevelInfo
+	if os.Getenv("P2PRADIO_LOG") == "debug" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // Watch runs run in its own goroutine and shows line() on a Status every
