@@ -110,3 +110,74 @@ func TestNATLab(t *testing.T) {
 	t.Logf("broadcaster: sent %d B in %.1f s = %.0f kbit/s (budget 150)", bs.Bytes.Sent, up, rate)
 	require.LessOrEqual(t, rate, 150.0*1.1, "the broadcaster keeps to its budget")
 }
+
+// TestNetworkBlackoutComesBack: a listener whose network drops every
+// packet for 10 s (iptables on the internet's router, in a lab of
+// namespaces) plays again within 2 s of the link's return.
+func TestNetworkBlackoutComesBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the examples and a lab of namespaces")
+	}
+	lab := netlab.NewForTest(t, netlab.Config{Prefix: "p2pblk", Public: 2})
+	dir := t.TempDir()
+	bcast, listen := buildExample(t, dir, "broadcast"), buildExample(t, dir, "listen")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	pub, lh := lab.Public[0], lab.Public[1]
+	pa, la := pub.Addr.String(), lh.Addr.String()
+	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	_, err = pub.Start(cmd)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	_, err = lh.Start(lh.Command(ctx, listen, "-discard", "-listen", la+":7001", "-http", la+":8001", strings.TrimSpace(line)))
+	require.NoError(t, err)
+
+	frames := func() (int64, bool) {
+		st, err := labStatus(ctx, lh, la+":8001")
+		if err != nil || st.Playing == nil || !*st.Playing {
+			return 0, false
+		}
+		return st.Frames.Played, true
+	}
+	require.Eventually(t, func() bool { f, ok := frames(); return ok && f > 100 }, 20*time.Second, 100*time.Millisecond)
+
+	rule := []string{"FORWARD", "-s", la, "-j", "DROP"}
+	back := []string{"FORWARD", "-d", la, "-j", "DROP"}
+	for _, r := range [][]string{rule, back} {
+		_, err := lab.Inet.Run(ctx, "iptables", append([]string{"-I"}, r...)...)
+		require.NoError(t, err)
+	}
+	time.Sleep(10 * time.Second)
+	for _, r := range [][]string{rule, back} {
+		_, err := lab.Inet.Run(ctx, "iptables", append([]string{"-D"}, r...)...)
+		require.NoError(t, err)
+	}
+	restored := time.Now()
+	var again time.Duration
+	last := int64(-1)
+	for time.Since(restored) < 8*time.Second {
+		f, ok := frames()
+		if ok && last >= 0 && f >= last+5 {
+			again = time.Since(restored)
+			break
+		}
+		if ok {
+			last = f
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("playing again %v after the link returned", again)
+	require.NotZero(t, again, "the listener plays again")
+	require.LessOrEqual(t, again, 2*time.Second, "within 2 s of the link's return")
+	f0, _ := frames()
+	time.Sleep(5 * time.Second)
+	f1, ok := frames()
+	require.True(t, ok)
+	perSecond := 44100.0 / 1152
+	t.Logf("%d frames in 5 s (%.0f due)", f1-f0, 5*perSecond)
+	require.InDelta(t, 5*perSecond, float64(f1-f0), 0.05*5*perSecond, "it keeps playing")
+}
