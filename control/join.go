@@ -53,6 +53,7 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
 	}
 	if len(found) == 0 {
+		o.log.Debug("join: no direct parent; trying punches", "punchable", len(rv.punchable()))
 		found = o.joinPunched(ctx, rv)
 	}
 	var parent *peer

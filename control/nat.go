@@ -89,13 +89,16 @@ func (o *Overlay) joinPunched(ctx context.Context, rv *rendezvous) []ranked {
 		if !rv.send(ctx, &Connect{Target: c.ID}) {
 			return nil
 		}
-		// Let the Punch reach it first: about a round trip to the
-		// rendezvous. The dial retries its first packets anyway.
-		wait := 2 * rv.rtt()
+		o.log.Debug("punch: asked the rendezvous", "target", c.Addr)
+		// Let the Punch reach it and its packets go out first: a dial
+		// packet that reaches its NAT before them is dropped, and the NAT
+		// then maps its flow towards us to another port, which spoils the
+		// punch. The rendezvous is a round trip from us and, say, one from
+		// it; the dial retries its first packets anyway.
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(max(wait, 20*time.Millisecond)):
+		case <-time.After(max(3*rv.rtt(), 100*time.Millisecond)):
 		}
 		if found := o.probe(ctx, []PeerInfo{c}, true, 1, nil); len(found) > 0 {
 			o.log.Info("reached a parent behind a NAT", "addr", c.Addr)

@@ -435,7 +435,7 @@ func (t *Tracker) shouldProbe(id NodeID) bool {
 }
 
 // probeTimeout is how long a dial-back may take.
-const probeTimeout = 3 * time.Second
+const probeTimeout = 1500 * time.Millisecond
 
 // probe dials a node back from the Prober and records what it found.
 func (t *Tracker) probe(ctx context.Context, id NodeID, addr string, key ed25519.PublicKey) {

@@ -12,9 +12,12 @@ import (
 // and a node behind a NAT learns how it maps (Candidates.Echo).
 
 // punchable reports whether n is behind a NAT that a coordinated punch
-// opens: unreachable from outside, one mapping for every destination.
+// opens: one mapping for every destination, and not (yet) known to be
+// reachable without a punch. (A punch towards a public node does no harm,
+// and a node behind a NAT is offered this way as soon as it has checked
+// its NAT, without waiting for the dial-back to time out.)
 func (n *tracked) punchable() bool {
-	return n.reach == ReachUnreachable && n.nat == NATPreserves
+	return n.reach != ReachPublic && n.nat == NATPreserves
 }
 
 // maxPunch is how many punchable parents one answer lists.
