@@ -7,11 +7,8 @@ import (
 	"errors"
 	"net/http"
 	"slices"
-	"sync/atomic"
 	"time"
 
-	"github.com/p2pradio/p2pradio/control"
-	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/internal/web"
 	"github.com/p2pradio/p2pradio/output"
 )
@@ -104,82 +101,13 @@ func (h *Handler) serveStatus(w http.ResponseWriter, r *http.Request) {
 	w.Write(append(b, '\n'))
 }
 
-// Status is what /status.json answers: one node's view of the station.
-// Durations are in seconds; ids are the first 6 bytes of a node's key, in
-// hex.
-type Status struct {
-	Name        string `json:"name"`
-	Station     string `json:"station"` // the station address listeners join
-	Broadcaster bool   `json:"broadcaster"`
-	ID          string `json:"id"`   // this node
-	Addr        string `json:"addr"` // where its transport listens
-	// Observed is its address as peers or the rendezvous see it (behind a
-	// NAT, the router's mapping); Waiting why it has no parent.
-	Observed    string  `json:"observed,omitempty"`
-	Waiting     string  `json:"waiting,omitempty"`
-	Reach       string  `json:"reach"`         // public, unreachable (behind a NAT) or unknown
-	NAT         string  `json:"nat,omitempty"` // when unreachable: port-preserving or port-randomising
-	Title       string  `json:"title"`
-	BitrateKbps int     `json:"bitrate_kbps"`
-	UptimeS     float64 `json:"uptime_s"`         // since Run
-	Stream      string  `json:"stream,omitempty"` // the stream's path
-
-	Depth    int          `json:"depth"`   // hops from the broadcaster; -1 while joining
-	Parents  []StatusPeer `json:"parents"` // the pushing parent first, then the backups
-	Children []StatusPeer `json:"children"`
-	Slots    int          `json:"slots"`
-	Peers    int          `json:"peers"`
-
-	// Playback, when this node plays (null at a broadcaster without Sink;
-	// continuity and lag are null until they are known).
-	Playing    *bool    `json:"playing"`
-	Continuity *float64 `json:"continuity"`
-	LagS       *float64 `json:"lag_s"`
-	BufferS    *float64 `json:"buffer_s"`
-	StartupS   *float64 `json:"startup_s"`
-	Frames     struct {
-		Played    int64 `json:"played"`
-		Concealed int64 `json:"concealed"`
-		Muted     int64 `json:"muted"`
-	} `json:"frames"`
-
-	Chunks struct {
-		Received  int64 `json:"received"`
-		Forwarded int64 `json:"forwarded"`
-		Dropped   int64 `json:"dropped"`
-		Bad       int64 `json:"bad"`
-		Repairs   int64 `json:"repairs"`
-	} `json:"chunks"`
-	Bytes struct {
-		Received int64 `json:"received"`
-		Sent     int64 `json:"sent"`
-	} `json:"bytes"`
-
-	HTTP *output.HTTPStats `json:"http,omitempty"`
-	// Swarm is the overlay as the rendezvous sees it: at a broadcaster
-	// with the embedded tracker only.
-	Swarm []StatusNode `json:"swarm,omitempty"`
-}
-
-// StatusPeer is a neighbour in Status.
-type StatusPeer struct {
-	ID    string `json:"id"`
-	Addr  string `json:"addr"`
-	Depth int    `json:"depth"`
-}
-
-// StatusNode is one node of the swarm in Status.
-type StatusNode struct {
-	ID         string  `json:"id"`
-	Addr       string  `json:"addr"`
-	Depth      int     `json:"depth"`
-	Parent     string  `json:"parent,omitempty"`
-	FreeSlots  int     `json:"free_slots"`
-	UploadKbps int     `json:"upload_kbps"`
-	SeenS      float64 `json:"seen_s"` // since its last registration
-	Reach      string  `json:"reach"`
-	Self       bool    `json:"self,omitempty"`
-}
+// Status is what /status.json answers: one node's view of the station
+// (see web.Status). StatusPeer and StatusNode are its parts.
+type (
+	Status     = web.Status
+	StatusPeer = web.StatusPeer
+	StatusNode = web.StatusNode
+)
 
 // Status returns what /status.json answers now.
 func (h *Handler) Status() Status {
@@ -196,12 +124,12 @@ func (h *Handler) Status() Status {
 		Reach:       o.Reach.String(),
 		Title:       s.Title,
 		BitrateKbps: o.BitrateKbps,
-		NAT:         natString(o),
+		NAT:         web.NAT(o),
 		Depth:       s.Depth,
 		Slots:       s.Slots,
 		Peers:       s.Peers,
-		Parents:     statusPeers(o.Parents),
-		Children:    statusPeers(o.Children),
+		Parents:     web.Peers(o.Parents),
+		Children:    web.Peers(o.Children),
 	}
 	slices.SortFunc(st.Children, func(a, b StatusPeer) int { return cmp.Compare(a.ID, b.ID) })
 	if hs := h.cfg.Stream; hs != nil {
@@ -243,51 +171,9 @@ func (h *Handler) Status() Status {
 	st.Chunks.Bad, st.Chunks.Repairs = s.BadChunks, s.Repairs
 	st.Bytes.Received, st.Bytes.Sent = s.BytesReceived, s.BytesSent
 	if t := n.ov.Tracker(); t != nil {
-		st.Swarm = swarm(t.Nodes(), n.ov.ID())
+		st.Swarm = web.Swarm(t.Nodes(), n.ov.ID())
 	}
 	return st
-}
-
-// natString is the NAT's behaviour, for a node behind one.
-func natString(o control.OverlayStats) string {
-	if o.Reach != control.ReachUnreachable {
-		return ""
-	}
-	return o.NAT.String()
-}
-
-func statusPeers(ps []control.PeerState) []StatusPeer {
-	out := make([]StatusPeer, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, StatusPeer{ID: p.ID.String(), Addr: p.Addr, Depth: p.Depth})
-	}
-	return out
-}
-
-// swarm describes the tracker's nodes, shallowest first.
-func swarm(nodes []control.TrackedNode, self control.NodeID) []StatusNode {
-	now := time.Now()
-	out := make([]StatusNode, 0, len(nodes))
-	for _, t := range nodes {
-		sn := StatusNode{
-			ID:         t.ID.String(),
-			Addr:       t.Addr,
-			Depth:      t.Depth,
-			FreeSlots:  t.FreeSlots,
-			UploadKbps: t.UploadKbps,
-			SeenS:      now.Sub(t.Seen).Seconds(),
-			Reach:      t.Reach.String(),
-			Self:       t.ID == self,
-		}
-		if !t.Parent.IsZero() {
-			sn.Parent = t.Parent.String()
-		}
-		out = append(out, sn)
-	}
-	slices.SortFunc(out, func(a, b StatusNode) int {
-		return cmp.Or(cmp.Compare(a.Depth, b.Depth), cmp.Compare(a.ID, b.ID))
-	})
-	return out
 }
 
 // SetTitle sets the stream title a broadcaster sends with its audio,
@@ -296,8 +182,8 @@ func swarm(nodes []control.TrackedNode, self control.NodeID) []StatusNode {
 // once, Stats().Title when its audio plays. On a listener it returns
 // ErrNotBroadcaster.
 //
-// It needs the broadcaster's source wrapped in a titleSource, which New
-// does (see titleSource); a source with its own SetTitle(string) method is
+// It needs the broadcaster's source wrapped in an input.Titled, which New
+// does; a source with its own SetTitle(string) method is
 // used as is.
 func (n *Node) SetTitle(title string) error {
 	if !n.Broadcaster() {
@@ -309,30 +195,4 @@ func (n *Node) SetTitle(title string) error {
 	}
 	ts.SetTitle(title)
 	return nil
-}
-
-// titleSource decorates a broadcaster's Source with a title that SetTitle
-// overrides. New wraps Config.Source in one.
-type titleSource struct {
-	input.Source
-	title atomic.Pointer[string]
-}
-
-var _ input.Source = (*titleSource)(nil)
-
-// SetTitle overrides the source's title; "" removes the override.
-func (s *titleSource) SetTitle(title string) {
-	if title == "" {
-		s.title.Store(nil)
-		return
-	}
-	s.title.Store(&title)
-}
-
-// Title is the override, else the source's title.
-func (s *titleSource) Title() string {
-	if t := s.title.Load(); t != nil {
-		return *t
-	}
-	return s.Source.Title()
 }

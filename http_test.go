@@ -59,7 +59,7 @@ func startWebStation(t *testing.T, n int, title string, upload int) *webStation 
 	t.Helper()
 	f, err := input.OpenFile("testdata/cbr128.mp3", input.FileConfig{Loop: true, Lead: 2 * time.Second})
 	require.NoError(t, err)
-	src := &titleSource{Source: f}
+	src := input.WithTitle(f)
 	st := &webStation{bStream: output.NewHTTP(output.HTTPConfig{Name: "Test FM"})}
 	st.b, err = New(Config{Source: src, UploadKbps: upload, Outputs: []output.Output{st.bStream}, Logger: httpTestLogger(t)})
 	require.NoError(t, err)

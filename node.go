@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/internal/stats"
 	"github.com/p2pradio/p2pradio/mux"
 	"github.com/p2pradio/p2pradio/output"
@@ -69,7 +70,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	cfg.setDefaults()
 	if cfg.Source != nil {
-		cfg.Source = &titleSource{Source: cfg.Source} // for SetTitle
+		cfg.Source = input.WithTitle(cfg.Source) // for SetTitle
 	}
 	n := &Node{
 		cfg:     cfg,

@@ -1,8 +1,8 @@
 package p2pradio
 
 import (
-	"bytes"
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"

@@ -1,5 +1,7 @@
 package input
 
+import "sync/atomic"
+
 // Source is where a broadcaster's MP3 bytes come from. The broadcaster calls
 // Read from one goroutine; Title from any goroutine; Close from any
 // goroutine, possibly while Read is blocked.
@@ -18,4 +20,33 @@ type Source interface {
 	// Close stops the source and releases what it holds; a blocked Read
 	// returns. Close is idempotent.
 	Close() error
+}
+
+// Titled decorates a Source with a title that SetTitle overrides (a
+// station's name for the hour, a show's title set by hand).
+type Titled struct {
+	Source
+	title atomic.Pointer[string]
+}
+
+var _ Source = (*Titled)(nil)
+
+// WithTitle returns src decorated by a Titled.
+func WithTitle(src Source) *Titled { return &Titled{Source: src} }
+
+// SetTitle overrides the source's title; "" removes the override.
+func (s *Titled) SetTitle(title string) {
+	if title == "" {
+		s.title.Store(nil)
+		return
+	}
+	s.title.Store(&title)
+}
+
+// Title is the override, else the source's title.
+func (s *Titled) Title() string {
+	if t := s.title.Load(); t != nil {
+		return *t
+	}
+	return s.Source.Title()
 }

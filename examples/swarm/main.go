@@ -61,7 +61,7 @@ type options struct {
 	leaves    float64
 	// natPreserving and natRandom: fractions of listeners behind NATs.
 	natPreserving, natRandom float64
-	fakeTime  bool // run inside a testing/synctest bubble (see faketime_test.go)
+	fakeTime                 bool // run inside a testing/synctest bubble (see faketime_test.go)
 }
 
 func main() {

@@ -1,0 +1,130 @@
+package web
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/output"
+)
+
+// Status is what /status.json answers: one node's view of the station.
+// Durations are in seconds; ids are the first 6 bytes of a node's key, in
+// hex.
+type Status struct {
+	Name        string `json:"name"`
+	Station     string `json:"station"` // the station address listeners join
+	Broadcaster bool   `json:"broadcaster"`
+	ID          string `json:"id"`   // this node
+	Addr        string `json:"addr"` // where its transport listens
+	// Observed is its address as peers or the rendezvous see it (behind a
+	// NAT, the router's mapping); Waiting why it has no parent.
+	Observed    string  `json:"observed,omitempty"`
+	Waiting     string  `json:"waiting,omitempty"`
+	Reach       string  `json:"reach"`         // public, unreachable (behind a NAT) or unknown
+	NAT         string  `json:"nat,omitempty"` // when unreachable: port-preserving or port-randomising
+	Title       string  `json:"title"`
+	BitrateKbps int     `json:"bitrate_kbps"`
+	UptimeS     float64 `json:"uptime_s"`         // since Run
+	Stream      string  `json:"stream,omitempty"` // the stream's path
+
+	Depth    int          `json:"depth"`   // hops from the broadcaster; -1 while joining
+	Parents  []StatusPeer `json:"parents"` // the pushing parent first, then the backups
+	Children []StatusPeer `json:"children"`
+	Slots    int          `json:"slots"`
+	Peers    int          `json:"peers"`
+
+	// Playback, when this node plays (null at a broadcaster without Sink;
+	// continuity and lag are null until they are known).
+	Playing    *bool    `json:"playing"`
+	Continuity *float64 `json:"continuity"`
+	LagS       *float64 `json:"lag_s"`
+	BufferS    *float64 `json:"buffer_s"`
+	StartupS   *float64 `json:"startup_s"`
+	Frames     struct {
+		Played    int64 `json:"played"`
+		Concealed int64 `json:"concealed"`
+		Muted     int64 `json:"muted"`
+	} `json:"frames"`
+
+	Chunks struct {
+		Received  int64 `json:"received"`
+		Forwarded int64 `json:"forwarded"`
+		Dropped   int64 `json:"dropped"`
+		Bad       int64 `json:"bad"`
+		Repairs   int64 `json:"repairs"`
+	} `json:"chunks"`
+	Bytes struct {
+		Received int64 `json:"received"`
+		Sent     int64 `json:"sent"`
+	} `json:"bytes"`
+
+	HTTP *output.HTTPStats `json:"http,omitempty"`
+	// Swarm is the overlay as the rendezvous sees it: at a broadcaster
+	// with the embedded tracker only.
+	Swarm []StatusNode `json:"swarm,omitempty"`
+}
+
+// StatusPeer is a neighbour in Status.
+type StatusPeer struct {
+	ID    string `json:"id"`
+	Addr  string `json:"addr"`
+	Depth int    `json:"depth"`
+}
+
+// StatusNode is one node of the swarm in Status.
+type StatusNode struct {
+	ID         string  `json:"id"`
+	Addr       string  `json:"addr"`
+	Depth      int     `json:"depth"`
+	Parent     string  `json:"parent,omitempty"`
+	FreeSlots  int     `json:"free_slots"`
+	UploadKbps int     `json:"upload_kbps"`
+	SeenS      float64 `json:"seen_s"` // since its last registration
+	Reach      string  `json:"reach"`
+	Self       bool    `json:"self,omitempty"`
+}
+
+// NAT is the NAT's behaviour, for a node behind one.
+func NAT(o control.OverlayStats) string {
+	if o.Reach != control.ReachUnreachable {
+		return ""
+	}
+	return o.NAT.String()
+}
+
+// Peers describes neighbours for Status.
+func Peers(ps []control.PeerState) []StatusPeer {
+	out := make([]StatusPeer, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, StatusPeer{ID: p.ID.String(), Addr: p.Addr, Depth: p.Depth})
+	}
+	return out
+}
+
+// Swarm describes the tracker's nodes, shallowest first.
+func Swarm(nodes []control.TrackedNode, self control.NodeID) []StatusNode {
+	now := time.Now()
+	out := make([]StatusNode, 0, len(nodes))
+	for _, t := range nodes {
+		sn := StatusNode{
+			ID:         t.ID.String(),
+			Addr:       t.Addr,
+			Depth:      t.Depth,
+			FreeSlots:  t.FreeSlots,
+			UploadKbps: t.UploadKbps,
+			SeenS:      now.Sub(t.Seen).Seconds(),
+			Reach:      t.Reach.String(),
+			Self:       t.ID == self,
+		}
+		if !t.Parent.IsZero() {
+			sn.Parent = t.Parent.String()
+		}
+		out = append(out, sn)
+	}
+	slices.SortFunc(out, func(a, b StatusNode) int {
+		return cmp.Or(cmp.Compare(a.Depth, b.Depth), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
