@@ -38,7 +38,7 @@ const MaxMessageSize = 128 << 10
 // Defaults of QUICConfig (and, where they apply, of MemConfig).
 const (
 	DefaultListenAddr        = "127.0.0.1:0"
-	DefaultIdleTimeout       = 2 * time.Second
+	DefaultIdleTimeout       = 8 * time.Second
 	DefaultHandshakeTimeout  = 5 * time.Second
 	DefaultMaxConns          = 256
 	DefaultMaxConnsPerAddr   = 16
@@ -83,10 +83,15 @@ type QUICConfig struct {
 	// Key is the node's identity; nil means a new random key.
 	Key ed25519.PrivateKey
 	// IdleTimeout closes a connection whose peer has been silent this long;
-	// default 2 s. QUIC takes the smaller of both sides' values.
+	// default 8 s. QUIC takes the smaller of both sides' values. It is not
+	// how a node notices a dead parent (its own stall detection does that
+	// within about a second) but how long a link outlives a network hiccup:
+	// after an outage QUIC's first retransmission comes after its backed-off
+	// probe timeout, about 5 s after the outage began for a 3 s outage at
+	// 150 ms round trip; 8 s leaves room for that.
 	IdleTimeout time.Duration
-	// KeepAlivePeriod is how often an idle connection sends a keep-alive;
-	// default IdleTimeout/3.
+	// KeepAlivePeriod is how often a connection on which nothing arrived
+	// sends a keep-alive; default IdleTimeout/3.
 	KeepAlivePeriod time.Duration
 	// HandshakeTimeout bounds a connection's setup when the dialer's
 	// context does not; default 5 s.

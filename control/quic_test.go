@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,6 +189,66 @@ func TestQUICPeerVanishes(t *testing.T) {
 	require.ErrorIs(t, ca.Err(), ErrClosed)
 	require.Greater(t, took, 500*time.Millisecond)
 	require.Less(t, took, 4*time.Second)
+}
+
+// A connection survives a network hiccup of 3 s with the default
+// timeouts, whether data was flowing or it was idle, and data flows again
+// afterwards.
+func TestQUICSurvivesHiccup(t *testing.T) {
+	const hiccup = 3 * time.Second
+	newCuttable := func() (*QUICTransport, *lossyConn) {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		lc := NewLossyPacketConn(pc, LinkConfig{}).(*lossyConn)
+		tr, err := NewQUIC(QUICConfig{PacketConn: lc})
+		require.NoError(t, err)
+		t.Cleanup(func() { tr.Close() })
+		return tr, lc
+	}
+	a, la := newCuttable()
+	b, lb := newCuttable()
+	busy, busyIn := connect(t, a, b)
+	idle, idleIn := connect(t, a, b)
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // a chunk every 100 ms
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				busy.SendData([]byte("chunk"))
+			}
+		}
+	})
+	wg.Go(func() {
+		for {
+			if _, err := busyIn.ReceiveData(ctx); err != nil {
+				return
+			}
+		}
+	})
+	time.Sleep(300 * time.Millisecond)
+	la.cut(hiccup)
+	lb.cut(hiccup)
+	time.Sleep(hiccup)
+	// Long enough for the backed-off retransmissions to get through.
+	before := busyIn.(*QUICConn).Stats().DataReceived
+	require.Eventually(t, func() bool { return busyIn.(*QUICConn).Stats().DataReceived > before+5 },
+		5*time.Second, 50*time.Millisecond, "no data after the hiccup")
+	close(stop)
+	for _, c := range []Conn{busy, busyIn, idle, idleIn} {
+		require.NoError(t, c.Err())
+	}
+	require.NoError(t, idle.Send(ctx, []byte("hello")))
+	m, err := idleIn.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(m))
+	busy.Close(CodeNormal, "")
+	wg.Wait()
 }
 
 func TestQUICMaxConns(t *testing.T) {
@@ -684,4 +745,110 @@ func rssBytes() int64 {
 	var size, rss int64
 	fmt.Sscan(string(b), &size, &rss)
 	return rss * int64(os.Getpagesize())
+}
+
+// BenchmarkQUICRelayCost measures what a parent spends per child and chunk:
+// this process sends a 1.7 KB data message (100 ms of 128 kbit/s audio)
+// every 100 ms to each of 100 children (P2PRADIO_RELAY_CHILDREN) that live
+// in another process (this test binary run again), for b.N rounds, and
+// reports its own CPU time (user+system) per child-chunk and per
+// child-second.
+//
+//	go test -run '^$' -bench RelayCost -benchtime 100x ./control
+func BenchmarkQUICRelayCost(b *testing.B) {
+	children := 100
+	if s := os.Getenv("P2PRADIO_RELAY_CHILDREN"); s != "" {
+		fmt.Sscan(s, &children)
+	}
+	interval := 100 * time.Millisecond
+	if s := os.Getenv("P2PRADIO_RELAY_INTERVAL"); s != "" {
+		d, err := time.ParseDuration(s)
+		require.NoError(b, err)
+		interval = d
+	}
+	src, err := NewQUIC(QUICConfig{MaxConns: 2 * children, AcceptBacklog: 2 * children})
+	require.NoError(b, err)
+	defer src.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestQUICRelayHelper$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("P2PRADIO_RELAY=%s %x %d", src.Addr(), []byte(src.Key()), children))
+	cmd.Stderr = os.Stderr
+	require.NoError(b, cmd.Start())
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var conns []Conn
+	for range children {
+		c, err := src.Accept(ctx)
+		require.NoError(b, err)
+		conns = append(conns, c)
+	}
+	chunk := make([]byte, 1700)
+	round := func() {
+		for _, c := range conns {
+			c.SendData(chunk)
+		}
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for range 20 { // warm up
+		<-tick.C
+		round()
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	var sent0 uint64
+	for _, c := range conns {
+		sent0 += c.(*QUICConn).Stats().DataSent
+	}
+	b.ResetTimer()
+	start, c0 := time.Now(), cpu()
+	for range b.N {
+		<-tick.C
+		round()
+	}
+	used, took := cpu()-c0, time.Since(start)
+	b.StopTimer()
+	var sent uint64
+	for _, c := range conns {
+		sent += c.(*QUICConn).Stats().DataSent
+	}
+	sent -= sent0
+	b.ReportMetric(float64(used.Microseconds())/float64(b.N*children), "us/child-chunk")
+	b.ReportMetric(float64(used.Microseconds())/1e3/(took.Seconds()*float64(children)), "ms/child-second")
+	b.ReportMetric(float64(sent)/float64(b.N*children), "sent-ratio")
+}
+
+// TestQUICRelayHelper is the children of BenchmarkQUICRelayCost; it does
+// nothing unless P2PRADIO_RELAY says "ADDR KEYHEX CHILDREN".
+func TestQUICRelayHelper(t *testing.T) {
+	spec := os.Getenv("P2PRADIO_RELAY")
+	if spec == "" {
+		t.Skip("only run by BenchmarkQUICRelayCost")
+	}
+	var addr string
+	var key []byte
+	var n int
+	_, err := fmt.Sscanf(spec, "%s %x %d", &addr, &key, &n)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for range n {
+		tr, err := NewQUIC(QUICConfig{})
+		require.NoError(t, err)
+		c, err := tr.Dial(ctx, addr, key)
+		require.NoError(t, err)
+		go func() {
+			for {
+				if _, err := c.ReceiveData(ctx); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Hour)
 }
