@@ -53,10 +53,13 @@ const (
 )
 
 const (
+	// dataLanes is the number of long-lived streams a connection sends its
+	// data messages on, in turn (see writeData).
+	dataLanes = 2
 	// maxIncomingUniStreams bounds the data streams a peer may have open
-	// towards us at once. A sender uses one at a time; it opens the next
-	// when it abandons one, and the old one may linger for a moment.
-	maxIncomingUniStreams = 4
+	// towards us at once: its lanes, and a few it abandoned that may
+	// linger for a moment.
+	maxIncomingUniStreams = 2 * dataLanes
 	// controlBuffer bounds the bytes of control messages received on one
 	// connection and not yet returned by Receive (two of the largest).
 	controlBuffer = 2 * MaxMessageSize
@@ -973,25 +976,29 @@ func (c *QUICConn) writeControl() {
 	}
 }
 
-// writeData writes the queued data messages one after another on a
-// long-lived unidirectional stream. A message whose deadline (DataTimeout
-// after SendData) has passed is dropped whole before any of it is written;
-// one whose writing outlasts it is abandoned with its stream, which the peer
-// then discards, and the next message opens a new stream.
+// writeData writes the queued data messages on dataLanes long-lived
+// unidirectional streams, taking turns. A message whose deadline
+// (DataTimeout after SendData) has passed is dropped whole before any of it
+// is written; one whose writing outlasts it is abandoned with its stream,
+// which the peer then discards, and that lane's next message opens a new
+// stream.
 //
-// One stream rather than one per message halves the packets per message
-// (no FIN, no stream credit updates) and lets a message go out in one
-// batch; the price is that a lost packet delays the messages behind it on
-// the stream until it is retransmitted (about a round trip).
+// Long-lived streams rather than one per message halve the packets per
+// message (no FIN, no stream credit updates) and let a message go out in
+// one batch. The price is that a lost packet delays the messages behind it
+// on its stream until it is retransmitted (about a round trip); with two
+// lanes, the next message goes on the other stream and does not wait.
 func (c *QUICConn) writeData() {
 	ctx := c.qc.Context()
-	var s *quic.SendStream
+	var lanes [dataLanes]*quic.SendStream
 	defer func() {
-		if s != nil {
-			s.Close()
+		for _, s := range lanes {
+			if s != nil {
+				s.Close()
+			}
 		}
 	}()
-	for {
+	for next := 0; ; next = (next + 1) % dataLanes {
 		var m outData
 		select {
 		case m = <-c.dataOut:
@@ -1002,13 +1009,13 @@ func (c *QUICConn) writeData() {
 			c.stats.dataFailed.Add(1)
 			continue
 		}
+		s := lanes[next]
 		if s == nil {
 			openCtx, cancel := context.WithDeadline(ctx, m.deadline)
 			var err error
 			s, err = c.qc.OpenUniStreamSync(openCtx)
 			cancel()
 			if err != nil {
-				s = nil
 				if ctx.Err() != nil {
 					return
 				}
@@ -1016,11 +1023,12 @@ func (c *QUICConn) writeData() {
 				continue
 			}
 			s.SetPriority(dataUrgency, false)
+			lanes[next] = s
 		}
 		s.SetWriteDeadline(m.deadline)
 		if _, err := s.Write(m.b); err != nil {
 			s.CancelWrite(streamErrAbandoned)
-			s = nil
+			lanes[next] = nil
 			if ctx.Err() != nil {
 				return
 			}
