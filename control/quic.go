@@ -108,7 +108,9 @@ type QUICConfig struct {
 	// default 64. A connection over either limit is refused before its
 	// TLS handshake (the dialer gets ErrRefused). Negative means no limit.
 	// Loopback addresses are exempt unless LimitLoopback is set: one
-	// machine runs whole swarms on 127.0.0.1.
+	// machine runs whole swarms on 127.0.0.1. The address is not yet
+	// verified when it is counted: a sender that forges it can hold its
+	// places for up to HandshakeTimeout.
 	MaxConnsPerAddr, MaxConnsPerPrefix int
 	// LimitLoopback applies MaxConnsPerAddr and MaxConnsPerPrefix to
 	// loopback addresses too (for tests).
