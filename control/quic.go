@@ -340,6 +340,7 @@ func NewQUIC(cfg QUICConfig) (*QUICTransport, error) {
 		return nil, fmt.Errorf("control: listen: %w", err)
 	}
 	t.wg.Go(t.acceptLoop)
+	t.wg.Go(t.watchWrites)
 	t.log.Debug("quic transport listening", "addr", t.Addr())
 	return t, nil
 }
@@ -600,6 +601,31 @@ func (t *QUICTransport) acceptLoop() {
 	}
 }
 
+// watchWrites abandons data messages still being written at their deadline,
+// checking every connection several times per DataTimeout.
+func (t *QUICTransport) watchWrites() {
+	tick := time.NewTicker(max(t.cfg.DataTimeout/8, 10*time.Millisecond))
+	defer tick.Stop()
+	var conns []*QUICConn
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			conns = conns[:0]
+			for c := range t.conns {
+				conns = append(conns, c)
+			}
+			t.mu.Unlock()
+			for _, c := range conns {
+				c.abandonLate(now)
+			}
+			clear(conns)
+		}
+	}
+}
+
 // handshake waits for an incoming connection's control stream and its
 // preamble, then registers the connection and queues it for Accept.
 func (t *QUICTransport) handshake(qc *quic.Conn) {
@@ -699,6 +725,15 @@ type QUICConn struct {
 
 	ctrlBuf *budget // control bytes read and not yet returned by Receive
 	dataBuf *budget // data bytes being read or waiting for ReceiveData
+
+	// writing is the data message being written, which watchWrites
+	// abandons when it is late; a deadline per Write would cost a timer
+	// per message.
+	writing struct {
+		sync.Mutex
+		s        *quic.SendStream // nil between messages
+		deadline time.Time
+	}
 
 	wg    sync.WaitGroup // this connection's goroutines
 	stats connCounters
@@ -1027,8 +1062,14 @@ func (c *QUICConn) writeData() {
 			s.SetPriority(dataUrgency, false)
 			lanes[next] = s
 		}
-		s.SetWriteDeadline(m.deadline)
-		if _, err := s.Write(m.b); err != nil {
+		c.writing.Lock()
+		c.writing.s, c.writing.deadline = s, m.deadline
+		c.writing.Unlock()
+		_, err := s.Write(m.b)
+		c.writing.Lock()
+		c.writing.s = nil
+		c.writing.Unlock()
+		if err != nil {
 			s.CancelWrite(streamErrAbandoned)
 			lanes[next] = nil
 			if ctx.Err() != nil {
@@ -1038,6 +1079,17 @@ func (c *QUICConn) writeData() {
 			continue
 		}
 		c.stats.dataSent.Add(1)
+	}
+}
+
+// abandonLate cancels the stream of a data message whose deadline has
+// passed while it was being written, which makes its Write return.
+func (c *QUICConn) abandonLate(now time.Time) {
+	c.writing.Lock()
+	defer c.writing.Unlock()
+	if c.writing.s != nil && now.After(c.writing.deadline) {
+		c.writing.s.CancelWrite(streamErrAbandoned)
+		c.writing.s = nil
 	}
 }
 

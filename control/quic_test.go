@@ -153,6 +153,25 @@ func TestQUICDataTimeout(t *testing.T) {
 	require.Equal(t, "ok", string(m))
 }
 
+// A data message the peer does not take (its flow control holds it) is
+// abandoned at its deadline, and the messages queued behind it that are late
+// by then are dropped unsent: the connection goes on.
+func TestQUICLateWriteAbandoned(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{DataTimeout: 300 * time.Millisecond})
+	qc, _ := rawDial(t, a, b) // never reads its data streams
+	accepted, err := b.Accept(testCtx(t))
+	require.NoError(t, err)
+	big := make([]byte, 100_000) // more than the raw peer's stream window
+	for range 3 {
+		require.NoError(t, accepted.SendData(big))
+	}
+	require.Eventually(t, func() bool { return accepted.(*QUICConn).Stats().DataFailed == 3 },
+		3*time.Second, 10*time.Millisecond)
+	require.Zero(t, accepted.(*QUICConn).Stats().DataSent)
+	require.Nil(t, accepted.Err())
+	require.Nil(t, context.Cause(qc.Context()))
+}
+
 // A peer that vanishes without a word (its socket closed under it) is seen
 // dead after about the idle timeout; meanwhile SendData never blocks.
 func TestQUICPeerVanishes(t *testing.T) {
