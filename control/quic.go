@@ -100,7 +100,9 @@ type QUICConfig struct {
 	// context does not; default 5 s.
 	HandshakeTimeout time.Duration
 	// MaxConns bounds the connections open at once, dialed and accepted
-	// together; default 256.
+	// together; default 256. Incoming connections still in their
+	// handshakes count too: beyond MaxConns of them, more are refused
+	// before their TLS handshake.
 	MaxConns int
 	// MaxConnsPerAddr bounds the incoming connections from one IP address,
 	// counted from their first packet (handshakes included); default 16.
@@ -254,7 +256,8 @@ type QUICTransport struct {
 	recvBuf *budget // data bytes held by all connections (MaxReceiveBuffer)
 
 	srcMu     sync.Mutex
-	perAddr   map[netip.Addr]int   // incoming connections by source address
+	incoming  int                  // incoming connections, from first packet to close
+	perAddr   map[netip.Addr]int   // the same by source address
 	perPrefix map[netip.Prefix]int // and by its /24 or /64
 
 	mu      sync.Mutex
@@ -346,39 +349,51 @@ func NewQUIC(cfg QUICConfig) (*QUICTransport, error) {
 }
 
 // admit is quic-go's ConnContext: it runs at an incoming connection's first
-// packet, before the TLS handshake, and refuses the connection when its
-// source address or prefix already has its share (MaxConnsPerAddr,
+// packet, before the TLS handshake, and refuses the connection when
+// MaxConns incoming connections are open or in their handshakes already, or
+// when its source address or prefix has its share (MaxConnsPerAddr,
 // MaxConnsPerPrefix). An admitted connection counts until its context ends
 // (the connection closed or its handshake failed).
 func (t *QUICTransport) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	ua, ok := info.RemoteAddr.(*net.UDPAddr)
-	if !ok {
-		return ctx, nil
+	var addr netip.Addr
+	var prefix netip.Prefix
+	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
+		addr = ua.AddrPort().Addr().Unmap()
+		bits := 24
+		if addr.Is6() {
+			bits = 64
+		}
+		prefix, _ = addr.Prefix(bits)
 	}
-	addr := ua.AddrPort().Addr().Unmap()
-	if addr.IsLoopback() && !t.cfg.LimitLoopback {
-		return ctx, nil
-	}
-	bits := 24
-	if addr.Is6() {
-		bits = 64
-	}
-	prefix, _ := addr.Prefix(bits)
+	limited := addr.IsValid() && (!addr.IsLoopback() || t.cfg.LimitLoopback)
 	t.srcMu.Lock()
-	over := (t.cfg.MaxConnsPerAddr > 0 && t.perAddr[addr] >= t.cfg.MaxConnsPerAddr) ||
-		(t.cfg.MaxConnsPerPrefix > 0 && t.perPrefix[prefix] >= t.cfg.MaxConnsPerPrefix)
-	if !over {
-		t.perAddr[addr]++
-		t.perPrefix[prefix]++
+	var why string
+	switch {
+	case t.incoming >= t.cfg.MaxConns:
+		why = "too many connections"
+	case limited && t.cfg.MaxConnsPerAddr > 0 && t.perAddr[addr] >= t.cfg.MaxConnsPerAddr:
+		why = "too many connections from its address"
+	case limited && t.cfg.MaxConnsPerPrefix > 0 && t.perPrefix[prefix] >= t.cfg.MaxConnsPerPrefix:
+		why = "too many connections from its network"
+	default:
+		t.incoming++
+		if limited {
+			t.perAddr[addr]++
+			t.perPrefix[prefix]++
+		}
 	}
 	t.srcMu.Unlock()
-	if over {
-		t.log.Debug("refused connection: too many from its source", "remote", ua.String())
-		return nil, fmt.Errorf("control: too many connections from %s", addr)
+	if why != "" {
+		t.log.Debug("refused connection", "remote", info.RemoteAddr.String(), "reason", why)
+		return nil, fmt.Errorf("control: %s", why)
 	}
 	context.AfterFunc(ctx, func() {
 		t.srcMu.Lock()
 		defer t.srcMu.Unlock()
+		t.incoming--
+		if !limited {
+			return
+		}
 		if t.perAddr[addr]--; t.perAddr[addr] <= 0 {
 			delete(t.perAddr, addr)
 		}

@@ -277,6 +277,26 @@ func TestQUICMaxConns(t *testing.T) {
 	require.ErrorIs(t, err, ErrRefused)
 }
 
+// Incoming connections that never finish the transport's handshake (no
+// control stream) count against MaxConns: more are refused before TLS.
+func TestQUICMaxConnsCountsHandshakes(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{MaxConns: 2})
+	addr, err := net.ResolveUDPAddr("udp", b.Addr())
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	for i := range 3 {
+		var mismatch atomic.Bool
+		qc, err := a.tr.Dial(ctx, addr, a.clientTLS(b.Key(), &mismatch), a.qconf)
+		if i < 2 {
+			require.NoError(t, err)
+			t.Cleanup(func() { qc.CloseWithError(0, "") })
+			continue
+		}
+		require.Error(t, err)
+		require.ErrorIs(t, a.dialError(ctx, ctx, b.Addr(), err, &mismatch), ErrRefused)
+	}
+}
+
 func TestQUICDialNobody(t *testing.T) {
 	a, err := NewQUIC(QUICConfig{HandshakeTimeout: 300 * time.Millisecond})
 	require.NoError(t, err)
