@@ -631,6 +631,38 @@ func TestQUICStalledMessagesAreBounded(t *testing.T) {
 	require.Eventually(t, func() bool { return b.recvBuf.held() == 0 }, 3*cfg.DataTimeout, 50*time.Millisecond)
 }
 
+// Control messages the node does not read are held up to a bound, and the
+// stream is not read beyond it (QUIC flow control holds the peer back);
+// they are all delivered, in order, once the node reads.
+func TestQUICUnreadControlIsBounded(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{})
+	qc, st := rawDial(t, a, b)
+	accepted, err := b.Accept(testCtx(t))
+	require.NoError(t, err)
+	const n = 20
+	go func() {
+		for i := range n {
+			m := bytes.Repeat([]byte{byte(i)}, 100_000)
+			if _, err := st.Write(append(binary.AppendUvarint(nil, uint64(len(m))), m...)); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	_, held := accepted.(*QUICConn).Buffered()
+	t.Logf("control bytes held unread: %d", held)
+	require.LessOrEqual(t, held, int64(controlBuffer))
+	require.Greater(t, held, int64(0))
+	ctx := testCtx(t)
+	for i := range n {
+		m, err := accepted.Receive(ctx)
+		require.NoError(t, err)
+		require.Len(t, m, 100_000)
+		require.Equal(t, byte(i), m[0])
+	}
+	require.Nil(t, context.Cause(qc.Context()))
+}
+
 // The transport-wide receive buffer caps what many connections hold
 // together.
 func TestQUICReceiveBufferIsShared(t *testing.T) {
