@@ -480,13 +480,25 @@ func TestReadN(t *testing.T) {
 }
 
 // BenchmarkQUICDelayUnderLoss measures how long data messages take over a
-// lossy link: a 1.7 KB chunk every 100 ms (128 kbit/s audio) for b.N
-// chunks, 20 ms each way and 5% loss each way (control/lossy.go). A lost
-// packet delays the messages behind it on the data stream until it is
-// retransmitted: the quantiles show by how much.
+// lossy link, 20 ms each way and 5% loss each way (control/lossy.go), for
+// b.N rounds of 1.7 KB messages (100 ms of 128 kbit/s audio). Steady: one
+// message every 100 ms, the quantiles are per message. Burst: 12 at once (a
+// joiner's burst) every 500 ms, the quantiles are of the time until a
+// burst's last message arrived. A lost packet delays the messages behind it
+// on its stream until it is retransmitted: these show by how much.
 //
 //	go test -run '^$' -bench DelayUnderLoss -benchtime 300x ./control
 func BenchmarkQUICDelayUnderLoss(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		burst int
+		every time.Duration
+	}{{"Steady", 1, 100 * time.Millisecond}, {"Burst", 12, 500 * time.Millisecond}} {
+		b.Run(bc.name, func(b *testing.B) { delayUnderLoss(b, bc.burst, bc.every) })
+	}
+}
+
+func delayUnderLoss(b *testing.B, burst int, every time.Duration) {
 	link := LinkConfig{Delay: 20 * time.Millisecond, Loss: 0.05}
 	newLossy := func(seed uint64) *QUICTransport {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -511,27 +523,36 @@ func BenchmarkQUICDelayUnderLoss(b *testing.B) {
 	require.NotNil(b, in)
 
 	start := time.Now()
-	var delays []time.Duration
+	var delays []time.Duration // per round: until its last message arrived
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range b.N {
+		last := make(map[uint64]time.Duration) // round -> latest arrival
+		got := make(map[uint64]int)
+		for range b.N * burst {
 			m, err := in.ReceiveData(ctx)
 			if err != nil {
 				return
 			}
+			round := binary.LittleEndian.Uint64(m[8:])
 			sent := time.Duration(binary.LittleEndian.Uint64(m))
-			delays = append(delays, time.Since(start)-sent)
+			last[round] = max(last[round], time.Since(start)-sent)
+			if got[round]++; got[round] == burst {
+				delays = append(delays, last[round])
+			}
 		}
 	}()
 	chunk := make([]byte, 1700)
 	b.ResetTimer()
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
-	for range b.N {
+	for i := range b.N {
 		<-tick.C
 		binary.LittleEndian.PutUint64(chunk, uint64(time.Since(start)))
-		require.NoError(b, out.SendData(chunk))
+		binary.LittleEndian.PutUint64(chunk[8:], uint64(i))
+		for range burst {
+			require.NoError(b, out.SendData(chunk))
+		}
 	}
 	select {
 	case <-done:
