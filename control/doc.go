@@ -12,9 +12,10 @@
 //     both to listen and to dial (the precondition for NAT hole punching).
 //     Each node's identity is an ed25519 key, proven in the TLS 1.3
 //     handshake by a self-signed certificate; the control channel is one
-//     bidirectional QUIC stream opened by the dialer, and each data message
-//     travels on its own unidirectional stream, so a lost packet delays only
-//     the message it was part of.
+//     bidirectional QUIC stream opened by the dialer, and data messages are
+//     framed on two long-lived unidirectional streams in turn, so a lost
+//     packet delays only the messages behind it on its stream, until it is
+//     retransmitted (about a round trip).
 //   - MemTransport (MemNetwork.NewTransport): in-process, with per-link
 //     delay, jitter, loss and bandwidth, driven by timers so that it runs
 //     under testing/synctest and scales to many thousands of nodes.

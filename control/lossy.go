@@ -62,6 +62,7 @@ type lossyConn struct {
 	rng       *rand.Rand
 	queue     delayHeap[[]byte]
 	busyUntil time.Time
+	outage    time.Time // datagrams written before then are lost
 	closed    bool
 
 	wake chan struct{} // cap 1: a new earliest packet, or Close
@@ -96,7 +97,7 @@ func (c *lossyConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	if c.cfg.Loss > 0 && c.rng.Float64() < c.cfg.Loss {
+	if (c.cfg.Loss > 0 && c.rng.Float64() < c.cfg.Loss) || time.Now().Before(c.outage) {
 		c.mu.Unlock()
 		return len(b), nil
 	}
@@ -127,6 +128,14 @@ func (c *lossyConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 	}
 	return len(b), nil
+}
+
+// cut loses every datagram written in the next d, like a link that goes
+// down for a while (a hiccup).
+func (c *lossyConn) cut(d time.Duration) {
+	c.mu.Lock()
+	c.outage = time.Now().Add(d)
+	c.mu.Unlock()
 }
 
 // run writes each queued datagram when it is due.

@@ -38,7 +38,7 @@ const MaxMessageSize = 128 << 10
 // Defaults of QUICConfig (and, where they apply, of MemConfig).
 const (
 	DefaultListenAddr        = "127.0.0.1:0"
-	DefaultIdleTimeout       = 2 * time.Second
+	DefaultIdleTimeout       = 8 * time.Second
 	DefaultHandshakeTimeout  = 5 * time.Second
 	DefaultMaxConns          = 256
 	DefaultMaxConnsPerAddr   = 16
@@ -53,10 +53,13 @@ const (
 )
 
 const (
+	// dataLanes is the number of long-lived streams a connection sends its
+	// data messages on, in turn (see writeData).
+	dataLanes = 2
 	// maxIncomingUniStreams bounds the data streams a peer may have open
-	// towards us at once. A sender uses one at a time; it opens the next
-	// when it abandons one, and the old one may linger for a moment.
-	maxIncomingUniStreams = 4
+	// towards us at once: its lanes, and a few it abandoned that may
+	// linger for a moment.
+	maxIncomingUniStreams = 2 * dataLanes
 	// controlBuffer bounds the bytes of control messages received on one
 	// connection and not yet returned by Receive (two of the largest).
 	controlBuffer = 2 * MaxMessageSize
@@ -83,16 +86,23 @@ type QUICConfig struct {
 	// Key is the node's identity; nil means a new random key.
 	Key ed25519.PrivateKey
 	// IdleTimeout closes a connection whose peer has been silent this long;
-	// default 2 s. QUIC takes the smaller of both sides' values.
+	// default 8 s. QUIC takes the smaller of both sides' values. It is not
+	// how a node notices a dead parent (its own stall detection does that
+	// within about a second) but how long a link outlives a network hiccup:
+	// after an outage QUIC's first retransmission comes after its backed-off
+	// probe timeout, about 5 s after the outage began for a 3 s outage at
+	// 150 ms round trip; 8 s leaves room for that.
 	IdleTimeout time.Duration
-	// KeepAlivePeriod is how often an idle connection sends a keep-alive;
-	// default IdleTimeout/3.
+	// KeepAlivePeriod is how often a connection on which nothing arrived
+	// sends a keep-alive; default IdleTimeout/3.
 	KeepAlivePeriod time.Duration
 	// HandshakeTimeout bounds a connection's setup when the dialer's
 	// context does not; default 5 s.
 	HandshakeTimeout time.Duration
 	// MaxConns bounds the connections open at once, dialed and accepted
-	// together; default 256.
+	// together; default 256. Incoming connections still in their
+	// handshakes count too: beyond MaxConns of them, more are refused
+	// before their TLS handshake.
 	MaxConns int
 	// MaxConnsPerAddr bounds the incoming connections from one IP address,
 	// counted from their first packet (handshakes included); default 16.
@@ -100,7 +110,9 @@ type QUICConfig struct {
 	// default 64. A connection over either limit is refused before its
 	// TLS handshake (the dialer gets ErrRefused). Negative means no limit.
 	// Loopback addresses are exempt unless LimitLoopback is set: one
-	// machine runs whole swarms on 127.0.0.1.
+	// machine runs whole swarms on 127.0.0.1. The address is not yet
+	// verified when it is counted: a sender that forges it can hold its
+	// places for up to HandshakeTimeout.
 	MaxConnsPerAddr, MaxConnsPerPrefix int
 	// LimitLoopback applies MaxConnsPerAddr and MaxConnsPerPrefix to
 	// loopback addresses too (for tests).
@@ -244,7 +256,8 @@ type QUICTransport struct {
 	recvBuf *budget // data bytes held by all connections (MaxReceiveBuffer)
 
 	srcMu     sync.Mutex
-	perAddr   map[netip.Addr]int   // incoming connections by source address
+	incoming  int                  // incoming connections, from first packet to close
+	perAddr   map[netip.Addr]int   // the same by source address
 	perPrefix map[netip.Prefix]int // and by its /24 or /64
 
 	mu      sync.Mutex
@@ -330,44 +343,57 @@ func NewQUIC(cfg QUICConfig) (*QUICTransport, error) {
 		return nil, fmt.Errorf("control: listen: %w", err)
 	}
 	t.wg.Go(t.acceptLoop)
+	t.wg.Go(t.watchWrites)
 	t.log.Debug("quic transport listening", "addr", t.Addr())
 	return t, nil
 }
 
 // admit is quic-go's ConnContext: it runs at an incoming connection's first
-// packet, before the TLS handshake, and refuses the connection when its
-// source address or prefix already has its share (MaxConnsPerAddr,
+// packet, before the TLS handshake, and refuses the connection when
+// MaxConns incoming connections are open or in their handshakes already, or
+// when its source address or prefix has its share (MaxConnsPerAddr,
 // MaxConnsPerPrefix). An admitted connection counts until its context ends
 // (the connection closed or its handshake failed).
 func (t *QUICTransport) admit(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-	ua, ok := info.RemoteAddr.(*net.UDPAddr)
-	if !ok {
-		return ctx, nil
+	var addr netip.Addr
+	var prefix netip.Prefix
+	if ua, ok := info.RemoteAddr.(*net.UDPAddr); ok {
+		addr = ua.AddrPort().Addr().Unmap()
+		bits := 24
+		if addr.Is6() {
+			bits = 64
+		}
+		prefix, _ = addr.Prefix(bits)
 	}
-	addr := ua.AddrPort().Addr().Unmap()
-	if addr.IsLoopback() && !t.cfg.LimitLoopback {
-		return ctx, nil
-	}
-	bits := 24
-	if addr.Is6() {
-		bits = 64
-	}
-	prefix, _ := addr.Prefix(bits)
+	limited := addr.IsValid() && (!addr.IsLoopback() || t.cfg.LimitLoopback)
 	t.srcMu.Lock()
-	over := (t.cfg.MaxConnsPerAddr > 0 && t.perAddr[addr] >= t.cfg.MaxConnsPerAddr) ||
-		(t.cfg.MaxConnsPerPrefix > 0 && t.perPrefix[prefix] >= t.cfg.MaxConnsPerPrefix)
-	if !over {
-		t.perAddr[addr]++
-		t.perPrefix[prefix]++
+	var why string
+	switch {
+	case t.incoming >= t.cfg.MaxConns:
+		why = "too many connections"
+	case limited && t.cfg.MaxConnsPerAddr > 0 && t.perAddr[addr] >= t.cfg.MaxConnsPerAddr:
+		why = "too many connections from its address"
+	case limited && t.cfg.MaxConnsPerPrefix > 0 && t.perPrefix[prefix] >= t.cfg.MaxConnsPerPrefix:
+		why = "too many connections from its network"
+	default:
+		t.incoming++
+		if limited {
+			t.perAddr[addr]++
+			t.perPrefix[prefix]++
+		}
 	}
 	t.srcMu.Unlock()
-	if over {
-		t.log.Debug("refused connection: too many from its source", "remote", ua.String())
-		return nil, fmt.Errorf("control: too many connections from %s", addr)
+	if why != "" {
+		t.log.Debug("refused connection", "remote", info.RemoteAddr.String(), "reason", why)
+		return nil, fmt.Errorf("control: %s", why)
 	}
 	context.AfterFunc(ctx, func() {
 		t.srcMu.Lock()
 		defer t.srcMu.Unlock()
+		t.incoming--
+		if !limited {
+			return
+		}
 		if t.perAddr[addr]--; t.perAddr[addr] <= 0 {
 			delete(t.perAddr, addr)
 		}
@@ -590,6 +616,31 @@ func (t *QUICTransport) acceptLoop() {
 	}
 }
 
+// watchWrites abandons data messages still being written at their deadline,
+// checking every connection several times per DataTimeout.
+func (t *QUICTransport) watchWrites() {
+	tick := time.NewTicker(max(t.cfg.DataTimeout/8, 10*time.Millisecond))
+	defer tick.Stop()
+	var conns []*QUICConn
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			conns = conns[:0]
+			for c := range t.conns {
+				conns = append(conns, c)
+			}
+			t.mu.Unlock()
+			for _, c := range conns {
+				c.abandonLate(now)
+			}
+			clear(conns)
+		}
+	}
+}
+
 // handshake waits for an incoming connection's control stream and its
 // preamble, then registers the connection and queues it for Accept.
 func (t *QUICTransport) handshake(qc *quic.Conn) {
@@ -689,6 +740,15 @@ type QUICConn struct {
 
 	ctrlBuf *budget // control bytes read and not yet returned by Receive
 	dataBuf *budget // data bytes being read or waiting for ReceiveData
+
+	// writing is the data message being written, which watchWrites
+	// abandons when it is late; a deadline per Write would cost a timer
+	// per message.
+	writing struct {
+		sync.Mutex
+		s        *quic.SendStream // nil between messages
+		deadline time.Time
+	}
 
 	wg    sync.WaitGroup // this connection's goroutines
 	stats connCounters
@@ -968,25 +1028,29 @@ func (c *QUICConn) writeControl() {
 	}
 }
 
-// writeData writes the queued data messages one after another on a
-// long-lived unidirectional stream. A message whose deadline (DataTimeout
-// after SendData) has passed is dropped whole before any of it is written;
-// one whose writing outlasts it is abandoned with its stream, which the peer
-// then discards, and the next message opens a new stream.
+// writeData writes the queued data messages on dataLanes long-lived
+// unidirectional streams, taking turns. A message whose deadline
+// (DataTimeout after SendData) has passed is dropped whole before any of it
+// is written; one whose writing outlasts it is abandoned with its stream,
+// which the peer then discards, and that lane's next message opens a new
+// stream.
 //
-// One stream rather than one per message halves the packets per message
-// (no FIN, no stream credit updates) and lets a message go out in one
-// batch; the price is that a lost packet delays the messages behind it on
-// the stream until it is retransmitted (about a round trip).
+// Long-lived streams rather than one per message halve the packets per
+// message (no FIN, no stream credit updates) and let a message go out in
+// one batch. The price is that a lost packet delays the messages behind it
+// on its stream until it is retransmitted (about a round trip); with two
+// lanes, the next message goes on the other stream and does not wait.
 func (c *QUICConn) writeData() {
 	ctx := c.qc.Context()
-	var s *quic.SendStream
+	var lanes [dataLanes]*quic.SendStream
 	defer func() {
-		if s != nil {
-			s.Close()
+		for _, s := range lanes {
+			if s != nil {
+				s.Close()
+			}
 		}
 	}()
-	for {
+	for next := 0; ; next = (next + 1) % dataLanes {
 		var m outData
 		select {
 		case m = <-c.dataOut:
@@ -997,13 +1061,13 @@ func (c *QUICConn) writeData() {
 			c.stats.dataFailed.Add(1)
 			continue
 		}
+		s := lanes[next]
 		if s == nil {
 			openCtx, cancel := context.WithDeadline(ctx, m.deadline)
 			var err error
 			s, err = c.qc.OpenUniStreamSync(openCtx)
 			cancel()
 			if err != nil {
-				s = nil
 				if ctx.Err() != nil {
 					return
 				}
@@ -1011,11 +1075,18 @@ func (c *QUICConn) writeData() {
 				continue
 			}
 			s.SetPriority(dataUrgency, false)
+			lanes[next] = s
 		}
-		s.SetWriteDeadline(m.deadline)
-		if _, err := s.Write(m.b); err != nil {
+		c.writing.Lock()
+		c.writing.s, c.writing.deadline = s, m.deadline
+		c.writing.Unlock()
+		_, err := s.Write(m.b)
+		c.writing.Lock()
+		c.writing.s = nil
+		c.writing.Unlock()
+		if err != nil {
 			s.CancelWrite(streamErrAbandoned)
-			s = nil
+			lanes[next] = nil
 			if ctx.Err() != nil {
 				return
 			}
@@ -1023,6 +1094,17 @@ func (c *QUICConn) writeData() {
 			continue
 		}
 		c.stats.dataSent.Add(1)
+	}
+}
+
+// abandonLate cancels the stream of a data message whose deadline has
+// passed while it was being written, which makes its Write return.
+func (c *QUICConn) abandonLate(now time.Time) {
+	c.writing.Lock()
+	defer c.writing.Unlock()
+	if c.writing.s != nil && now.After(c.writing.deadline) {
+		c.writing.s.CancelWrite(streamErrAbandoned)
+		c.writing.s = nil
 	}
 }
 

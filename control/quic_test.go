@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,6 +153,25 @@ func TestQUICDataTimeout(t *testing.T) {
 	require.Equal(t, "ok", string(m))
 }
 
+// A data message the peer does not take (its flow control holds it) is
+// abandoned at its deadline, and the messages queued behind it that are late
+// by then are dropped unsent: the connection goes on.
+func TestQUICLateWriteAbandoned(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{DataTimeout: 300 * time.Millisecond})
+	qc, _ := rawDial(t, a, b) // never reads its data streams
+	accepted, err := b.Accept(testCtx(t))
+	require.NoError(t, err)
+	big := make([]byte, 100_000) // more than the raw peer's stream window
+	for range 3 {
+		require.NoError(t, accepted.SendData(big))
+	}
+	require.Eventually(t, func() bool { return accepted.(*QUICConn).Stats().DataFailed == 3 },
+		3*time.Second, 10*time.Millisecond)
+	require.Zero(t, accepted.(*QUICConn).Stats().DataSent)
+	require.Nil(t, accepted.Err())
+	require.Nil(t, context.Cause(qc.Context()))
+}
+
 // A peer that vanishes without a word (its socket closed under it) is seen
 // dead after about the idle timeout; meanwhile SendData never blocks.
 func TestQUICPeerVanishes(t *testing.T) {
@@ -190,11 +210,91 @@ func TestQUICPeerVanishes(t *testing.T) {
 	require.Less(t, took, 4*time.Second)
 }
 
+// A connection survives a network hiccup of 3 s with the default
+// timeouts, whether data was flowing or it was idle, and data flows again
+// afterwards.
+func TestQUICSurvivesHiccup(t *testing.T) {
+	const hiccup = 3 * time.Second
+	newCuttable := func() (*QUICTransport, *lossyConn) {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		require.NoError(t, err)
+		lc := NewLossyPacketConn(pc, LinkConfig{}).(*lossyConn)
+		tr, err := NewQUIC(QUICConfig{PacketConn: lc})
+		require.NoError(t, err)
+		t.Cleanup(func() { tr.Close() })
+		return tr, lc
+	}
+	a, la := newCuttable()
+	b, lb := newCuttable()
+	busy, busyIn := connect(t, a, b)
+	idle, idleIn := connect(t, a, b)
+	ctx := testCtx(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // a chunk every 100 ms
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				busy.SendData([]byte("chunk"))
+			}
+		}
+	})
+	wg.Go(func() {
+		for {
+			if _, err := busyIn.ReceiveData(ctx); err != nil {
+				return
+			}
+		}
+	})
+	time.Sleep(300 * time.Millisecond)
+	la.cut(hiccup)
+	lb.cut(hiccup)
+	time.Sleep(hiccup)
+	// Long enough for the backed-off retransmissions to get through.
+	before := busyIn.(*QUICConn).Stats().DataReceived
+	require.Eventually(t, func() bool { return busyIn.(*QUICConn).Stats().DataReceived > before+5 },
+		5*time.Second, 50*time.Millisecond, "no data after the hiccup")
+	close(stop)
+	for _, c := range []Conn{busy, busyIn, idle, idleIn} {
+		require.NoError(t, c.Err())
+	}
+	require.NoError(t, idle.Send(ctx, []byte("hello")))
+	m, err := idleIn.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(m))
+	busy.Close(CodeNormal, "")
+	wg.Wait()
+}
+
 func TestQUICMaxConns(t *testing.T) {
 	a, b := newQUICPair(t, QUICConfig{MaxConns: 1})
 	connect(t, a, b)
 	_, err := a.Dial(testCtx(t), b.Addr(), nil)
 	require.ErrorIs(t, err, ErrRefused)
+}
+
+// Incoming connections that never finish the transport's handshake (no
+// control stream) count against MaxConns: more are refused before TLS.
+func TestQUICMaxConnsCountsHandshakes(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{MaxConns: 2})
+	addr, err := net.ResolveUDPAddr("udp", b.Addr())
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	for i := range 3 {
+		var mismatch atomic.Bool
+		qc, err := a.tr.Dial(ctx, addr, a.clientTLS(b.Key(), &mismatch), a.qconf)
+		if i < 2 {
+			require.NoError(t, err)
+			t.Cleanup(func() { qc.CloseWithError(0, "") })
+			continue
+		}
+		require.Error(t, err)
+		require.ErrorIs(t, a.dialError(ctx, ctx, b.Addr(), err, &mismatch), ErrRefused)
+	}
 }
 
 func TestQUICDialNobody(t *testing.T) {
@@ -380,13 +480,25 @@ func TestReadN(t *testing.T) {
 }
 
 // BenchmarkQUICDelayUnderLoss measures how long data messages take over a
-// lossy link: a 1.7 KB chunk every 100 ms (128 kbit/s audio) for b.N
-// chunks, 20 ms each way and 5% loss each way (control/lossy.go). A lost
-// packet delays the messages behind it on the data stream until it is
-// retransmitted: the quantiles show by how much.
+// lossy link, 20 ms each way and 5% loss each way (control/lossy.go), for
+// b.N rounds of 1.7 KB messages (100 ms of 128 kbit/s audio). Steady: one
+// message every 100 ms, the quantiles are per message. Burst: 12 at once (a
+// joiner's burst) every 500 ms, the quantiles are of the time until a
+// burst's last message arrived. A lost packet delays the messages behind it
+// on its stream until it is retransmitted: these show by how much.
 //
 //	go test -run '^$' -bench DelayUnderLoss -benchtime 300x ./control
 func BenchmarkQUICDelayUnderLoss(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		burst int
+		every time.Duration
+	}{{"Steady", 1, 100 * time.Millisecond}, {"Burst", 12, 500 * time.Millisecond}} {
+		b.Run(bc.name, func(b *testing.B) { delayUnderLoss(b, bc.burst, bc.every) })
+	}
+}
+
+func delayUnderLoss(b *testing.B, burst int, every time.Duration) {
 	link := LinkConfig{Delay: 20 * time.Millisecond, Loss: 0.05}
 	newLossy := func(seed uint64) *QUICTransport {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -411,27 +523,36 @@ func BenchmarkQUICDelayUnderLoss(b *testing.B) {
 	require.NotNil(b, in)
 
 	start := time.Now()
-	var delays []time.Duration
+	var delays []time.Duration // per round: until its last message arrived
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range b.N {
+		last := make(map[uint64]time.Duration) // round -> latest arrival
+		got := make(map[uint64]int)
+		for range b.N * burst {
 			m, err := in.ReceiveData(ctx)
 			if err != nil {
 				return
 			}
+			round := binary.LittleEndian.Uint64(m[8:])
 			sent := time.Duration(binary.LittleEndian.Uint64(m))
-			delays = append(delays, time.Since(start)-sent)
+			last[round] = max(last[round], time.Since(start)-sent)
+			if got[round]++; got[round] == burst {
+				delays = append(delays, last[round])
+			}
 		}
 	}()
 	chunk := make([]byte, 1700)
 	b.ResetTimer()
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
-	for range b.N {
+	for i := range b.N {
 		<-tick.C
 		binary.LittleEndian.PutUint64(chunk, uint64(time.Since(start)))
-		require.NoError(b, out.SendData(chunk))
+		binary.LittleEndian.PutUint64(chunk[8:], uint64(i))
+		for range burst {
+			require.NoError(b, out.SendData(chunk))
+		}
 	}
 	select {
 	case <-done:
@@ -529,6 +650,38 @@ func TestQUICStalledMessagesAreBounded(t *testing.T) {
 
 	// The stalled parts are abandoned after DataTimeout.
 	require.Eventually(t, func() bool { return b.recvBuf.held() == 0 }, 3*cfg.DataTimeout, 50*time.Millisecond)
+}
+
+// Control messages the node does not read are held up to a bound, and the
+// stream is not read beyond it (QUIC flow control holds the peer back);
+// they are all delivered, in order, once the node reads.
+func TestQUICUnreadControlIsBounded(t *testing.T) {
+	a, b := newQUICPair(t, QUICConfig{})
+	qc, st := rawDial(t, a, b)
+	accepted, err := b.Accept(testCtx(t))
+	require.NoError(t, err)
+	const n = 20
+	go func() {
+		for i := range n {
+			m := bytes.Repeat([]byte{byte(i)}, 100_000)
+			if _, err := st.Write(append(binary.AppendUvarint(nil, uint64(len(m))), m...)); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	_, held := accepted.(*QUICConn).Buffered()
+	t.Logf("control bytes held unread: %d", held)
+	require.LessOrEqual(t, held, int64(controlBuffer))
+	require.Greater(t, held, int64(0))
+	ctx := testCtx(t)
+	for i := range n {
+		m, err := accepted.Receive(ctx)
+		require.NoError(t, err)
+		require.Len(t, m, 100_000)
+		require.Equal(t, byte(i), m[0])
+	}
+	require.Nil(t, context.Cause(qc.Context()))
 }
 
 // The transport-wide receive buffer caps what many connections hold
@@ -684,4 +837,110 @@ func rssBytes() int64 {
 	var size, rss int64
 	fmt.Sscan(string(b), &size, &rss)
 	return rss * int64(os.Getpagesize())
+}
+
+// BenchmarkQUICRelayCost measures what a parent spends per child and chunk:
+// this process sends a 1.7 KB data message (100 ms of 128 kbit/s audio)
+// every 100 ms to each of 100 children (P2PRADIO_RELAY_CHILDREN) that live
+// in another process (this test binary run again), for b.N rounds, and
+// reports its own CPU time (user+system) per child-chunk and per
+// child-second.
+//
+//	go test -run '^$' -bench RelayCost -benchtime 100x ./control
+func BenchmarkQUICRelayCost(b *testing.B) {
+	children := 100
+	if s := os.Getenv("P2PRADIO_RELAY_CHILDREN"); s != "" {
+		fmt.Sscan(s, &children)
+	}
+	interval := 100 * time.Millisecond
+	if s := os.Getenv("P2PRADIO_RELAY_INTERVAL"); s != "" {
+		d, err := time.ParseDuration(s)
+		require.NoError(b, err)
+		interval = d
+	}
+	src, err := NewQUIC(QUICConfig{MaxConns: 2 * children, AcceptBacklog: 2 * children})
+	require.NoError(b, err)
+	defer src.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestQUICRelayHelper$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("P2PRADIO_RELAY=%s %x %d", src.Addr(), []byte(src.Key()), children))
+	cmd.Stderr = os.Stderr
+	require.NoError(b, cmd.Start())
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var conns []Conn
+	for range children {
+		c, err := src.Accept(ctx)
+		require.NoError(b, err)
+		conns = append(conns, c)
+	}
+	chunk := make([]byte, 1700)
+	round := func() {
+		for _, c := range conns {
+			c.SendData(chunk)
+		}
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for range 20 { // warm up
+		<-tick.C
+		round()
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	var sent0 uint64
+	for _, c := range conns {
+		sent0 += c.(*QUICConn).Stats().DataSent
+	}
+	b.ResetTimer()
+	start, c0 := time.Now(), cpu()
+	for range b.N {
+		<-tick.C
+		round()
+	}
+	used, took := cpu()-c0, time.Since(start)
+	b.StopTimer()
+	var sent uint64
+	for _, c := range conns {
+		sent += c.(*QUICConn).Stats().DataSent
+	}
+	sent -= sent0
+	b.ReportMetric(float64(used.Microseconds())/float64(b.N*children), "us/child-chunk")
+	b.ReportMetric(float64(used.Microseconds())/1e3/(took.Seconds()*float64(children)), "ms/child-second")
+	b.ReportMetric(float64(sent)/float64(b.N*children), "sent-ratio")
+}
+
+// TestQUICRelayHelper is the children of BenchmarkQUICRelayCost; it does
+// nothing unless P2PRADIO_RELAY says "ADDR KEYHEX CHILDREN".
+func TestQUICRelayHelper(t *testing.T) {
+	spec := os.Getenv("P2PRADIO_RELAY")
+	if spec == "" {
+		t.Skip("only run by BenchmarkQUICRelayCost")
+	}
+	var addr string
+	var key []byte
+	var n int
+	_, err := fmt.Sscanf(spec, "%s %x %d", &addr, &key, &n)
+	require.NoError(t, err)
+	ctx := context.Background()
+	for range n {
+		tr, err := NewQUIC(QUICConfig{})
+		require.NoError(t, err)
+		c, err := tr.Dial(ctx, addr, key)
+		require.NoError(t, err)
+		go func() {
+			for {
+				if _, err := c.ReceiveData(ctx); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Hour)
 }
