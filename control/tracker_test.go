@@ -1,6 +1,10 @@
 package control
 
 import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"runtime"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -107,4 +111,30 @@ func TestTrackerSpreadsJoiners(t *testing.T) {
 		time.Sleep(holdFor)
 		require.Equal(t, "a2", tr.register(id(9), "a9", &Register{Depth: -1, Want: true}).Peers[0].Addr)
 	})
+}
+
+// TestTrackerHoldsTenThousand: a busy broadcaster's rendezvous holds
+// 10,000 registrations, more than the 256 connections a node once had for
+// everything, and answers joiners among them; the heap it takes is logged.
+func TestTrackerHoldsTenThousand(t *testing.T) {
+	tr := NewTracker(TrackerConfig{})
+	tr.SetSelf(PeerInfo{ID: NodeID{1}, Depth: 0, FreeSlots: 3})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 10000 {
+		var id NodeID
+		binary.BigEndian.PutUint32(id[:], uint32(i+2))
+		parent := NodeID{1}
+		if i >= 3 {
+			binary.BigEndian.PutUint32(parent[:], uint32((i-3)/2+2))
+		}
+		tr.register(id, fmt.Sprintf("198.51.%d.%d:7000", i/250, i%250), &Register{Depth: 1 + bits.Len(uint(i+1)), FreeSlots: i % 3, Parent: parent, UploadKbps: 400})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	require.Len(t, tr.Nodes(), 10001)
+	t.Logf("10,000 registrations: %.1f MB of heap (%.0f B each)", float64(after.HeapInuse-before.HeapInuse)/1e6, float64(after.HeapInuse-before.HeapInuse)/10000)
+	got := tr.register(NodeID{0xff}, "203.0.113.9:7000", &Register{Depth: -1, Want: true})
+	require.NotEmpty(t, got.Peers, "a joiner gets candidates")
 }
