@@ -89,9 +89,10 @@ type QUICConfig struct {
 	// default 8 s. QUIC takes the smaller of both sides' values. It is not
 	// how a node notices a dead parent (its own stall detection does that
 	// within about a second) but how long a link outlives a network hiccup:
-	// after an outage QUIC's first retransmission comes after its backed-off
-	// probe timeout, about 5 s after the outage began for a 3 s outage at
-	// 150 ms round trip; 8 s leaves room for that.
+	// QUIC's probes double their interval (from about a round trip plus
+	// 25 ms) while nothing is acknowledged, so the first to cross after an
+	// outage of T may come up to about 2T after it began: 8 s covers a 3 s
+	// outage with room (TestQUICSurvivesHiccup; 2 s did not).
 	IdleTimeout time.Duration
 	// KeepAlivePeriod is how often a connection on which nothing arrived
 	// sends a keep-alive; default IdleTimeout/3.
@@ -123,8 +124,8 @@ type QUICConfig struct {
 	// ConnWindow is the flow-control window of a connection; default
 	// 128 KiB. It bounds the bytes a peer can make quic-go hold for us
 	// that we have not read (beyond ReceiveBuffer, which bounds what we
-	// have read). 128 KiB per round trip is 20 times 128 kbit/s audio at
-	// 300 ms.
+	// have read). 128 KiB per round trip is about 25 times what 128 kbit/s
+	// audio needs at a 300 ms round trip.
 	ConnWindow uint64
 	// ReceiveBuffer bounds the bytes of data messages one connection holds
 	// once read: the message being read (counted in full from its length
