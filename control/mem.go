@@ -15,7 +15,8 @@ type MemConfig struct {
 	// says otherwise. Link.Seed seeds the network's random numbers.
 	Link LinkConfig
 	// IdleTimeout is how long after a node is killed (MemTransport.Kill)
-	// its peers' connections die with ErrTimeout; default 2 s, as QUIC.
+	// its peers' connections die with ErrTimeout; default
+	// DefaultIdleTimeout, as QUIC.
 	IdleTimeout time.Duration
 	// HandshakeTimeout is how long a Dial to an address where no node
 	// listens takes to fail with ErrTimeout; default 5 s.

@@ -30,8 +30,10 @@ type Transport interface {
 
 // Conn is a connection to one peer with two kinds of delivery: an ordered,
 // reliable control channel, and data messages (chunks) that are each
-// delivered reliably but independently of one another, so that the loss of
-// one packet delays only the message it was part of.
+// delivered reliably, whole or not at all, and not in a fixed order: the
+// loss of one packet delays at most the messages behind it on its stream,
+// for about a round trip (QUIC: two streams take turns), never the control
+// channel.
 //
 // Send and SendData may be called from many goroutines; so may Receive and
 // ReceiveData, though the node calls each from one. None of them keeps the
