@@ -161,6 +161,7 @@ type Overlay struct {
 	closed  bool
 
 	subMu    sync.Mutex // one subscription at a time: the free-slot check and the attach
+	admitMu  sync.Mutex // one accepted peer at a time: the budgets and the admission
 	recv     received
 	observed atomic.Pointer[string] // our address as the last peer or tracker saw it
 	reach    atomic.Uint32          // a Reach: what the rendezvous's dial-back found
@@ -324,11 +325,14 @@ func (o *Overlay) serveIncoming(ctx context.Context, c Conn) {
 		o.cfg.Tracker.Serve(ctx, c, m)
 	case *Hello:
 		p := newPeer(o, c, false)
-		if why := o.makeRoom(p); why != "" {
+		o.admitMu.Lock() // the budget check and the admission, one peer at a time
+		why := o.makeRoom(p)
+		started := why == "" && o.startPeer(ctx, p)
+		o.admitMu.Unlock()
+		if why != "" {
 			c.Close(CodeRefused, why)
-			return
 		}
-		if !o.startPeer(ctx, p) {
+		if !started {
 			return
 		}
 		if err := o.handle(ctx, p, m); err != nil {
@@ -382,6 +386,9 @@ func (o *Overlay) broadcastStatus(ctx context.Context) {
 // that keep us as a backup; our own links, to a parent, backups and
 // candidates, are bounded by what we dial).
 const (
+	// silentAfter is how long a peer may send nothing at all (its Status
+	// comes every second) before it is taken for gone.
+	silentAfter = 3 * time.Second
 	// idleAfter is how long an accepted link may stay without joining
 	// (its Hello and Status say depth -1) and without using us.
 	idleAfter = 5 * time.Second
@@ -393,10 +400,18 @@ const (
 	perHostLinks = 8
 )
 
-// dropIdle closes accepted links that neither joined nor used us for
-// idleAfter: a peer that says hello and then sits there.
+// dropIdle closes links whose peer is gone (silent for silentAfter,
+// though every peer sends a Status each second: sooner than the
+// transport's idle timeout), and accepted links that neither joined nor
+// used us for idleAfter: a peer that says hello and then sits there.
 func (o *Overlay) dropIdle(now time.Time) {
 	for _, p := range o.peerList() {
+		if now.Sub(time.Unix(0, p.lastHeard.Load())) > silentAfter {
+			o.log.Debug("dropping a silent peer", "addr", p.conn.RemoteAddr())
+			p.conn.Close(CodeGoodbye, "silent")
+			o.dropPeer(p)
+			continue
+		}
 		if p.dialed || p.child.Load() || now.Sub(time.Unix(0, p.lastUse.Load())) <= idleAfter {
 			continue
 		}
