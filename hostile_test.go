@@ -156,6 +156,18 @@ func (h *hostilePeer) upstream(ctx context.Context, addr string, key ed25519.Pub
 	require.NoError(h.t, h.send(ctx, c, &control.Subscribe{}))
 	h.wg.Go(func() { drain(ctx, c) })
 	h.wg.Go(func() {
+		// A Status each second, as every node sends: a peer silent for
+		// 3 s is taken for gone.
+		for ctx.Err() == nil && c.Err() == nil {
+			h.send(ctx, c, h.status())
+			select {
+			case <-ctx.Done():
+			case <-c.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	})
+	h.wg.Go(func() {
 		defer c.Close(control.CodeGoodbye, "")
 		for {
 			b, err := c.ReceiveData(ctx)
