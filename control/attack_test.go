@@ -266,3 +266,24 @@ func TestAttackStaleBurstDoesNotSilenceJoiners(t *testing.T) {
 		}
 	})
 }
+
+func TestAnotherWireVersionIsToldWhy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 5 * time.Millisecond}}, 300)
+		time.Sleep(time.Second)
+		x := s.attacker()
+		for _, first := range []Message{
+			&Hello{Version: WireVersion + 1, Station: s.root.ov.id},
+			&Register{Version: WireVersion + 1},
+		} {
+			c, err := x.tr.Dial(s.ctx, s.root.tr.Addr(), nil)
+			require.NoError(t, err)
+			require.NoError(t, x.send(s.ctx, c, first))
+			<-c.Done()
+			var ce *CloseError
+			require.ErrorAs(t, c.Err(), &ce, "%v", first.Type())
+			require.Equal(t, CodeVersion, ce.Code, "%v", first.Type())
+			require.Equal(t, errWrongVersion(WireVersion+1).Error(), ce.Reason)
+		}
+	})
+}
