@@ -107,7 +107,11 @@ const (
 	maxFailedKept = 64
 	maxProbes     = 32 // dial-backs at once
 	failedOffer   = 10 * time.Second
-	echoGrace     = 2 * time.Second // for a node to check its NAT before the dial-back
+	// offerFor is how long after its last registration a node is offered
+	// as a parent: nodes register every 2 s, so a node silent this long
+	// has probably vanished.
+	offerFor  = 5 * time.Second
+	echoGrace = 2 * time.Second // for a node to check its NAT before the dial-back
 )
 
 // holdFor is how long a slot offered to a joiner is held for it: about a
@@ -537,6 +541,9 @@ func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo 
 			if n != t.self && now.Sub(n.seen) > t.cfg.Expiry {
 				t.forget(nid)
 				continue
+			}
+			if n != t.self && now.Sub(n.seen) > offerFor {
+				continue // silent since: perhaps gone (its session may take the idle timeout to end)
 			}
 			if nid == id || t.isDescendant(n, id) || (now.Before(n.heldUntil) && n.held >= n.info.FreeSlots) || t.failedFor(id, nid) {
 				continue

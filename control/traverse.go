@@ -29,7 +29,7 @@ const maxPunch = 4
 func (t *Tracker) traversal(asker *tracked, c *Candidates, now time.Time) {
 	for d := 0; d <= t.maxDepth && len(c.Punch) < maxPunch; d++ {
 		for nid, n := range t.punchable[d] {
-			if nid == asker.info.ID || t.isDescendant(n, asker.info.ID) || t.failedFor(asker.info.ID, nid) || now.Sub(n.seen) > t.cfg.Expiry {
+			if nid == asker.info.ID || t.isDescendant(n, asker.info.ID) || t.failedFor(asker.info.ID, nid) || now.Sub(n.seen) > offerFor {
 				continue
 			}
 			info := n.info
