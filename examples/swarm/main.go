@@ -334,7 +334,11 @@ func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
 		pc = control.NewLossyPacketConn(udp, link)
 	}
 	k := &killable{PacketConn: pc}
-	tr, err := control.NewQUIC(control.QUICConfig{PacketConn: k, Key: cfg.Key})
+	qc := control.QUICConfig{PacketConn: k, Key: cfg.Key}
+	if cfg.Source != nil {
+		qc.MaxConns = 20000 // the broadcaster: children, peers and a rendezvous session per listener
+	}
+	tr, err := control.NewQUIC(qc)
 	if err != nil {
 		pc.Close()
 		return err
