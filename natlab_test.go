@@ -181,3 +181,77 @@ func TestNetworkBlackoutComesBack(t *testing.T) {
 	t.Logf("%d frames in 5 s (%.0f due)", f1-f0, 5*perSecond)
 	require.InDelta(t, 5*perSecond, float64(f1-f0), 0.05*5*perSecond, "it keeps playing")
 }
+
+// TestNATLabRandomPorts: three listeners behind port-randomising routers
+// (MASQUERADE --random-fully), which no punch opens, and a broadcaster
+// with one slot: one listener plays, the others wait and say why; a
+// public relay arrives, takes the slot (the NATed listener there cannot
+// relay) and feeds the others, who play within 5 s of its arrival.
+func TestNATLabRandomPorts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the examples and a lab of namespaces")
+	}
+	homes := make([]netlab.HomeConfig, 3)
+	for i := range homes {
+		homes[i] = netlab.HomeConfig{RandomPorts: true, Delay: 10 * time.Millisecond}
+	}
+	lab := netlab.NewForTest(t, netlab.Config{Prefix: "p2prnd", Public: 2, Homes: homes})
+	dir := t.TempDir()
+	bcast, listen := buildExample(t, dir, "broadcast"), buildExample(t, dir, "listen")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	pub := lab.Public[0]
+	pa := pub.Addr.String()
+	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000", "-upload", "150")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	_, err = pub.Start(cmd)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	station := strings.TrimSpace(line)
+	for _, home := range lab.Homes {
+		h := home.Hosts[0]
+		_, err := h.Start(h.Command(ctx, listen, "-discard", "-listen", "0.0.0.0:7001", "-http", "0.0.0.0:8001", station))
+		require.NoError(t, err)
+		time.Sleep(500 * time.Millisecond)
+	}
+	statuses := func() []Status {
+		var out []Status
+		for _, home := range lab.Homes {
+			st, err := labStatus(ctx, home.Hosts[0], "127.0.0.1:8001")
+			require.NoError(t, err)
+			out = append(out, st)
+		}
+		return out
+	}
+	playing := func(st Status) bool { return st.Playing != nil && *st.Playing && st.Depth > 0 }
+	time.Sleep(10 * time.Second)
+	waiting := 0
+	for i, st := range statuses() {
+		require.Equal(t, "port-randomising", st.NAT, "listener %d", i)
+		if !playing(st) {
+			waiting++
+			t.Logf("listener %d waits: %s", i, st.Waiting)
+			require.Contains(t, st.Waiting, "no reachable parent", "listener %d says why", i)
+		}
+	}
+	require.Equal(t, 2, waiting, "the broadcaster's one slot is used, the others wait")
+
+	relay := lab.Public[1]
+	ra := relay.Addr.String()
+	_, err = relay.Start(relay.Command(ctx, listen, "-discard", "-listen", ra+":7001", "-upload", "1000", station))
+	require.NoError(t, err)
+	arrived := time.Now()
+	require.Eventually(t, func() bool {
+		for _, st := range statuses() {
+			if !playing(st) {
+				return false
+			}
+		}
+		return true
+	}, 8*time.Second, 200*time.Millisecond, "every listener plays after the relay arrived")
+	t.Logf("all playing %v after the relay arrived", time.Since(arrived))
+	require.LessOrEqual(t, time.Since(arrived), 5*time.Second+200*time.Millisecond)
+}
