@@ -157,19 +157,7 @@ func TestNetworkBlackoutComesBack(t *testing.T) {
 		require.NoError(t, err)
 	}
 	restored := time.Now()
-	var again time.Duration
-	last := int64(-1)
-	for time.Since(restored) < 8*time.Second {
-		f, ok := frames()
-		if ok && last >= 0 && f >= last+5 {
-			again = time.Since(restored)
-			break
-		}
-		if ok {
-			last = f
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	again := playingAgain(restored, 8*time.Second, frames)
 	t.Logf("playing again %v after the link returned", again)
 	require.NotZero(t, again, "the listener plays again")
 	require.LessOrEqual(t, again, 2*time.Second, "within 2 s of the link's return")

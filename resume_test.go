@@ -41,6 +41,27 @@ func played(url string) (frames int64, playing, ok bool) {
 	return st.Frames.Played, *st.Playing, true
 }
 
+// playingAgain is how long after since a node's frames played (read by
+// frames: false while it does not play or answer) advance at the audio's
+// pace again: 5 of the 7.7 frames due between two looks 200 ms apart. Zero
+// when that does not happen within limit.
+func playingAgain(since time.Time, limit time.Duration, frames func() (int64, bool)) time.Duration {
+	last := int64(-1)
+	for time.Since(since) < limit {
+		f, ok := frames()
+		if ok && last >= 0 && f >= last+5 {
+			return time.Since(since)
+		}
+		if ok {
+			last = f
+		} else {
+			last = -1
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return 0
+}
+
 // TestListenerFrozenComesBack: a listener process frozen with SIGSTOP for
 // 5 s (a laptop that slept, a starved VM) plays again within 2 s of
 // SIGCONT, at the live edge, and keeps playing.
@@ -82,19 +103,10 @@ func TestListenerFrozenComesBack(t *testing.T) {
 
 	// Playing again: the frames played advance at the audio's pace (5 of
 	// the 7.7 frames due) between two looks 200 ms apart.
-	var back time.Duration
-	last := int64(-1)
-	for time.Since(resumed) < 5*time.Second {
+	back := playingAgain(resumed, 5*time.Second, func() (int64, bool) {
 		f, playing, ok := played(url)
-		if ok && playing && last >= 0 && f >= last+5 {
-			back = time.Since(resumed)
-			break
-		}
-		if ok {
-			last = f
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return f, ok && playing
+	})
 	t.Logf("playing again %v after SIGCONT", back)
 	require.NotZero(t, back, "the listener plays again")
 	require.LessOrEqual(t, back, 2*time.Second, "within 2 s of SIGCONT")
