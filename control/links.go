@@ -15,6 +15,9 @@ const (
 	// neighboursBase is how many accepted links besides our child slots
 	// we keep; the idlest goes when a newcomer needs room.
 	neighboursBase = 16
+	// evictGrace is how long a new link is safe from being closed to make
+	// room.
+	evictGrace = 2 * time.Second
 	// perHostLinks bounds the accepted links from one /24 or /64
 	// (loopback excepted) beyond our child slots.
 	perHostLinks = 8
@@ -66,7 +69,7 @@ func (o *Overlay) makeRoom(p *peer) string {
 		if len(c.links) < c.bound {
 			continue
 		}
-		victim := idlest(c.links)
+		victim := idlest(c.links, time.Now())
 		if victim == nil {
 			return "no room for another peer"
 		}
@@ -77,11 +80,15 @@ func (o *Overlay) makeRoom(p *peer) string {
 	return ""
 }
 
-// idlest is the peer among ps, not a child, that used us least lately.
-func idlest(ps []*peer) *peer {
+// idlest is the peer among ps, not a child, that used us least lately,
+// and not within evictGrace: a joiner between its Hello and its Subscribe
+// is not pushed out by the next one (in a join storm they would push each
+// other out); nil when there is none.
+func idlest(ps []*peer, now time.Time) *peer {
 	var v *peer
 	for _, q := range ps {
-		if !q.child.Load() && (v == nil || q.lastUse.Load() < v.lastUse.Load()) {
+		used := q.lastUse.Load()
+		if !q.child.Load() && now.Sub(time.Unix(0, used)) > evictGrace && (v == nil || used < v.lastUse.Load()) {
 			v = q
 		}
 	}
