@@ -188,7 +188,6 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 	case a := <-p.welcome:
 		if a.ok {
 			now := time.Now().UnixNano()
-			p.lastData.Store(now)
 			p.lastNew.Store(now)
 			return true
 		}

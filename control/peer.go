@@ -33,7 +33,6 @@ type peer struct {
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
 	child     atomic.Bool  // it subscribed to us: the host feeds it
-	lastData  atomic.Int64 // unix nanos of the last chunk it sent
 	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
 	lastHeard atomic.Int64 // unix nanos of the last message of any kind
 	lastUse   atomic.Int64 // unix nanos of the last chunk either way or request
@@ -57,7 +56,6 @@ func newPeer(o *Overlay, c Conn, dialed bool) *peer {
 		dialed:  dialed,
 	}
 	now := time.Now().UnixNano()
-	p.lastData.Store(now)
 	p.lastHeard.Store(now)
 	p.lastUse.Store(now)
 	return p
@@ -112,7 +110,6 @@ func (o *Overlay) readData(ctx context.Context, p *peer) {
 			return
 		}
 		arrived := time.Now()
-		p.lastData.Store(arrived.UnixNano())
 		p.lastHeard.Store(arrived.UnixNano())
 		p.lastUse.Store(arrived.UnixNano())
 		if o.cfg.Root {

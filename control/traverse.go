@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -91,8 +92,11 @@ func (t *Tracker) connect(ctx context.Context, asker, target NodeID) {
 // ServeEcho answers each connection on tr (TrackerConfig.Echo) with a
 // Hello that tells the dialer the address it came from, so that a node
 // can compare it with what the rendezvous saw (see Candidates.Echo). It
-// runs until ctx is done.
+// runs until ctx is done, and returns once every connection it answered
+// is closed.
 func ServeEcho(ctx context.Context, tr Transport, station NodeID) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		c, err := tr.Accept(ctx)
 		if err != nil {
@@ -101,7 +105,7 @@ func ServeEcho(ctx context.Context, tr Transport, station NodeID) {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		c.Send(sctx, AppendMessage(nil, &Hello{Station: station, Depth: -1, Observed: c.RemoteAddr()}))
 		cancel()
-		go func() {
+		wg.Go(func() {
 			// The dialer closes once it has read the answer.
 			select {
 			case <-c.Done():
@@ -109,6 +113,6 @@ func ServeEcho(ctx context.Context, tr Transport, station NodeID) {
 			case <-ctx.Done():
 			}
 			c.Close(CodeNormal, "")
-		}()
+		})
 	}
 }
