@@ -30,6 +30,20 @@ func labStatus(ctx context.Context, h *netlab.Host, addr string) (Status, error)
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// startLabBroadcaster starts the broadcast program on h with args and
+// returns the station address it prints first.
+func startLabBroadcaster(t *testing.T, ctx context.Context, h *netlab.Host, bin string, args ...string) string {
+	t.Helper()
+	cmd := h.Command(ctx, bin, args...)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	_, err = h.Start(cmd)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	return strings.TrimSpace(line)
+}
+
 // TestNATLab runs the example programs in a lab of network namespaces: a
 // broadcaster on a public host with one child slot, and four listeners,
 // each in its own home behind a router doing iptables MASQUERADE (port
@@ -52,14 +66,7 @@ func TestNATLab(t *testing.T) {
 
 	pub := lab.Public[0]
 	pa := pub.Addr.String()
-	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000", "-upload", "150", "-http", pa+":8000")
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	_, err = pub.Start(cmd)
-	require.NoError(t, err)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err)
-	station := strings.TrimSpace(line)
+	station := startLabBroadcaster(t, ctx, pub, bcast, "-listen", pa+":7000", "-upload", "150", "-http", pa+":8000")
 	t.Logf("station %s", station)
 
 	started := make([]time.Time, len(lab.Homes))
@@ -126,14 +133,8 @@ func TestNetworkBlackoutComesBack(t *testing.T) {
 
 	pub, lh := lab.Public[0], lab.Public[1]
 	pa, la := pub.Addr.String(), lh.Addr.String()
-	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000")
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	_, err = pub.Start(cmd)
-	require.NoError(t, err)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err)
-	_, err = lh.Start(lh.Command(ctx, listen, "-discard", "-listen", la+":7001", "-http", la+":8001", strings.TrimSpace(line)))
+	station := startLabBroadcaster(t, ctx, pub, bcast, "-listen", pa+":7000")
+	_, err := lh.Start(lh.Command(ctx, listen, "-discard", "-listen", la+":7001", "-http", la+":8001", station))
 	require.NoError(t, err)
 
 	frames := func() (int64, bool) {
@@ -191,14 +192,7 @@ func TestNATLabRandomPorts(t *testing.T) {
 
 	pub := lab.Public[0]
 	pa := pub.Addr.String()
-	cmd := pub.Command(ctx, bcast, "-listen", pa+":7000", "-upload", "150")
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	_, err = pub.Start(cmd)
-	require.NoError(t, err)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err)
-	station := strings.TrimSpace(line)
+	station := startLabBroadcaster(t, ctx, pub, bcast, "-listen", pa+":7000", "-upload", "150")
 	for _, home := range lab.Homes {
 		h := home.Hosts[0]
 		_, err := h.Start(h.Command(ctx, listen, "-discard", "-listen", "0.0.0.0:7001", "-http", "0.0.0.0:8001", station))
@@ -229,7 +223,7 @@ func TestNATLabRandomPorts(t *testing.T) {
 
 	relay := lab.Public[1]
 	ra := relay.Addr.String()
-	_, err = relay.Start(relay.Command(ctx, listen, "-discard", "-listen", ra+":7001", "-upload", "1000", station))
+	_, err := relay.Start(relay.Command(ctx, listen, "-discard", "-listen", ra+":7001", "-upload", "1000", station))
 	require.NoError(t, err)
 	arrived := time.Now()
 	require.Eventually(t, func() bool {

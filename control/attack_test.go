@@ -48,6 +48,21 @@ func (a *attacker) send(ctx context.Context, c Conn, m Message) error {
 	return c.Send(ctx, AppendMessage(nil, m))
 }
 
+// registerEverySecond keeps a rendezvous session at the root saying reg.
+func (a *attacker) registerEverySecond(ctx context.Context, reg *Register) {
+	a.s.wg.Go(func() {
+		c, err := a.tr.Dial(ctx, a.s.root.tr.Addr(), nil)
+		if err != nil {
+			return
+		}
+		drain(ctx, c)
+		for ctx.Err() == nil && c.Err() == nil {
+			a.send(ctx, c, reg)
+			time.Sleep(time.Second)
+		}
+	})
+}
+
 // drain reads and drops what c receives until it closes.
 func drain(ctx context.Context, c Conn) {
 	go func() {
@@ -145,18 +160,7 @@ func TestAttackFakeRegistrationsDoNotBlockJoiners(t *testing.T) {
 		// 30 registrations claiming depth 0 and 65,535 free slots, from
 		// sockets that complete handshakes but never answer.
 		for range 30 {
-			x := s.attacker()
-			s.wg.Go(func() {
-				c, err := x.tr.Dial(ctx, s.root.tr.Addr(), nil)
-				if err != nil {
-					return
-				}
-				drain(ctx, c)
-				for ctx.Err() == nil && c.Err() == nil {
-					x.send(ctx, c, &Register{Depth: 0, FreeSlots: MaxSlots, UploadKbps: 1 << 30, Parent: s.root.ov.ID()})
-					time.Sleep(time.Second)
-				}
-			})
+			s.attacker().registerEverySecond(ctx, &Register{Depth: 0, FreeSlots: MaxSlots, UploadKbps: 1 << 30, Parent: s.root.ov.ID()})
 		}
 		time.Sleep(2 * time.Second)
 		s.joinNew(4)
@@ -203,17 +207,8 @@ func (s *testSwarm) liar(ctx context.Context, depth int, feed func(c Conn)) *att
 			})
 		}
 	})
-	s.wg.Go(func() { // registered as the root's child with free slots
-		c, err := x.tr.Dial(ctx, s.root.tr.Addr(), nil)
-		if err != nil {
-			return
-		}
-		drain(ctx, c)
-		for ctx.Err() == nil && c.Err() == nil {
-			x.send(ctx, c, &Register{Depth: depth, FreeSlots: 8, UploadKbps: 5000, Parent: s.root.ov.ID()})
-			time.Sleep(time.Second)
-		}
-	})
+	// Registered as the root's child with free slots.
+	x.registerEverySecond(ctx, &Register{Depth: depth, FreeSlots: 8, UploadKbps: 5000, Parent: s.root.ov.ID()})
 	return x
 }
 
