@@ -177,9 +177,10 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	if err := s.transport(&bcfg, link); err != nil {
 		return nil, err
 	}
-	if s.memNet != nil {
-		// The rendezvous's dial-back and echo sockets (the QUIC transport
-		// makes its own).
+	if s.memNet != nil && o.natPreserving+o.natRandom > 0 {
+		// The rendezvous's dial-back and echo sockets, which tell the
+		// listeners behind NATs from the others (without NATs every node
+		// is reachable and the rendezvous offers nodes as they claim).
 		for _, t := range []*control.Transport{&bcfg.Tracker.Prober, &bcfg.Tracker.Echo} {
 			tr, err := s.memNet.NewTransport(nil)
 			if err != nil {
