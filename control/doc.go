@@ -43,7 +43,7 @@
 // [type u8][payload], one per Conn.Send: Hello, Welcome, Refuse, Subscribe,
 // Unsubscribe, Have, Request, PeerList, Status between peers; Register,
 // Candidates, Connect and Punch with the rendezvous. Every field is
-// mandatory (WireVersion 2): AppendMessage encodes (clamping fields to the
+// mandatory (WireVersion 3): AppendMessage encodes (clamping fields to the
 // wire's ranges), ParseMessage decodes with bounds checks and hard maxima;
 // its errors wrap ErrBadMessage. A change of the transport's framing changes
 // ALPN instead (the handshake then fails).

@@ -166,6 +166,7 @@ type Overlay struct {
 	observed atomic.Pointer[string] // our address as the last peer or tracker saw it
 	reach    atomic.Uint32          // a Reach: what the rendezvous's dial-back found
 	nat      atomic.Uint32          // a NATBehaviour: what checkNAT found
+	mapped   atomic.Pointer[string] // our port mapping's address (SetMapped)
 	live     atomic.Uint64          // the station's live edge as the rendezvous said (Candidates.Live)
 
 	repairs, badChunks, bytesOut atomic.Int64
@@ -671,6 +672,21 @@ func (o *Overlay) send(ctx context.Context, p *peer, m Message) error {
 func (o *Overlay) kick(p *peer, code uint64, why error) {
 	o.log.Warn("disconnecting peer", "addr", p.conn.RemoteAddr(), "why", why)
 	p.conn.Close(code, why.Error())
+}
+
+// SetMapped tells the overlay the address that a port mapping on our
+// router forwards to our socket ("" when there is none or no longer): the
+// next registration with the rendezvous carries it (Register.Mapped), and
+// the rendezvous dials it back. Until that dial-back got through, the node
+// counts as reachable no more than before. Safe from any goroutine.
+func (o *Overlay) SetMapped(addr string) { o.mapped.Store(&addr) }
+
+// mappedAddr is the address SetMapped last set ("" none).
+func (o *Overlay) mappedAddr() string {
+	if a := o.mapped.Load(); a != nil {
+		return *a
+	}
+	return ""
 }
 
 // setObserved records our address as someone else saw it.

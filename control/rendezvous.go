@@ -26,6 +26,8 @@ type rendezvous struct {
 	lastReg  time.Time
 	regDepth int // the depth last registered
 	regFree  int // the free slots last registered
+
+	regMapped string // the port mapping last registered
 }
 
 func newRendezvous(o *Overlay) *rendezvous { return &rendezvous{o: o} }
@@ -131,6 +133,7 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 		Leaf:       o.maxChildren() == 0,
 		Failed:     o.takeFailed(),
 		NAT:        NATBehaviour(o.nat.Load()),
+		Mapped:     o.mappedAddr(),
 	}
 	o.mu.Lock()
 	reg.Depth, reg.FreeSlots = o.depth, o.freeSlots()
@@ -141,7 +144,7 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	r.mu.Lock()
 	got := r.got
 	r.lastReg = time.Now()
-	r.regDepth, r.regFree = reg.Depth, reg.FreeSlots
+	r.regDepth, r.regFree, r.regMapped = reg.Depth, reg.FreeSlots, reg.Mapped
 	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, answerTimeout)
 	defer cancel()
@@ -152,14 +155,15 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 }
 
 // maybeRegister registers when due: every registerEvery, and at once when
-// the depth changed or the free slots ran out or came back.
+// the depth changed, the free slots ran out or came back, or the port
+// mapping changed.
 func (r *rendezvous) maybeRegister(ctx context.Context) {
 	o := r.o
 	o.mu.Lock()
 	depth, free := o.depth, o.freeSlots()
 	o.mu.Unlock()
 	r.mu.Lock()
-	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0)
+	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0) || o.mappedAddr() != r.regMapped
 	r.mu.Unlock()
 	if due {
 		r.register(ctx, false)

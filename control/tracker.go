@@ -258,8 +258,8 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 				return
 			}
 			cands := t.register(id, c.RemoteAddr(), m)
-			if t.shouldProbe(id) {
-				probes.Go(func() { t.probe(ctx, id, c.RemoteAddr(), c.RemoteKey()) })
+			if addr, ok := t.shouldProbe(id); ok {
+				probes.Go(func() { t.probe(ctx, id, addr, c.RemoteKey()) })
 			}
 			if cands != nil {
 				// A Register is answered when it wants candidates, or
@@ -299,10 +299,14 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	} else {
 		t.unindex(n)
 	}
-	if n.info.Addr != observed {
+	addr := observed
+	if mappedHere(r.Mapped, observed) {
+		addr = r.Mapped // its router forwards this port to it
+	}
+	if n.info.Addr != addr {
 		n.reach = ReachUnknown // a new address: dial it back again
 	}
-	n.info = PeerInfo{ID: id, Addr: observed, Depth: t.checkedDepth(r), FreeSlots: min(r.FreeSlots, maxClaimedSlots), UploadKbps: r.UploadKbps}
+	n.info = PeerInfo{ID: id, Addr: addr, Depth: t.checkedDepth(r), FreeSlots: min(r.FreeSlots, maxClaimedSlots), UploadKbps: r.UploadKbps}
 	n.parent, n.leaf, n.nat, n.listen = r.Parent, r.Leaf, r.NAT, r.ListenAddr
 	n.seen = now
 	t.index(n)
@@ -418,11 +422,24 @@ func (t *Tracker) failedFor(asker, cand NodeID) bool {
 	return ok && time.Since(at) < failedOffer
 }
 
-// shouldProbe reports whether id is due for a dial-back, and marks it
-// probing.
-func (t *Tracker) shouldProbe(id NodeID) bool {
-	if t.cfg.Prober == nil {
+// mappedHere reports whether a node's port mapping is on the address it
+// registers from: the same IP, another port. (A mapping on a router behind
+// another NAT is of no use; and a node must not have the tracker dial
+// hosts other than its own.)
+func mappedHere(mapped, observed string) bool {
+	if mapped == "" {
 		return false
+	}
+	m, err1 := netip.ParseAddrPort(mapped)
+	o, err2 := netip.ParseAddrPort(observed)
+	return err1 == nil && err2 == nil && m.Port() != 0 && m.Addr().Unmap() == o.Addr().Unmap()
+}
+
+// shouldProbe reports whether id is due for a dial-back, and marks it
+// probing; it returns the address to dial.
+func (t *Tracker) shouldProbe(id NodeID) (string, bool) {
+	if t.cfg.Prober == nil {
+		return "", false
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -432,10 +449,11 @@ func (t *Tracker) shouldProbe(id NodeID) bool {
 	// the node's flow to the echo to another port.
 	settled := n != nil && (n.nat != NATUnknown || time.Since(n.admitted) > echoGrace)
 	due := settled && !n.probing && (n.reach == ReachUnknown || (n.reach == ReachUnreachable && time.Since(n.probed) > reprobeAfter))
-	if due {
-		n.probing = true
+	if !due {
+		return "", false
 	}
-	return due
+	n.probing = true
+	return n.info.Addr, true
 }
 
 // probeTimeout is how long a dial-back may take.
@@ -470,7 +488,10 @@ func (t *Tracker) probe(ctx context.Context, id NodeID, addr string, key ed25519
 		return
 	}
 	t.unindex(n)
-	n.reach, n.probing, n.probed = reach, false, time.Now()
+	n.probing, n.probed = false, time.Now()
+	if n.info.Addr == addr { // else it moved meanwhile: dial the new one
+		n.reach = reach
+	}
 	t.index(n)
 }
 

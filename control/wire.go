@@ -14,7 +14,7 @@ import (
 // version differs (CodeVersion) with a message that says both. Every field
 // is mandatory, so that each message has one encoding; a change of any
 // message is a new version. Decoders ignore bytes after the last field.
-const WireVersion = 2
+const WireVersion = 3
 
 // Maxima of the wire format. Decoders reject larger values; AppendMessage
 // clamps to them (see AppendMessage).

@@ -33,6 +33,13 @@ type Register struct {
 	// NAT is what the sender found out about the NAT in front of it (see
 	// Candidates.Echo).
 	NAT NATBehaviour
+	// Mapped is the address that a port mapping on the sender's router
+	// forwards to its socket (UPnP-IGD or NAT-PMP, see control/portmap),
+	// empty when none. The tracker dials it back, and offers it, instead
+	// of the observed address when its IP is the observed one (a router
+	// behind another NAT maps a port of an address nobody outside sees).
+	// Since WireVersion 3.
+	Mapped string
 }
 
 // NATBehaviour is how a node's NAT maps its socket, as the node found by
@@ -72,7 +79,8 @@ func (m *Register) appendPayload(b []byte) []byte {
 	b = append(b, m.Parent[:]...)
 	b = append(b, boolByte(m.Want), boolByte(m.Leaf))
 	b = appendIDs(b, m.Failed, MaxFailed)
-	return append(b, byte(min(m.NAT, NATRandomises)))
+	b = append(b, byte(min(m.NAT, NATRandomises)))
+	return appendString(b, m.Mapped)
 }
 
 func boolByte(v bool) byte {
@@ -95,6 +103,7 @@ func (m *Register) parsePayload(r *wireReader) {
 	if m.NAT = NATBehaviour(r.u8()); m.NAT > NATRandomises {
 		r.fail("NAT behaviour %d", m.NAT)
 	}
+	m.Mapped = r.str()
 }
 
 // Candidates is the tracker's answer to Register: possible parents.

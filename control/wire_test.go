@@ -47,6 +47,7 @@ func sampleMessages() []Message {
 		&PeerList{},
 		&Register{Version: 2, ListenAddr: "127.0.0.1:7000", UploadKbps: 300, Depth: 2, FreeSlots: 1, Parent: testID(7)},
 		&Register{Version: 2, Depth: -1},
+		&Register{Version: 3, Depth: 1, NAT: NATRandomises, Mapped: "198.51.100.1:7001"},
 		&Register{Version: 3, Depth: 3, Want: true, Leaf: true, Failed: []NodeID{testID(3), testID(4)}, NAT: NATPreserves},
 		&Candidates{Peers: peers[:2], Observed: "198.51.100.1:7000", Reach: ReachUnreachable, Live: 1234, Punch: peers[2:], Echo: "198.51.100.9:4000"},
 		&Connect{Target: testID(8)},
