@@ -107,6 +107,8 @@ type (
 	Status     = web.Status
 	StatusPeer = web.StatusPeer
 	StatusNode = web.StatusNode
+	// StatusPortMap is Status.PortMap.
+	StatusPortMap = web.StatusPortMap
 )
 
 // Status returns what /status.json answers now.
@@ -172,6 +174,9 @@ func (h *Handler) Status() Status {
 	st.Bytes.Received, st.Bytes.Sent = s.BytesReceived, s.BytesSent
 	if t := n.ov.Tracker(); t != nil {
 		st.Swarm = web.Swarm(t.Nodes(), n.ov.ID())
+	}
+	if n.pm != nil {
+		st.PortMap = web.PortMap(n.pm.State())
 	}
 	return st
 }

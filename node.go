@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/control/portmap"
 	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/internal/stats"
 	"github.com/p2pradio/p2pradio/mux"
@@ -38,6 +40,7 @@ type Node struct {
 	ownTr bool
 	extra []control.Transport // the embedded rendezvous's dial-back and echo sockets, owned
 	ov    *control.Overlay
+	pm    *portmap.Keeper // the port mapping, when Config.PortMap is set
 
 	window *output.Window
 	fanout *output.Fanout
@@ -158,6 +161,12 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.ov = ov
+	if cfg.PortMap != nil && cfg.Source == nil {
+		if n.pm, err = n.newPortMap(); err != nil {
+			n.closeTransport()
+			return nil, err
+		}
+	}
 	if cfg.Source == nil || cfg.Sink != nil || cfg.Playout.Sink != nil {
 		pc := cfg.Playout
 		pc.Sink = cfg.sink()
@@ -222,6 +231,9 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 
 	var wg sync.WaitGroup
+	if n.pm != nil {
+		wg.Go(func() { n.pm.Run(ctx) }) // removes the mapping when ctx ends
+	}
 	wg.Go(func() { n.ov.Run(ctx) })
 	var playDone chan error
 	if n.player != nil {
@@ -332,6 +344,28 @@ func (n *Node) closeTransport() {
 	for _, t := range n.extra {
 		t.Close()
 	}
+}
+
+// newPortMap makes the Keeper of the transport's port: each mapping it
+// gets (or loses) is handed to the overlay, for the rendezvous to dial back.
+func (n *Node) newPortMap() (*portmap.Keeper, error) {
+	ap, err := netip.ParseAddrPort(n.tr.Addr())
+	if err != nil || ap.Port() == 0 {
+		return nil, fmt.Errorf("%w: PortMap needs a transport with a port, not %q", ErrBadConfig, n.tr.Addr())
+	}
+	return portmap.NewKeeper(portmap.KeeperConfig{
+		Mapper: n.cfg.PortMap,
+		Proto:  "udp",
+		Port:   int(ap.Port()),
+		Logger: n.log,
+		OnChange: func(s portmap.State) {
+			addr := ""
+			if s.Mapping.External.IsValid() {
+				addr = s.Mapping.External.String()
+			}
+			n.ov.SetMapped(addr)
+		},
+	}), nil
 }
 
 // trackerConns bounds a broadcaster's connections when it embeds the

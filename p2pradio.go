@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/control/portmap"
 	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/mux"
 	"github.com/p2pradio/p2pradio/output"
@@ -102,6 +103,15 @@ type Config struct {
 	// Transport of the caller's, nil means none (every node is offered as
 	// it claims).
 	Tracker control.TrackerConfig
+	// PortMap, when set, asks the router in front of a listener to forward
+	// the port of its transport's socket (UDP for the default QUIC
+	// transport) from its public address: portmap.Auto() tries UPnP-IGD,
+	// then NAT-PMP. The node keeps the mapping while it runs (renewing it)
+	// and removes it when it stops. It registers the mapped address with the
+	// rendezvous, which dials it back: only when that got through does the
+	// node count as reachable and take children it has not contacted. Nil:
+	// no port mapping. A broadcaster ignores it.
+	PortMap portmap.Mapper
 
 	// SignatureCache, when set, is shared by the nodes of one process (a
 	// simulation) so that each chunk's signature is checked once; see

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/p2pradio/p2pradio/control"
+	"github.com/p2pradio/p2pradio/control/portmap"
 	"github.com/p2pradio/p2pradio/output"
 )
 
@@ -60,6 +61,11 @@ type Status struct {
 		Sent     int64 `json:"sent"`
 	} `json:"bytes"`
 
+	// PortMap is the port mapping on this node's router, when it asks for
+	// one (Config.PortMap): Reach says whether the rendezvous's dial-back
+	// to it got through.
+	PortMap *StatusPortMap `json:"portmap,omitempty"`
+
 	HTTP *output.HTTPStats `json:"http,omitempty"`
 	// Swarm is the overlay as the rendezvous sees it: at a broadcaster
 	// with the embedded tracker only.
@@ -71,6 +77,32 @@ type StatusPeer struct {
 	ID    string `json:"id"`
 	Addr  string `json:"addr"`
 	Depth int    `json:"depth"`
+}
+
+// StatusPortMap is a port mapping in Status: the one held, or why there
+// is none.
+type StatusPortMap struct {
+	Method   string  `json:"method,omitempty"`    // upnp or nat-pmp
+	Proto    string  `json:"proto,omitempty"`     // udp
+	External string  `json:"external,omitempty"`  // the router's address and port forwarded to this node
+	Internal int     `json:"internal,omitempty"`  // the local port
+	RenewedS float64 `json:"renewed_s,omitempty"` // since the router last granted it
+	Error    string  `json:"error,omitempty"`     // why there is none
+}
+
+// PortMap describes a port mapping's state for Status.
+func PortMap(s portmap.State) *StatusPortMap {
+	out := &StatusPortMap{}
+	if m := s.Mapping; m.External.IsValid() {
+		out.Method, out.Proto, out.External, out.Internal = m.Method, m.Proto, m.External.String(), m.Internal
+		out.RenewedS = time.Since(s.Renewed).Seconds()
+	}
+	if s.Err != nil {
+		out.Error = s.Err.Error()
+	} else if out.External == "" {
+		out.Error = "not mapped yet"
+	}
+	return out
 }
 
 // StatusNode is one node of the swarm in Status.
