@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/p2pradio/p2pradio"
+	"github.com/p2pradio/p2pradio/control/portmap"
 	"github.com/p2pradio/p2pradio/internal/cli"
 	"github.com/p2pradio/p2pradio/internal/web"
 	"github.com/p2pradio/p2pradio/metrics"
@@ -35,6 +36,7 @@ func main() {
 	target := flag.Duration("target", playout.DefaultTarget, "audio to buffer before playback starts")
 	verbose := flag.Bool("v", false, "log events to standard error")
 	httpAddr := flag.String("http", "", "serve the station page, the stream (/stream.mp3), /status.json and /metrics on this TCP address")
+	portMap := flag.String("portmap", "", "ask the home router to forward the QUIC port: auto (UPnP-IGD, then NAT-PMP), upnp or natpmp; empty: no")
 	fallback := flag.Bool("fallback-discard", false, "when the sound device cannot be opened (or fails), warn and discard the audio instead of exiting")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: listen [flags] p2pradio://KEY@HOST:PORT\n\nflags:\n")
@@ -45,7 +47,20 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *wav, *discard, *fallback, *duration, *listen, *upload, *target, *verbose, *httpAddr); err != nil {
+	var pm portmap.Mapper
+	switch *portMap {
+	case "":
+	case "auto":
+		pm = portmap.Auto()
+	case "upnp":
+		pm = portmap.NewUPnP()
+	case "natpmp":
+		pm = portmap.NewNATPMP()
+	default:
+		fmt.Fprintf(os.Stderr, "listen: -portmap %q: want auto, upnp or natpmp\n", *portMap)
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0), *wav, *discard, *fallback, *duration, *listen, *upload, *target, *verbose, *httpAddr, pm); err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		if errors.Is(err, speaker.ErrDevice) {
 			fmt.Fprintf(os.Stderr, "(%s)\n", deviceHint)
@@ -54,7 +69,7 @@ func main() {
 	}
 }
 
-func run(addr, wav string, discard, fallback bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool, httpAddr string) error {
+func run(addr, wav string, discard, fallback bool, duration time.Duration, listen string, upload int, target time.Duration, verbose bool, httpAddr string, pm portmap.Mapper) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if duration > 0 {
@@ -93,6 +108,7 @@ func run(addr, wav string, discard, fallback bool, duration time.Duration, liste
 		UploadKbps: upload,
 		Sink:       sink,
 		Playout:    playout.Config{Target: target},
+		PortMap:    pm,
 		Logger:     cli.Logger(verbose),
 	})
 	if err != nil {
