@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/p2pradio/p2pradio/control/portmap"
 	"github.com/p2pradio/p2pradio/input"
+	"github.com/p2pradio/p2pradio/internal/netlab"
 	"github.com/p2pradio/p2pradio/playout"
 )
 
@@ -184,4 +186,132 @@ func TestPortMapFailureIsShown(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond)
 	require.Empty(t, h.Status().PortMap.External)
 
+}
+
+// TestNATLabPortMap: a listener behind a port-randomising router that runs
+// miniupnpd maps its QUIC port (UPnP-IGD, or NAT-PMP), the rendezvous
+// dials it back at the mapping and calls it public, and it feeds two
+// listeners behind port-randomising routers of their own, which could not
+// have reached it otherwise (no punch opens such a NAT: see
+// TestNATLabRandomPorts), while the broadcaster's one slot is its. When it
+// stops, the mapping is gone from the router.
+func TestNATLabPortMap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the examples and a lab of namespaces")
+	}
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	if err := netlab.MiniUPnPdAvailable(); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	bcast, listen := buildExample(t, dir, "broadcast"), buildExample(t, dir, "listen")
+	for _, mode := range []string{"upnp", "natpmp"} {
+		t.Run(mode, func(t *testing.T) { testNATLabPortMap(t, bcast, listen, mode) })
+	}
+}
+
+func testNATLabPortMap(t *testing.T, bcast, listen, mode string) {
+	homes := make([]netlab.HomeConfig, 3)
+	for i := range homes {
+		homes[i] = netlab.HomeConfig{RandomPorts: true}
+	}
+	lab := netlab.NewForTest(t, netlab.Config{Prefix: "p2pmap", Homes: homes})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	pub := lab.Public[0]
+	pa := pub.Addr.String()
+	stun, err := pub.ServeSTUN(3478)
+	require.NoError(t, err)
+	defer stun.Close()
+	mdir := t.TempDir()
+	mu, err := lab.Homes[0].StartMiniUPnPd(ctx, netlab.MiniUPnPdConfig{UPnP: mode == "upnp", NATPMP: mode == "natpmp", STUN: stun.Addr, Dir: mdir})
+	require.NoError(t, err)
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(mu.Log)
+			t.Logf("miniupnpd:\n%s", b)
+		}
+	}()
+	station := startLabBroadcaster(t, ctx, pub, bcast, "-listen", pa+":7000", "-upload", "150", "-http", pa+":8000")
+
+	// The listener with the mapping: the broadcaster's one slot is its.
+	ha := lab.Homes[0].Hosts[0]
+	start := time.Now()
+	a, err := ha.Start(ha.Command(ctx, listen, "-discard", "-portmap", mode, "-upload", "1000", "-listen", "0.0.0.0:7001", "-http", "0.0.0.0:8001", station))
+	require.NoError(t, err)
+	router := lab.Homes[0].Router.Addr.String()
+	mapped := router + ":7001"
+	var sa Status
+	require.Eventually(t, func() bool {
+		sa, err = labStatus(ctx, ha, "127.0.0.1:8001")
+		return err == nil && sa.PortMap != nil && sa.PortMap.External != "" && sa.Reach == "public" && sa.Depth == 1
+	}, 20*time.Second, 200*time.Millisecond, "the listener maps its port and is dialed back there")
+	t.Logf("mapped and public %v after its start: %+v, observed %s", time.Since(start).Round(time.Millisecond), *sa.PortMap, sa.Observed)
+	require.Equal(t, map[string]string{"upnp": "upnp", "natpmp": "nat-pmp"}[mode], sa.PortMap.Method)
+	require.Equal(t, "udp", sa.PortMap.Proto)
+	require.Equal(t, mapped, sa.PortMap.External, "the router's address, the same port")
+	require.NotEqual(t, mapped, sa.Observed, "its router randomises the ports of its flows")
+	rules, err := lab.Homes[0].Router.Run(ctx, "nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd")
+	require.NoError(t, err)
+	require.Contains(t, string(rules), "dnat", "miniupnpd forwards the port")
+
+	bs, err := labStatus(ctx, pub, pa+":8000")
+	require.NoError(t, err)
+	found := false
+	for _, n := range bs.Swarm {
+		if n.ID == sa.ID {
+			found = true
+			require.Equal(t, mapped, n.Addr, "the rendezvous knows it at its mapping")
+			require.Equal(t, "public", n.Reach)
+		}
+	}
+	require.True(t, found)
+
+	// Two listeners behind port-randomising NATs join: the mapped listener
+	// is the only node with a free slot, and only its mapping lets them in.
+	var others []*netlab.Host
+	for _, home := range lab.Homes[1:] {
+		h := home.Hosts[0]
+		_, err := h.Start(h.Command(ctx, listen, "-discard", "-listen", "0.0.0.0:7001", "-http", "0.0.0.0:8001", station))
+		require.NoError(t, err)
+		others = append(others, h)
+	}
+	joined := time.Now()
+	require.Eventually(t, func() bool {
+		for _, h := range others {
+			st, err := labStatus(ctx, h, "127.0.0.1:8001")
+			if err != nil || st.Playing == nil || !*st.Playing || len(st.Parents) == 0 || st.Parents[0].ID != sa.ID {
+				return false
+			}
+		}
+		return true
+	}, 15*time.Second, 200*time.Millisecond, "both play, fed by the mapped listener")
+	t.Logf("both fed by the mapped listener %v after they started", time.Since(joined).Round(time.Millisecond))
+	for i, h := range others {
+		st, err := labStatus(ctx, h, "127.0.0.1:8001")
+		require.NoError(t, err)
+		require.Equal(t, mapped, st.Parents[0].Addr)
+		// Their own dial-backs fail, and their NAT check says why.
+		require.Eventually(t, func() bool {
+			st, err = labStatus(ctx, h, "127.0.0.1:8001")
+			return err == nil && st.Reach == "unreachable" && st.NAT == "port-randomising"
+		}, 8*time.Second, 200*time.Millisecond, "listener %d is unreachable behind a port-randomising NAT: %s %s", i, st.Reach, st.NAT)
+	}
+	sa, err = labStatus(ctx, ha, "127.0.0.1:8001")
+	require.NoError(t, err)
+	require.Len(t, sa.Children, 2)
+
+	// It stops: the mapping is removed from the router.
+	require.NoError(t, a.Cmd.Process.Signal(os.Interrupt))
+	select {
+	case <-a.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listener did not stop")
+	}
+	rules, err = lab.Homes[0].Router.Run(ctx, "nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd")
+	require.NoError(t, err)
+	require.NotContains(t, string(rules), "dnat", "the listener removed its mapping when it stopped")
 }
