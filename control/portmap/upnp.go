@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -145,18 +146,27 @@ func (u *UPnP) discover(ctx context.Context) error {
 	return fmt.Errorf("%w: upnp: no internet gateway among %d devices", ErrNoGateway, len(roots))
 }
 
-// igdOf returns the root device's best connection service, or nil.
+// igdOf returns the root device's best connection service, or nil. Its
+// requests open a connection each: none is left idle (with goroutines of
+// its own) after the Mapper's last call.
 func igdOf(root *goupnp.RootDevice, loc *url.URL) igdClient {
 	if cs, err := internetgateway2.NewWANIPConnection2ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		noKeepAlive(&cs[0].ServiceClient)
 		return cs[0]
 	}
 	if cs, err := internetgateway2.NewWANIPConnection1ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		noKeepAlive(&cs[0].ServiceClient)
 		return cs[0]
 	}
 	if cs, err := internetgateway2.NewWANPPPConnection1ClientsFromRootDevice(root, loc); err == nil && len(cs) > 0 {
+		noKeepAlive(&cs[0].ServiceClient)
 		return cs[0]
 	}
 	return nil
+}
+
+func noKeepAlive(sc *goupnp.ServiceClient) {
+	sc.SOAPClient.HTTPClient = http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 }
 
 // localTo is our address towards the device at loc: the one discovery
