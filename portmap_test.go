@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -314,4 +315,51 @@ func testNATLabPortMap(t *testing.T, bcast, listen, mode string) {
 	rules, err = lab.Homes[0].Router.Run(ctx, "nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd")
 	require.NoError(t, err)
 	require.NotContains(t, string(rules), "dnat", "the listener removed its mapping when it stopped")
+}
+
+// TestNATPMPMapperAgainstMiniUPnPd drives the NAT-PMP Mapper from inside a
+// home of the lab against its router's miniupnpd: a mapping, its renewal
+// (the same mapping, one rule), its removal.
+func TestNATPMPMapperAgainstMiniUPnPd(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	if err := netlab.MiniUPnPdAvailable(); err != nil {
+		t.Skip(err)
+	}
+	lab := netlab.NewForTest(t, netlab.Config{Prefix: "p2ppmp", Homes: []netlab.HomeConfig{{}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stun, err := lab.Public[0].ServeSTUN(3478)
+	require.NoError(t, err)
+	defer stun.Close()
+	home := lab.Homes[0]
+	_, err = home.StartMiniUPnPd(ctx, netlab.MiniUPnPdConfig{NATPMP: true, STUN: stun.Addr, Dir: t.TempDir()})
+	require.NoError(t, err)
+	rules := func() string {
+		out, err := home.Router.Run(ctx, "nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd")
+		require.NoError(t, err)
+		return string(out)
+	}
+	lan, err := home.Hosts[0].Addr.Prefix(24)
+	require.NoError(t, err)
+	// /proc/net/route shows the test process's namespace, not the
+	// thread's: the gateway is given.
+	pm := &portmap.NATPMP{Gateway: lan.Addr().Next()}
+	var m, again portmap.Mapping
+	require.NoError(t, home.Hosts[0].Do(func() (err error) {
+		m, err = pm.Map(ctx, "udp", 7001, time.Minute)
+		return err
+	}))
+	require.Equal(t, portmap.Mapping{Method: "nat-pmp", Proto: "udp", External: netip.AddrPortFrom(home.Router.Addr, 7001),
+		Internal: 7001, Lifetime: time.Minute}, m)
+	require.Equal(t, 1, strings.Count(rules(), "dnat"))
+	require.NoError(t, home.Hosts[0].Do(func() (err error) {
+		again, err = pm.Map(ctx, "udp", 7001, time.Minute)
+		return err
+	}))
+	require.Equal(t, m, again, "a renewal")
+	require.Equal(t, 1, strings.Count(rules(), "dnat"), "one rule still")
+	require.NoError(t, home.Hosts[0].Do(func() error { return pm.Unmap(ctx, m) }))
+	require.NotContains(t, rules(), "dnat")
 }
