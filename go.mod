@@ -3,6 +3,7 @@ module github.com/p2pradio/p2pradio
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/ebitengine/oto/v3 v3.4.0
 	github.com/hajimehoshi/go-mp3 v0.3.4
 	github.com/pion/ice/v4 v4.4.8

@@ -22,7 +22,7 @@ func newPair(t *testing.T) (a, b *Transport) {
 	for _, name := range []string{"a", "b"} {
 		_, k, err := ed25519.GenerateKey(nil)
 		require.NoError(t, err)
-		tr, err := New(Config{Key: k, Loopback: true, Addr: name, Signal: signal})
+		tr, err := New(Config{Key: k, IPFilter: LoopbackOnly, Addr: name, Signal: signal})
 		require.NoError(t, err)
 		t.Cleanup(func() { tr.Close() })
 		byName[name] = tr

@@ -25,10 +25,12 @@ type Config struct {
 	// ICEServers are STUN or TURN URLs ("stun:host:port"). Nil means host
 	// candidates only.
 	ICEServers []string
-	// Loopback restricts ICE to loopback addresses, local and remote: for
-	// tests, and a node that serves only its own machine. Loopback
-	// candidates are always gathered; mDNS is never used.
-	Loopback bool
+	// IPFilter says which addresses ICE may use, local (to gather
+	// candidates on) and remote (candidates to check); LoopbackOnly keeps
+	// it to loopback (tests, a node that serves only its own machine). Nil
+	// means every address. Loopback candidates are always gathered; mDNS
+	// is never used.
+	IPFilter func(net.IP) bool
 	// Addr is what Addr returns: the name Dial's peers know this transport
 	// by. Empty means "webrtc".
 	Addr string
@@ -51,6 +53,9 @@ var (
 	// ErrBadOffer wraps what is wrong with an offer given to Answer.
 	ErrBadOffer = errors.New("rtc: bad offer")
 )
+
+// LoopbackOnly is a Config.IPFilter that keeps ICE on loopback.
+func LoopbackOnly(ip net.IP) bool { return ip.IsLoopback() }
 
 // gatherTimeout bounds the wait for ICE gathering before an SDP is sent.
 const gatherTimeout = 2 * time.Second
@@ -103,10 +108,9 @@ func New(cfg Config) (*Transport, error) {
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 	se.SetICETimeouts(2*time.Second, 5*time.Second, time.Second)
 	se.SetSCTPMaxMessageSize(128 << 10) // above MaxControl and MaxData: those close the link
-	if cfg.Loopback {
-		loopback := func(ip net.IP) bool { return ip.IsLoopback() }
-		se.SetIPFilter(loopback)
-		se.SetRemoteIPFilter(loopback)
+	if cfg.IPFilter != nil {
+		se.SetIPFilter(cfg.IPFilter)
+		se.SetRemoteIPFilter(cfg.IPFilter)
 	}
 	t := &Transport{
 		cfg:          cfg,
