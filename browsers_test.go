@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -366,4 +367,46 @@ func TestTheHubDropsPagesThatBreakItsRules(t *testing.T) {
 		require.Equal(t, websocket.StatusTryAgainLater, ce.Code)
 		require.Contains(t, ce.Reason, "full")
 	})
+}
+
+func TestABrowserChildTakesASlotLikeAnyChild(t *testing.T) {
+	st := startWebStation(t, 0, "Browsers", 200) // one slot at 128 kbit/s
+	srv := serveNode(t, st.b, HTTPConfig{})
+	station := st.b.Address().Station
+	a, b := newGoPage(t, srv.URL, 0), newGoPage(t, srv.URL, 0)
+	ctx := testCtx(t)
+	free := func(p *goPage) int {
+		cands, err := p.sig.Candidates(ctx)
+		require.NoError(t, err)
+		if len(cands) == 0 || cands[0].ID != signal.NodeID {
+			return -1
+		}
+		return cands[0].Free
+	}
+	require.Eventually(t, func() bool { return free(a) == 1 }, 10*time.Second, 50*time.Millisecond)
+	ca, err := a.tr.Dial(ctx, signal.NodeID, st.b.Key())
+	require.NoError(t, err)
+	subscribe(t, ca, station)
+	receiveChunks(t, ca, station, 1)
+	require.Equal(t, 0, free(b))
+
+	cb, err := b.tr.Dial(ctx, signal.NodeID, st.b.Key())
+	require.NoError(t, err)
+	send(t, ctx, cb, &control.Hello{Station: control.IDOf(station), Depth: -1})
+	receiveUntil[*control.Hello](t, ctx, cb)
+	send(t, ctx, cb, &control.Subscribe{})
+	r := receiveUntil[*control.Refuse](t, ctx, cb)
+	require.Equal(t, "no free slot", r.Reason)
+}
+
+func TestNoPeerEndpointWhenBrowsersAreDisabled(t *testing.T) {
+	n, err := New(Config{Station: someStation(t), Sink: &playout.Discard{}, Browsers: BrowserConfig{Disabled: true}})
+	require.NoError(t, err)
+	t.Cleanup(func() { n.Close() })
+	srv := serveNode(t, n, HTTPConfig{})
+	resp, err := http.Get(srv.URL + "/peer")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 404, resp.StatusCode)
+	require.Empty(t, getStatus(t, srv.URL).Browsers)
 }
