@@ -357,7 +357,19 @@ func TestTheHubDropsPagesThatBreakItsRules(t *testing.T) {
 		})
 	}
 
+	t.Run("SameKeyTwice", func(t *testing.T) {
+		p := newGoPage(t, srv.URL, 0)
+		_, err := signal.Dial(ctx, url, p.key.Public().(ed25519.PublicKey), 0)
+		var ce websocket.CloseError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, websocket.StatusTryAgainLater, ce.Code)
+		require.Contains(t, ce.Reason, "key")
+		_, err = p.sig.Candidates(ctx) // the first is unharmed
+		require.NoError(t, err)
+	})
+
 	t.Run("MaxPages", func(t *testing.T) {
+		require.Eventually(t, func() bool { return n.Stats().BrowserPages == 0 }, 5*time.Second, 10*time.Millisecond)
 		newGoPage(t, srv.URL, 0)
 		newGoPage(t, srv.URL, 0)
 		_, key, _ := ed25519.GenerateKey(nil)
