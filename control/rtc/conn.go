@@ -48,10 +48,10 @@ const (
 
 // Conn is one WebRTC link: a control.Conn.
 type Conn struct {
-	t      *Transport
-	pc     *webrtc.PeerConnection
-	ctl    *webrtc.DataChannel
-	data   *webrtc.DataChannel
+	t    *Transport
+	pc   *webrtc.PeerConnection
+	ctl  *webrtc.DataChannel
+	data *webrtc.DataChannel
 
 	ctlOpen   chan struct{} // closed when "ctl" opens
 	proven    chan struct{} // closed when the peer's key proof verified
