@@ -257,3 +257,30 @@ func FuzzLinkMessages(f *testing.F) {
 		fingerprint(string(b))
 	})
 }
+
+// BenchmarkLinkSetup measures a loopback link from the offer to both keys
+// proven (ICE, DTLS, SCTP, the proofs), and its close.
+func BenchmarkLinkSetup(b *testing.B) {
+	byName := map[string]*Transport{}
+	signal := func(ctx context.Context, addr, offer string) (string, error) {
+		return byName[addr].Answer(ctx, offer)
+	}
+	for _, name := range []string{"a", "b"} {
+		_, k, err := ed25519.GenerateKey(nil)
+		require.NoError(b, err)
+		tr, err := New(Config{Key: k, IPFilter: LoopbackOnly, Addr: name, Signal: signal})
+		require.NoError(b, err)
+		defer tr.Close()
+		byName[name] = tr
+	}
+	a, bt := byName["a"], byName["b"]
+	ctx := context.Background()
+	for b.Loop() {
+		ca, err := a.Dial(ctx, "b", bt.Key())
+		require.NoError(b, err)
+		cb, err := bt.Accept(ctx)
+		require.NoError(b, err)
+		ca.Close(0, "")
+		cb.Close(0, "")
+	}
+}
