@@ -324,7 +324,7 @@ type cdpAnswer struct {
 	} `json:"error"`
 }
 
-func startChromium(t *testing.T) *cdp {
+func startChromium(t *testing.T, flags ...string) *cdp {
 	t.Helper()
 	bin := ""
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -344,7 +344,8 @@ func startChromium(t *testing.T) *cdp {
 		"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+t.TempDir(), "--autoplay-policy=no-user-gesture-required",
-		"--remote-debugging-pipe", "--window-size=1000,900", "about:blank")
+		"--remote-debugging-pipe", "--window-size=1000,900")
+	cmd.Args = append(append(cmd.Args, flags...), "about:blank")
 	cmd.ExtraFiles = []*os.File{toChrome, chromeEnd}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
