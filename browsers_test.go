@@ -322,13 +322,15 @@ func TestTheHubDropsPagesThatBreakItsRules(t *testing.T) {
 	for _, tc := range []struct {
 		name, first, second, reason string
 	}{
+		// Each page its own key: the hub may not yet have dropped the last
+		// one when the next says hello.
 		{"NotJSON", "hello", "", "bad message"},
 		{"NoHelloFirst", `{"type":"candidates"}`, "", "hello"},
 		{"HelloWithoutKey", `{"type":"hello","upload_kbps":0}`, "", "key"},
 		{"ShortKey", `{"type":"hello","key":"abcd","upload_kbps":0}`, "", "32 bytes"},
 		{"UnknownType", `{"type":"hello","key":"` + strings.Repeat("ab", 32) + `","upload_kbps":0}`, `{"type":"dance"}`, "unknown type"},
-		{"OfferWithoutSDP", `{"type":"hello","key":"` + strings.Repeat("ab", 32) + `","upload_kbps":0}`, `{"type":"offer","to":"node","link":1}`, "sdp"},
-		{"Oversized", `{"type":"hello","key":"` + strings.Repeat("ab", 32) + `","upload_kbps":0}`, `{"type":"stats","x":"` + strings.Repeat("x", signal.MaxMessage) + `"}`, ""},
+		{"OfferWithoutSDP", `{"type":"hello","key":"` + strings.Repeat("ac", 32) + `","upload_kbps":0}`, `{"type":"offer","to":"node","link":1}`, "sdp"},
+		{"Oversized", `{"type":"hello","key":"` + strings.Repeat("ad", 32) + `","upload_kbps":0}`, `{"type":"stats","x":"` + strings.Repeat("x", signal.MaxMessage) + `"}`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ws, _, err := websocket.Dial(ctx, url, nil)
