@@ -7,6 +7,7 @@
 #   N=50 WARMUP=5 WINDOW=20 examples/relaycost/compare.sh
 #   PROFILE=/tmp/station.pprof examples/relaycost/compare.sh   # also the station's CPU profile over the window
 #   SKIP_ICECAST=1 examples/relaycost/compare.sh               # the station alone
+#   STATION=/tmp/broadcast-old examples/relaycost/compare.sh   # another build of examples/broadcast
 #
 # 1. Icecast on loopback, fed by ffmpeg (a 128 kbit/s MP3 encoded in real
 #    time), N curl listeners; Icecast's CPU over WINDOW seconds after WARMUP.
@@ -28,6 +29,7 @@ WARMUP=${WARMUP:-10}
 WINDOW=${WINDOW:-30}
 PROFILE=${PROFILE:-}
 SKIP_ICECAST=${SKIP_ICECAST:-} # set to measure the station alone
+STATION=${STATION:-}           # a prebuilt examples/broadcast to measure instead of this tree's
 
 need=()
 command -v icecast2 >/dev/null || [ -x /usr/bin/icecast2 ] || need+=(icecast2)
@@ -83,7 +85,11 @@ encode() { # a live 128 kbit/s MP3 encoded in real time; its errors go to $tmp/f
 }
 
 echo "building the station and the listeners ..." >&2
-go build -o "$tmp/broadcast" ./examples/broadcast
+if [ -n "$STATION" ]; then
+  cp "$STATION" "$tmp/broadcast"
+else
+  go build -o "$tmp/broadcast" ./examples/broadcast
+fi
 go build -o "$tmp/relaycost" ./examples/relaycost
 
 # ---------------------------------------------------------------- Icecast
