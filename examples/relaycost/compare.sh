@@ -8,6 +8,7 @@
 #   PROFILE=/tmp/station.pprof examples/relaycost/compare.sh   # also the station's CPU profile over the window
 #   SKIP_ICECAST=1 examples/relaycost/compare.sh               # the station alone
 #   STATION=/tmp/broadcast-old examples/relaycost/compare.sh   # another build of examples/broadcast
+#   SIMULTANEOUS=1 examples/relaycost/compare.sh               # both at once, over the same window
 #
 # 1. Icecast on loopback, fed by ffmpeg (a 128 kbit/s MP3 encoded in real
 #    time), N curl listeners; Icecast's CPU over WINDOW seconds after WARMUP.
@@ -17,6 +18,10 @@
 #    CPU over the same window once all N play as its direct children.
 # CPU is utime+stime of the server process from /proc/PID/stat. It prints
 # both figures in ms of CPU per listener-second and their ratio.
+# With SIMULTANEOUS=1 both servers run at once and are measured over the
+# same window: on a machine shared with other work, both then see the same
+# load (the CPU a process spends per packet grows with the machine's load),
+# and the ratio holds up better than two figures taken minutes apart.
 #
 # It installs icecast2, ffmpeg and curl from Debian if missing (root or sudo).
 # Icecast refuses to run as root: as root the config tells it to switch to
@@ -30,6 +35,7 @@ WINDOW=${WINDOW:-30}
 PROFILE=${PROFILE:-}
 SKIP_ICECAST=${SKIP_ICECAST:-} # set to measure the station alone
 STATION=${STATION:-}           # a prebuilt examples/broadcast to measure instead of this tree's
+SIMULTANEOUS=${SIMULTANEOUS:-} # set to run and measure both servers at once
 
 need=()
 command -v icecast2 >/dev/null || [ -x /usr/bin/icecast2 ] || need+=(icecast2)
@@ -71,6 +77,16 @@ measure() {
     'BEGIN { printf "%.1f %.3f\n", (c1 - c0) * 1000 / hz, t1 - t0 }'
 }
 
+# measure2 PID1 PID2: prints "ms_cpu1 ms_cpu2 window_s" over one window.
+measure2() {
+  local a0 a1 b0 b1 t0 t1
+  a0=$(cpu_ticks "$1"); b0=$(cpu_ticks "$2"); t0=$(date +%s.%N)
+  sleep "$WINDOW"
+  a1=$(cpu_ticks "$1"); b1=$(cpu_ticks "$2"); t1=$(date +%s.%N)
+  awk -v a0="$a0" -v a1="$a1" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" \
+    'BEGIN { printf "%.1f %.1f %.3f\n", (a1 - a0) * 1000 / hz, (b1 - b0) * 1000 / hz, t1 - t0 }'
+}
+
 free_port() {
   local p
   while :; do
@@ -94,6 +110,8 @@ go build -o "$tmp/relaycost" ./examples/relaycost
 
 # ---------------------------------------------------------------- Icecast
 # run_icecast sets ice_ms and ice_s: Icecast's CPU (ms) over the window (s).
+# With SIMULTANEOUS it only starts Icecast (pid in ice) and its listeners,
+# which are measured beside the station.
 run_icecast() {
   port=$(free_port)
   mkdir -p "$tmp/ice/log"
@@ -155,13 +173,23 @@ EOF
     curl -s -o /dev/null "http://127.0.0.1:$port/stream.mp3" &
     pids+=("$!")
   done
+  [ -z "$SIMULTANEOUS" ] || return 0
   sleep "$WARMUP"
-  listeners=$(($(ss -Htn state established "( sport = :$port )" | wc -l) - 1)) # minus the source
+  ice_listeners
   echo "icecast: $listeners listeners connected; measuring ${WINDOW}s ..." >&2
   read -r ice_ms ice_s < <(measure "$ice")
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
+  warn_listeners
+}
+
+# ice_listeners sets listeners: the curl listeners connected to Icecast.
+ice_listeners() {
+  listeners=$(($(ss -Htn state established "( sport = :$port )" | wc -l) - 1)) # minus the source
+}
+
+warn_listeners() {
   if [ "$listeners" -ne "$N" ]; then
     echo "warning: $listeners of $N curl listeners connected" >&2
   fi
@@ -199,7 +227,15 @@ if [ -n "$PROFILE" ]; then
   curl -s -o "$PROFILE" "http://127.0.0.1:$pport/debug/pprof/profile?seconds=$WINDOW" &
   prof=$!
 fi
-read -r our_ms our_s < <(measure "$station")
+if [ -n "$SIMULTANEOUS" ] && [ -z "$SKIP_ICECAST" ]; then
+  ice_listeners
+  echo "icecast: $listeners listeners connected; measuring both over the same ${WINDOW}s ..." >&2
+  read -r ice_ms our_ms our_s < <(measure2 "$ice" "$station")
+  ice_s=$our_s
+  warn_listeners
+else
+  read -r our_ms our_s < <(measure "$station")
+fi
 kill -INT "${pids[-1]}" 2>/dev/null || true
 wait "${pids[-1]}" 2>/dev/null || true
 tail -n 1 "$tmp/listeners.out" >&2
