@@ -324,7 +324,9 @@ type cdpAnswer struct {
 	} `json:"error"`
 }
 
-func startChromium(t *testing.T) *cdp {
+// startChromium starts a headless Chromium with the flags every test
+// needs, and extra.
+func startChromium(t *testing.T, extra ...string) *cdp {
 	t.Helper()
 	bin := ""
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -344,7 +346,8 @@ func startChromium(t *testing.T) *cdp {
 		"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+t.TempDir(), "--autoplay-policy=no-user-gesture-required",
-		"--remote-debugging-pipe", "--window-size=1000,900", "about:blank")
+		"--remote-debugging-pipe", "--window-size=1000,900")
+	cmd.Args = append(append(cmd.Args, extra...), "about:blank")
 	cmd.ExtraFiles = []*os.File{toChrome, chromeEnd}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -13,9 +13,9 @@ import (
 func TestPageIsSelfContained(t *testing.T) {
 	// Nothing loaded from elsewhere: no external scripts, styles, fonts or
 	// images (the SVG namespace is a name, not a load).
-	ext := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|@import|url\(|<link[^>]+stylesheet`)
+	ext := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|@import|(^|[^\w.])url\(|<link[^>]+stylesheet`)
 	require.Nil(t, ext.Find(Page), "external reference %q", ext.Find(Page))
-	for _, id := range []string{`id="play"`, `id="audio"`, `id="title"`, `id="figs"`, `id="tree"`, `fetch("status.json"`} {
+	for _, id := range []string{`id="play"`, `id="audio"`, `id="title"`, `id="figs"`, `id="tree"`, `fetch("status.json"`, `window.p2pradio =`} {
 		require.Contains(t, string(Page), id)
 	}
 }
