@@ -377,8 +377,9 @@ class Link {
 // "sequence" mode, so the timeline is the frames back to back. A chunk
 // missing when its turn comes is replaced by silent frames of its length
 // (the chunks' timestamps say how long), and a frame whose bit reservoir
-// reaches into missing data by a silent frame: no click, and the clock
-// keeps to the stream.
+// reaches into missing data (at the start, after a hole) is muted: its
+// side information zeroed, its main data kept for the frames after it.
+// So there is no click, and the clock keeps to the stream.
 class Player {
   constructor(audio, stats) {
     this.audio = audio; this.stats = stats;
@@ -449,9 +450,17 @@ class Player {
     const fi = c.format, t0 = this.end, bytes = [];
     let real = 0, silent = 0;
     for (const f of c.frames) {
-      if (mainDataBegin(f, fi) > this.reservoir) { bytes.push(silentFrame(fi)); silent++; this.reservoir = 0; continue; }
-      bytes.push(f); real++;
-      this.reservoir = Math.min(this.reservoir + fi.size - fi.sideAt - fi.side, 4096);
+      if (mainDataBegin(f, fi) > this.reservoir) {
+        // Its bit reservoir reaches into data we do not have: play it
+        // muted (side information zero), but keep its main data, which
+        // the next frames' reservoirs hold.
+        const m = f.slice();
+        m.fill(0, fi.sideAt, fi.sideAt + fi.side);
+        bytes.push(m); silent++;
+      } else {
+        bytes.push(f); real++;
+      }
+      this.reservoir = Math.min(this.reservoir + f.length - fi.sideAt - fi.side, 4096);
     }
     const d = fi.samples / fi.rate;
     this.end += (real + silent) * d;
@@ -845,7 +854,9 @@ class PageNode {
         // onClosed -> loseParent
       }
     }
-    if (!this.parent) {
+    if (this.opts.fed) {
+      // Fed by the caller (tests): a page at depth 1 that relays.
+    } else if (!this.parent) {
       // Bridge: pull what follows our newest from the backups meanwhile.
       if (this.newest >= 0) for (const b of this.backups) b.send({ type: T.Request, seqs: [1, 2, 3, 4, 5].map((i) => this.newest + i) });
       if (!this.joining) { this.joining = true; this.orphan().finally(() => { this.joining = false; }); }
@@ -958,6 +969,28 @@ window.p2pradio = {
     return node.snapshot();
   },
   exportPCM() { return exportPCM(node.player); },
+  // debug describes the page's links and player, for people and tests.
+  debug() {
+    if (!node) return null;
+    const pl = node.player;
+    return { id: node.pubHex && node.pubHex.slice(0, 12), waiting: node.waiting, newest: node.newest, depth: node.depth, error: node.stats.error,
+      signalling: !!node.ws, wsError: node.wsError, forged: node.forged, bad: node.bad,
+      links: [...node.links].map((l) => ({ remote: l.remote, id: l.id, dialer: l.dialer, proved: l.proved, helloed: l.helloed, child: l.child,
+        depth: l.depth, free: l.free, state: l.pc.connectionState, ice: l.pc.iceConnectionState, gathering: l.pc.iceGatheringState,
+        cands: ((l.pc.localDescription && l.pc.localDescription.sdp) || "").split("\n").filter((x) => x.startsWith("a=candidate")).length,
+        remoteCands: ((l.pc.remoteDescription && l.pc.remoteDescription.sdp) || "").split("\n").filter((x) => x.startsWith("a=candidate")).length, parent: l === node.parent, backup: node.backups.includes(l) })),
+      player: { next: pl.next, end: pl.end, pending: pl.pending.size, started: pl.started, clock: pl.audio.currentTime,
+        ready: pl.audio.readyState, buffered: pl.sb && pl.sb.buffered.length ? [pl.sb.buffered.start(0), pl.sb.buffered.end(0)] : null } };
+  },
+  // feed hands the page a chunk as its parent would, for a page joined
+  // with {fed: true} (tests): it is checked like any other.
+  async feed(b) {
+    const c = parseChunk(b);
+    if (!(await verifyChunk(node.station, c))) { node.forged++; return false; }
+    node.depth = 1; node.path = [node.station.raw];
+    if (!node.win.has(c.seq) && c.seq >= node.newest + 1 - WINDOW) node.accept(c);
+    return true;
+  },
   // What the tests reach: the codec and the checks.
   internals: { T, encode, decode, parseChunk, verifyChunk, importKey, frameInfo, silentFrame, fingerprint, hex, unhex, haveHas, node: () => node },
 };
