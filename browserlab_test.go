@@ -355,4 +355,3 @@ func TestPagesRelayToPages(t *testing.T) {
 	require.NotEqual(t, *before.Parent, *after.Parent)
 	require.GreaterOrEqual(t, after.Continuity, 0.99)
 }
-
