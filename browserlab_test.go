@@ -180,16 +180,26 @@ func (h *pageHub) serve(ws *websocket.Conn) {
 	}
 }
 
-// chunkSource signs the demo audio into chunks, looping it.
+// chunkSource signs the demo audio into chunks, looping it, and keeps
+// them.
 type chunkSource struct {
 	frames []mux.Frame
 	i      int
 	ch     *mux.Chunker
+
+	mu   sync.Mutex
+	sent map[uint64]*mux.Chunk
+}
+
+func (s *chunkSource) chunk(seq uint64) *mux.Chunk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent[seq]
 }
 
 func newChunkSource(t *testing.T, key ed25519.PrivateKey) *chunkSource {
 	d := mux.NewDemuxer(bytes.NewReader(testaudio.Demo))
-	s := &chunkSource{ch: mux.NewChunker(mux.ChunkerConfig{Key: key})}
+	s := &chunkSource{ch: mux.NewChunker(mux.ChunkerConfig{Key: key}), sent: make(map[uint64]*mux.Chunk)}
 	for {
 		f, err := d.Next()
 		if err == io.EOF {
@@ -210,6 +220,9 @@ func (s *chunkSource) next(t *testing.T) *mux.Chunk {
 		c, err := s.ch.Add(f, time.Now())
 		require.NoError(t, err)
 		if c != nil {
+			s.mu.Lock()
+			s.sent[c.Seq] = c
+			s.mu.Unlock()
 			return c
 		}
 	}
@@ -326,6 +339,7 @@ func TestPagesRelayToPages(t *testing.T) {
 		t.FailNow()
 	}
 	all := make([]pageStats, len(pages))
+	debug()
 	byID := map[string]int{}
 	for i, p := range pages {
 		all[i] = stats(p)
@@ -354,4 +368,146 @@ func TestPagesRelayToPages(t *testing.T) {
 	require.NotNil(t, after.Parent)
 	require.NotEqual(t, *before.Parent, *after.Parent)
 	require.GreaterOrEqual(t, after.Continuity, 0.99)
+
+	// The feeder turns hostile: one chunk with a forged signature to one
+	// child, which cuts it off and goes on playing without it.
+	var victimID string
+	require.NoError(t, feeder.eval(ctx, `(() => { const n = p2pradio.internals.node(), kid = n.children()[0], c = n.win.get(n.newest);
+		const b = c.raw.slice(); new DataView(b.buffer).setUint32(6, n.newest + 1); kid.sendData(b); return kid.id; })()`, &victimID))
+	victim := -1
+	for i, p := range pages {
+		if i != parentPage && stats(p).ID == victimID {
+			victim = i
+		}
+	}
+	require.GreaterOrEqual(t, victim, 0)
+	vBefore := stats(pages[victim])
+	time.Sleep(3 * time.Second)
+	vAfter := stats(pages[victim])
+	b, _ = json.Marshal(vAfter)
+	t.Logf("the victim of a forged chunk: %s", b)
+	require.Equal(t, 1, vAfter.Forged, "the forged chunk was caught")
+	require.NotNil(t, vAfter.Parent)
+	require.NotEqual(t, "feeder", *vAfter.Parent)
+	require.Greater(t, vAfter.Clock, vBefore.Clock+2, "the victim plays on")
+	require.Equal(t, vBefore.Rebuffers, vAfter.Rebuffers, "no rebuffer")
+	checkPagePlayed(t, ctx, pages[victim], src)
+}
+
+// checkPagePlayed checks what a page played: every frame it appended is
+// the station's (the source's chunk at that place, or that frame muted
+// where its bit reservoir was missing, or silence where a chunk was
+// missing), and the PCM Chromium decodes from them equals mpg123's.
+func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource) {
+	t.Helper()
+	var ex struct {
+		Rate     int        `json:"rate"`
+		Channels int        `json:"channels"`
+		PCM      []byte     `json:"pcm"`
+		MP3      []byte     `json:"mp3"`
+		Appended [][2]int64 `json:"appended"`
+	}
+	require.NoError(t, p.eval(ctx, `p2pradio.exportPCM()`, &ex))
+	t.Logf("exported %d bytes of MP3, %d of PCM, %d runs: %v", len(ex.MP3), len(ex.PCM), len(ex.Appended), ex.Appended[:min(5, len(ex.Appended))])
+	rest := ex.MP3
+	next := func() mux.Frame {
+		f, err := mux.ParseFrame(rest)
+		require.NoError(t, err, "at byte %d of %d", len(ex.MP3)-len(rest), len(ex.MP3))
+		rest = rest[len(f):]
+		return f
+	}
+	var real, muted, silent int
+	for _, a := range ex.Appended {
+		seq, n := a[0], int(a[1])
+		if seq < 0 {
+			for range n {
+				f := next()
+				require.Equal(t, mux.Silent(f.Format()), f, "concealment is silence")
+				silent++
+			}
+			continue
+		}
+		c := src.chunk(uint64(seq))
+		require.NotNil(t, c, "chunk %d was sent", seq)
+		require.Len(t, c.Frames, n)
+		for _, want := range c.Frames {
+			got := next()
+			if bytes.Equal(got, want) {
+				real++
+				continue
+			}
+			m := append(mux.Frame(nil), want...)
+			side := mux.HeaderSize
+			if want.Header().Protected() {
+				side += 2
+			}
+			clear(m[side : side+want.Header().SideInfoSize()])
+			require.Equal(t, m, got, "chunk %d: the station's frame or that frame muted", seq)
+			muted++
+		}
+	}
+	require.Empty(t, rest)
+	t.Logf("appended: %d frames from the station, %d muted, %d silent", real, muted, silent)
+	require.Greater(t, real, 10*muted+silent)
+
+	mpg123, err := exec.LookPath("mpg123")
+	if err != nil {
+		t.Log("no mpg123: the PCM is not compared (.ci/setup installs it)")
+		return
+	}
+	cmd := exec.CommandContext(ctx, mpg123, "-q", "-s", "--no-gapless", "-")
+	cmd.Stdin = bytes.NewReader(ex.MP3)
+	ref, err := cmd.Output()
+	require.NoError(t, err)
+	got := pcm16(ex.PCM)
+	want := pcm16(ref)
+	off, maxDiff, n := alignPCM(got, want, 2*ex.Channels*1152)
+	t.Logf("PCM: chromium %d samples, mpg123 %d; at offset %d, %d samples compared, max difference %d", len(got), len(want), off, n, maxDiff)
+	if maxDiff > 2 {
+		var bad []int
+		for i := range min(len(got), len(want)) {
+			if d := int(got[i]) - int(want[i]); d > 2 || d < -2 {
+				if fr := i / (2 * ex.Channels * 576); len(bad) == 0 || bad[len(bad)-1] != fr {
+					bad = append(bad, fr)
+				}
+			}
+		}
+		t.Logf("granules (576 samples) that differ at offset 0: %v; appended %v", bad[:min(len(bad), 40)], ex.Appended)
+	}
+	require.GreaterOrEqual(t, n, len(want)*95/100, "most of the PCM compared")
+	require.LessOrEqual(t, maxDiff, 2, "Chromium's decode equals mpg123's (to rounding)")
+}
+
+func pcm16(b []byte) []int16 {
+	out := make([]int16, len(b)/2)
+	for i := range out {
+		out[i] = int16(uint16(b[2*i]) | uint16(b[2*i+1])<<8)
+	}
+	return out
+}
+
+// alignPCM finds the offset of got against want (within +-most samples,
+// interleaved) where they differ least, and returns it with the largest
+// difference there and the number of samples compared.
+func alignPCM(got, want []int16, most int) (off, maxDiff, n int) {
+	best := -1
+	for o := -most; o <= most; o++ {
+		var m, c int
+		for i := range want {
+			j := i + o
+			if j < 0 || j >= len(got) {
+				continue
+			}
+			d := int(got[j]) - int(want[i])
+			m = max(m, d, -d)
+			c++
+			if best >= 0 && m > best {
+				break
+			}
+		}
+		if c > 0 && (best < 0 || m < best || (m == best && c > n)) {
+			best, off, n = m, o, c
+		}
+	}
+	return off, best, n
 }

@@ -293,8 +293,12 @@ class Link {
   }
   async accept(sdp) { await this.pc.setRemoteDescription({ type: "answer", sdp }); }
 
-  async prove() {
+  prove() {
+    this.proofSent = this.sendProof();
+  }
+  async sendProof() {
     try {
+      if (this.closed) return;
       const own = fingerprint(this.pc.localDescription.sdp), peer = fingerprint(this.pc.remoteDescription.sdp);
       const msg = concat(PROOF_CONTEXT, te.encode(own), [0], te.encode(peer));
       const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, this.node.keys.privateKey, msg));
@@ -327,6 +331,9 @@ class Link {
       if (!this.proving) {
         this.proving = true;
         try { await this.checkProof(b); } catch (e) { return this.close(CODE.BadMessage, e.message); }
+        // Our own proof goes first, before any wire message.
+        await this.proofSent;
+        if (this.closed) return;
         this.proved = true;
         clearTimeout(this.proofTimer);
         return this.node.onProved(this);
@@ -338,7 +345,7 @@ class Link {
   }
 
   send(m) {
-    if (this.closed || this.ctl.readyState !== "open") return false;
+    if (this.closed || !this.proved || this.ctl.readyState !== "open") return false;
     try { this.ctl.send(encode(m)); return true; } catch (e) { return false; }
   }
   // sendData queues a chunk; at most 64 wait, the oldest dropped first.
@@ -384,7 +391,7 @@ class Player {
   constructor(audio, stats) {
     this.audio = audio; this.stats = stats;
     this.pending = new Map(); this.next = -1; this.nextTS = -1; this.reservoir = 0;
-    this.out = []; this.segs = []; this.end = 0; this.log = []; this.logBytes = 0; this.started = false;
+    this.out = []; this.segs = []; this.end = 0; this.log = []; this.appended = []; this.logBytes = 0; this.started = false;
     this.played = 0; this.concealed = 0; this.missed = 0; this.lastCT = 0; this.lastWall = 0; this.waitingSince = 0;
     this.ms = new MediaSource();
     this.ready = new Promise((res) => this.ms.addEventListener("sourceopen", () => {
@@ -465,6 +472,7 @@ class Player {
     const d = fi.samples / fi.rate;
     this.end += (real + silent) * d;
     this.segs.push({ t0, t1: this.end, real: real * d, silent: silent * d, produced: c.produced, seq: c.seq });
+    this.noteAppended(c.seq, c.frames.length);
     this.next = c.seq + 1; this.nextTS = c.timestamp + c.samples;
     this.append(concat(...bytes));
   }
@@ -474,8 +482,15 @@ class Player {
     const t0 = this.end, f = silentFrame(fi), d = fi.samples / fi.rate;
     this.end += frames * d;
     this.segs.push({ t0, t1: this.end, real: 0, silent: frames * d, produced: 0, seq: -1 });
+    this.noteAppended(-1, frames);
     this.reservoir = 0;
     this.append(concat(...Array(frames).fill(f)));
+  }
+
+  // noteAppended keeps what was appended (for exportPCM): a chunk's
+  // frames, or (seq -1) concealment.
+  noteAppended(seq, frames) {
+    if (this.logBytes < 2 * 1024 * 1024) this.appended.push([seq, frames]);
   }
 
   append(b) {
@@ -538,7 +553,14 @@ class PageNode {
     this.failed = new Map(); this.linkNo = 0; this.answers = new Map(); this.candWait = [];
     this.joining = false; this.searching = false; this.lastBackupTry = 0; this.parentSince = 0;
     this.stats = { startupMs: null, rebuffers: 0, lagMs: null, error: "" };
+    this.events = [];
     this.player = new Player(opts.audio, this.stats);
+  }
+
+  // event notes what happened, for debug(): the last 100 events.
+  event(...what) {
+    this.events.push(Math.round(performance.now()) + " " + what.join(" "));
+    if (this.events.length > 100) this.events.shift();
   }
 
   async start() {
@@ -612,22 +634,29 @@ class PageNode {
     const l = new Link(this, true, cand.id);
     l.expectKey = unhex(cand.key);
     this.links.add(l);
+    const guard = setTimeout(() => l.close(CODE.Goodbye, "dial took over 6 s"), 6000);
+    const gone = new Promise((_, reject) => { l.onGone = () => reject(new Error(l.closeReason)); });
+    gone.catch(() => {});
+    const race = (p) => Promise.race([p, gone]);
     try {
       const no = ++this.linkNo;
-      const sdp = await l.offer();
+      const sdp = await race(l.offer());
       const answer = new Promise((resolve, reject) => {
         this.answers.set(no, { resolve, reject });
         setTimeout(() => { this.answers.delete(no); reject(new Error("no answer")); }, 3000);
       });
       if (!this.signal({ type: "offer", to: cand.id, link: no, sdp })) throw new Error("no signalling");
-      await l.accept(await answer);
-      await new Promise((resolve, reject) => {
+      await race(l.accept(await race(answer)));
+      await race(new Promise((resolve, reject) => {
         l.onHello = resolve;
-        const t = setTimeout(() => reject(new Error("no hello")), 4000);
-        l.onGone = () => { clearTimeout(t); reject(new Error(l.closeReason)); };
-      });
+        setTimeout(() => reject(new Error("no hello")), 4000);
+      }));
+      clearTimeout(guard);
+      l.onGone = null;
       return l;
     } catch (e) {
+      clearTimeout(guard);
+      this.event("dial", cand.id, "failed:", e.message);
       this.failed.set(cand.key, Date.now());
       l.close(CODE.Goodbye, "dial: " + e.message);
       return null;
@@ -762,6 +791,7 @@ class PageNode {
   }
 
   loseParent(why) {
+    this.event("lost parent:", why);
     this.lostParent = this.parent && this.parent.keyHex;
     this.parent = null; this.depth = -1; this.path = []; this.waiting = why;
     this.parentSince = Date.now();
@@ -782,7 +812,11 @@ class PageNode {
   subscribeTo(l, from) {
     return new Promise((resolve) => {
       const t = setTimeout(() => { l.onAnswer = null; resolve(false); }, 1500);
-      l.onAnswer = (m) => { clearTimeout(t); if (m && m.type === T.Refuse) this.waiting = m.reason; resolve(!!m && m.type === T.Welcome); };
+      l.onAnswer = (m) => {
+        clearTimeout(t);
+        if (m && m.type === T.Refuse) { this.waiting = m.reason; this.event("refused by", l.id + ":", m.reason); }
+        resolve(!!m && m.type === T.Welcome);
+      };
       if (!l.send({ type: T.Subscribe, from })) { clearTimeout(t); l.onAnswer = null; resolve(false); }
     });
   }
@@ -799,13 +833,44 @@ class PageNode {
     return [...pages, ...ok.filter((c) => c.id === "node")];
   }
 
+  // probe dials candidates (at most most at once) and returns those that
+  // answered, soon after the first: a dead one must not hold up the rest.
+  // Those that answer later become backups if wanted.
+  probe(cands, most) {
+    return new Promise((resolve) => {
+      const out = [];
+      let pending = 0, done = false, grace = null;
+      const finish = () => { if (!done) { done = true; clearTimeout(grace); resolve(out); } };
+      for (const c of cands.slice(0, most)) {
+        pending++;
+        this.dial(c).then((l) => {
+          pending--;
+          if (l && done) this.late(l);
+          else if (l) { out.push(l); if (!grace) grace = setTimeout(finish, 50); }
+          if (pending === 0) finish();
+        });
+      }
+      if (!pending) finish();
+    });
+  }
+
+  // late keeps a link that answered after its probe as a backup, if one
+  // is wanted and it qualifies.
+  late(l) {
+    if (this.parent && l !== this.parent && this.canServe(l, false) && this.backups.length < BACKUPS && !this.backups.includes(l) &&
+      !l.fedThrough([this.parent.keyHex, this.pubHex])) this.backups.push(l);
+    else if (l !== this.parent && !this.backups.includes(l)) l.close(CODE.Goodbye, "");
+  }
+
   async join() {
-    const cands = this.orderCands(await this.candidates());
+    const all = await this.candidates(), cands = this.orderCands(all);
+    this.event("join: candidates", all.map((c) => c.id + "/" + c.depth + "/" + c.free).join(","), "->", cands.map((c) => c.id).join(","));
     if (!cands.length) { this.waiting = "no candidates"; return; }
-    const found = (await Promise.all(cands.slice(0, 3).map((c) => this.dial(c)))).filter((l) => l && this.canServe(l, true));
+    const found = (await this.probe(cands, 3)).filter((l) => this.canServe(l, true) || (l.close(CODE.Goodbye, ""), false));
     found.sort((a, b) => a.depth - b.depth || b.newest - a.newest);
     for (const l of found) {
       if (!this.parent && await this.subscribeTo(l, this.newest >= 0 ? this.newest + 1 : 0)) {
+        this.event("joined", l.id, "depth", l.depth + 1);
         this.parent = l; l.lastNew = Date.now(); this.waiting = "";
         this.adoptPath();
       } else if (this.parent && l !== this.parent && this.backups.length < BACKUPS && !l.fedThrough([this.parent.keyHex, this.pubHex])) {
@@ -814,16 +879,11 @@ class PageNode {
         l.close(CODE.Goodbye, "");
       }
     }
-    for (const l of [...this.links]) if (l.dialer && l !== this.parent && !this.backups.includes(l) && l.helloed === false) { /* still dialing */ }
   }
 
   async findBackups() {
     const cands = this.orderCands(await this.candidates()).filter((c) => c.depth >= 0);
-    const found = (await Promise.all(cands.slice(0, BACKUPS - this.backups.length).map((c) => this.dial(c)))).filter(Boolean);
-    for (const l of found) {
-      if (this.parent && this.canServe(l, false) && this.backups.length < BACKUPS && !l.fedThrough([this.parent.keyHex, this.pubHex])) this.backups.push(l);
-      else l.close(CODE.Goodbye, "");
-    }
+    for (const l of await this.probe(cands, BACKUPS - this.backups.length)) this.late(l);
   }
 
   async orphan() {
@@ -831,6 +891,7 @@ class PageNode {
     for (const b of [...this.backups]) if (b.fedThrough([this.lostParent, this.pubHex])) { this.backups = this.backups.filter((x) => x !== b); b.close(CODE.Goodbye, "cut off"); }
     for (const b of [...this.backups]) {
       if (await this.subscribeTo(b, this.newest + 1)) {
+        this.event("backup promoted", b.id);
         this.backups = this.backups.filter((x) => x !== b);
         this.parent = b; b.lastNew = Date.now(); this.waiting = "";
         this.adoptPath();
@@ -938,11 +999,13 @@ class PageNode {
 }
 
 // exportPCM decodes the frames the player appended (at most the first 2
-// minutes) with WebAudio and returns {rate, channels, pcm: base64 of
-// interleaved int16 LE, mp3: base64 of the frames}: the same bytes through
-// another decoder (mpg123) must give the same PCM.
+// minutes) with WebAudio (the decoder MediaSource plays them with) and
+// returns {rate, channels, pcm: base64 of interleaved int16 LE, mp3:
+// base64 of the frames, appended: [[seq, frames], ...] (seq -1:
+// concealment)}: the same bytes through another decoder (mpg123) must
+// give the same PCM.
 async function exportPCM(player) {
-  const mp3 = concat(...player.log);
+  const mp3 = concat(...player.log), appended = player.appended.slice();
   const ctx = new OfflineAudioContext(2, 1, 44100);
   const buf = await ctx.decodeAudioData(mp3.slice().buffer);
   const n = buf.length, ch = buf.numberOfChannels, out = new Int16Array(n * ch);
@@ -951,7 +1014,7 @@ async function exportPCM(player) {
     for (let i = 0; i < n; i++) out[i * ch + c] = Math.max(-32768, Math.min(32767, Math.round(d[i] * 32768)));
   }
   const b64 = (u8) => { let s = ""; for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode.apply(null, u8.subarray(i, i + 0x8000)); return btoa(s); };
-  return { rate: buf.sampleRate, channels: ch, pcm: b64(new Uint8Array(out.buffer)), mp3: b64(mp3) };
+  return { rate: buf.sampleRate, channels: ch, pcm: b64(new Uint8Array(out.buffer)), mp3: b64(mp3), appended };
 }
 
 let node = null;
@@ -973,7 +1036,7 @@ window.p2pradio = {
   debug() {
     if (!node) return null;
     const pl = node.player;
-    return { id: node.pubHex && node.pubHex.slice(0, 12), waiting: node.waiting, newest: node.newest, depth: node.depth, error: node.stats.error,
+    return { events: node.events, id: node.pubHex && node.pubHex.slice(0, 12), waiting: node.waiting, newest: node.newest, depth: node.depth, error: node.stats.error,
       signalling: !!node.ws, wsError: node.wsError, forged: node.forged, bad: node.bad,
       links: [...node.links].map((l) => ({ remote: l.remote, id: l.id, dialer: l.dialer, proved: l.proved, helloed: l.helloed, child: l.child,
         depth: l.depth, free: l.free, state: l.pc.connectionState, ice: l.pc.iceConnectionState, gathering: l.pc.iceGatheringState,
