@@ -320,6 +320,8 @@ func TestPagesRelayToPages(t *testing.T) {
 		return s
 	}
 	debug := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		for i, p := range append([]*tab{feeder}, pages...) {
 			var d any
 			p.eval(ctx, `p2pradio.debug()`, &d)
@@ -327,6 +329,11 @@ func TestPagesRelayToPages(t *testing.T) {
 			t.Logf("tab %d: %s", i, b)
 		}
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			debug()
+		}
+	})
 	if !assert.Eventually(t, func() bool {
 		for _, p := range pages {
 			if s := stats(p); !s.Playing || s.Clock < 2 {
@@ -339,7 +346,6 @@ func TestPagesRelayToPages(t *testing.T) {
 		t.FailNow()
 	}
 	all := make([]pageStats, len(pages))
-	debug()
 	byID := map[string]int{}
 	for i, p := range pages {
 		all[i] = stats(p)
@@ -416,7 +422,14 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 		rest = rest[len(f):]
 		return f
 	}
+	// broken: the frames after which the decoder's state is not the
+	// stream's (muted or silent frames): the next frames' output depends
+	// on how a decoder starts from zero state, where mpg123 and FFmpeg
+	// differ (and both differ from a decode of the whole stream) for two
+	// frames or so.
 	var real, muted, silent int
+	broken := map[int]bool{}
+	frame := 0
 	for _, a := range ex.Appended {
 		seq, n := a[0], int(a[1])
 		if seq < 0 {
@@ -424,6 +437,8 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 				f := next()
 				require.Equal(t, mux.Silent(f.Format()), f, "concealment is silence")
 				silent++
+				broken[frame] = true
+				frame++
 			}
 			continue
 		}
@@ -432,6 +447,7 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 		require.Len(t, c.Frames, n)
 		for _, want := range c.Frames {
 			got := next()
+			frame++
 			if bytes.Equal(got, want) {
 				real++
 				continue
@@ -444,6 +460,7 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 			clear(m[side : side+want.Header().SideInfoSize()])
 			require.Equal(t, m, got, "chunk %d: the station's frame or that frame muted", seq)
 			muted++
+			broken[frame-1] = true
 		}
 	}
 	require.Empty(t, rest)
@@ -459,22 +476,22 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 	cmd.Stdin = bytes.NewReader(ex.MP3)
 	ref, err := cmd.Output()
 	require.NoError(t, err)
-	got := pcm16(ex.PCM)
-	want := pcm16(ref)
-	off, maxDiff, n := alignPCM(got, want, 2*ex.Channels*1152)
-	t.Logf("PCM: chromium %d samples, mpg123 %d; at offset %d, %d samples compared, max difference %d", len(got), len(want), off, n, maxDiff)
-	if maxDiff > 2 {
-		var bad []int
-		for i := range min(len(got), len(want)) {
-			if d := int(got[i]) - int(want[i]); d > 2 || d < -2 {
-				if fr := i / (2 * ex.Channels * 576); len(bad) == 0 || bad[len(bad)-1] != fr {
-					bad = append(bad, fr)
-				}
-			}
+	got, want := pcm16(ex.PCM), pcm16(ref)
+	require.Len(t, got, len(want), "as many samples from Chromium as from mpg123")
+	perFrame := 1152 * ex.Channels // MPEG-1
+	var maxDiff, compared, skipped int
+	for fr := 0; fr*perFrame < len(want); fr++ {
+		if broken[fr] || broken[fr-1] || broken[fr-2] {
+			skipped++
+			continue
 		}
-		t.Logf("granules (576 samples) that differ at offset 0: %v; appended %v", bad[:min(len(bad), 40)], ex.Appended)
+		for i := fr * perFrame; i < min((fr+1)*perFrame, len(want)); i++ {
+			d := int(got[i]) - int(want[i])
+			maxDiff = max(maxDiff, d, -d)
+			compared++
+		}
 	}
-	require.GreaterOrEqual(t, n, len(want)*95/100, "most of the PCM compared")
+	t.Logf("PCM: %d samples; %d frames at or just after a muted or silent frame left out; the rest (%d samples) differs by at most %d", len(want), skipped, compared, maxDiff)
 	require.LessOrEqual(t, maxDiff, 2, "Chromium's decode equals mpg123's (to rounding)")
 }
 
@@ -484,30 +501,4 @@ func pcm16(b []byte) []int16 {
 		out[i] = int16(uint16(b[2*i]) | uint16(b[2*i+1])<<8)
 	}
 	return out
-}
-
-// alignPCM finds the offset of got against want (within +-most samples,
-// interleaved) where they differ least, and returns it with the largest
-// difference there and the number of samples compared.
-func alignPCM(got, want []int16, most int) (off, maxDiff, n int) {
-	best := -1
-	for o := -most; o <= most; o++ {
-		var m, c int
-		for i := range want {
-			j := i + o
-			if j < 0 || j >= len(got) {
-				continue
-			}
-			d := int(got[j]) - int(want[i])
-			m = max(m, d, -d)
-			c++
-			if best >= 0 && m > best {
-				break
-			}
-		}
-		if c > 0 && (best < 0 || m < best || (m == best && c > n)) {
-			best, off, n = m, o, c
-		}
-	}
-	return off, best, n
 }
