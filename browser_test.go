@@ -31,7 +31,9 @@ func openTab(ctx context.Context, c *cdp, url string, w, h int) (*tab, error) {
 	var target struct {
 		TargetID string `json:"targetId"`
 	}
-	if err := c.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
+	// A window of its own: Chromium defers loading media in a tab that is
+	// not in front.
+	if err := c.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank", "newWindow": true}, &target); err != nil {
 		return nil, err
 	}
 	var att struct {

@@ -308,11 +308,11 @@ func TestPagesRelayToPages(t *testing.T) {
 	defer func() { stopFeed(); <-fed }()
 
 	var pages []*tab
-	for range 3 {
+	for range 4 {
 		p, err := openTab(ctx, c, srv.URL+"/?join&upload=300", 900, 700)
 		require.NoError(t, err)
 		pages = append(pages, p)
-		time.Sleep(1500 * time.Millisecond)
+		time.Sleep(time.Second)
 	}
 	stats := func(p *tab) pageStats {
 		var s pageStats
@@ -375,17 +375,31 @@ func TestPagesRelayToPages(t *testing.T) {
 	require.NotEqual(t, *before.Parent, *after.Parent)
 	require.GreaterOrEqual(t, after.Continuity, 0.99)
 
-	// The feeder turns hostile: one chunk with a forged signature to one
-	// child, which cuts it off and goes on playing without it.
-	var victimID string
-	require.NoError(t, feeder.eval(ctx, `(() => { const n = p2pradio.internals.node(), kid = n.children()[0], c = n.win.get(n.newest);
-		const b = c.raw.slice(); new DataView(b.buffer).setUint32(6, n.newest + 1); kid.sendData(b); return kid.id; })()`, &victimID))
-	victim := -1
+	// A page that feeds another turns hostile: one chunk with a forged
+	// signature to its child, which cuts it off and goes on playing
+	// without it (its backup is the feeder, which has a free slot now).
+	victim, hostile := -1, -1
 	for i, p := range pages {
-		if i != parentPage && stats(p).ID == victimID {
-			victim = i
+		if i == parentPage {
+			continue
+		}
+		all[i] = stats(p)
+		byID[all[i].ID] = i
+	}
+	for i, s := range all {
+		if i == parentPage || s.Parent == nil {
+			continue
+		}
+		if j, ok := byID[*s.Parent]; ok && j != parentPage {
+			victim, hostile = i, j
 		}
 	}
+	require.GreaterOrEqual(t, hostile, 0, "a page feeds another")
+	var sent bool
+	require.NoError(t, pages[hostile].eval(ctx, `(() => { const n = p2pradio.internals.node(), c = n.win.get(n.newest);
+		const kid = n.children().find((l) => l.id === "`+all[victim].ID+`");
+		const b = c.raw.slice(); new DataView(b.buffer).setUint32(6, n.newest + 1); return !!kid && kid.sendData(b); })()`, &sent))
+	require.True(t, sent, "the forged chunk was sent")
 	require.GreaterOrEqual(t, victim, 0)
 	vBefore := stats(pages[victim])
 	time.Sleep(3 * time.Second)
@@ -394,7 +408,7 @@ func TestPagesRelayToPages(t *testing.T) {
 	t.Logf("the victim of a forged chunk: %s", b)
 	require.Equal(t, 1, vAfter.Forged, "the forged chunk was caught")
 	require.NotNil(t, vAfter.Parent)
-	require.NotEqual(t, "feeder", *vAfter.Parent)
+	require.NotEqual(t, all[hostile].ID, *vAfter.Parent)
 	require.Greater(t, vAfter.Clock, vBefore.Clock+2, "the victim plays on")
 	require.Equal(t, vBefore.Rebuffers, vAfter.Rebuffers, "no rebuffer")
 	checkPagePlayed(t, ctx, pages[victim], src)

@@ -248,6 +248,10 @@ class Link {
     this.closed = false; this.proved = false; this.closeReason = "";
     this.depth = -1; this.free = 0; this.path = []; this.newest = -1; this.upload = 0; this.have = null;
     this.child = false; this.helloed = false; this.lastHeard = Date.now(); this.lastNew = 0; this.queue = [];
+    // described resolves once both descriptions are set: a channel can
+    // open (on loopback, under load) before the promise that sets the
+    // last one has resolved.
+    this.described = new Promise((resolve) => { this.setDescribed = resolve; });
     this.pc = new RTCPeerConnection({ iceServers: node.ice || [] });
     this.ctl = this.pc.createDataChannel("ctl", { negotiated: true, id: 0, ordered: true });
     this.data = this.pc.createDataChannel("data", { negotiated: true, id: 1, ordered: false });
@@ -288,16 +292,18 @@ class Link {
   async answer(sdp) {
     await this.pc.setRemoteDescription({ type: "offer", sdp });
     await this.pc.setLocalDescription(await this.pc.createAnswer());
+    this.setDescribed();
     await this.gathered();
     return this.pc.localDescription.sdp;
   }
-  async accept(sdp) { await this.pc.setRemoteDescription({ type: "answer", sdp }); }
+  async accept(sdp) { await this.pc.setRemoteDescription({ type: "answer", sdp }); this.setDescribed(); }
 
   prove() {
     this.proofSent = this.sendProof();
   }
   async sendProof() {
     try {
+      await this.described;
       if (this.closed) return;
       const own = fingerprint(this.pc.localDescription.sdp), peer = fingerprint(this.pc.remoteDescription.sdp);
       const msg = concat(PROOF_CONTEXT, te.encode(own), [0], te.encode(peer));
@@ -330,7 +336,7 @@ class Link {
       if (this.closed) return;
       if (!this.proving) {
         this.proving = true;
-        try { await this.checkProof(b); } catch (e) { return this.close(CODE.BadMessage, e.message); }
+        try { await this.described; await this.checkProof(b); } catch (e) { return this.close(CODE.BadMessage, e.message); }
         // Our own proof goes first, before any wire message.
         await this.proofSent;
         if (this.closed) return;
@@ -407,6 +413,10 @@ class Player {
       if (this.waitingSince) { this.missed += (performance.now() - this.waitingSince) / 1000; this.waitingSince = 0; }
     });
     audio.addEventListener("waiting", () => {
+      if (this.onEvent) {
+        const b = this.sb && this.sb.buffered.length ? this.sb.buffered.start(0).toFixed(3) + "-" + this.sb.buffered.end(this.sb.buffered.length - 1).toFixed(3) + "/" + this.sb.buffered.length : "none";
+        this.onEvent("waiting at", audio.currentTime.toFixed(3), "buffered", b, "end", this.end.toFixed(3), "pending", this.pending.size, "next", this.next);
+      }
       if (this.started && this.stats.startupMs != null && !this.waitingSince) { this.stats.rebuffers++; this.waitingSince = performance.now(); }
     });
   }
@@ -555,6 +565,7 @@ class PageNode {
     this.stats = { startupMs: null, rebuffers: 0, lagMs: null, error: "" };
     this.events = [];
     this.player = new Player(opts.audio, this.stats);
+    this.player.onEvent = (...w) => this.event(...w);
   }
 
   // event notes what happened, for debug(): the last 100 events.
@@ -920,7 +931,16 @@ class PageNode {
     } else if (!this.parent) {
       // Bridge: pull what follows our newest from the backups meanwhile.
       if (this.newest >= 0) for (const b of this.backups) b.send({ type: T.Request, seqs: [1, 2, 3, 4, 5].map((i) => this.newest + i) });
-      if (!this.joining) { this.joining = true; this.orphan().finally(() => { this.joining = false; }); }
+      if (!this.joining && now >= (this.nextJoin || 0)) {
+        this.joining = true;
+        this.orphan().finally(() => {
+          this.joining = false;
+          // Nothing found: again soon, then less and less often (up to
+          // every second).
+          this.joinDelay = this.parent ? 0 : Math.min(Math.max(2 * (this.joinDelay || 0), TICK_MS), 1000);
+          this.nextJoin = Date.now() + this.joinDelay;
+        });
+      }
     } else {
       this.repair(now);
       if (!this.searching && this.backups.length < BACKUPS && now - this.lastBackupTry > 2000) {
