@@ -35,6 +35,8 @@ type HTTPConfig struct {
 //	/status.json  the node's figures (see below)
 //	/stream.mp3   the stream, when HTTPConfig.Stream is set (at its mount)
 //	/metrics      when HTTPConfig.Metrics is set
+//	/peer         the signalling of browser peers, a WebSocket (unless
+//	              Config.Browsers.Disabled; see docs/browser-peers.md)
 //
 // Streams end when the node's Run returns. A Handler is safe for use by
 // many goroutines; it starts none of its own beyond one per stream, which
@@ -63,6 +65,9 @@ func (n *Node) Handler(cfg HTTPConfig) *Handler {
 	}
 	if cfg.Metrics != nil {
 		h.mux.Handle("/metrics", cfg.Metrics)
+	}
+	if n.hub != nil {
+		h.mux.HandleFunc("GET /peer", n.hub.serve)
 	}
 	return h
 }
@@ -170,8 +175,16 @@ func (h *Handler) Status() Status {
 	st.Chunks.Received, st.Chunks.Forwarded, st.Chunks.Dropped = s.ChunksReceived, s.ChunksForwarded, s.ChunksDropped
 	st.Chunks.Bad, st.Chunks.Repairs = s.BadChunks, s.Repairs
 	st.Bytes.Received, st.Bytes.Sent = s.BytesReceived, s.BytesSent
+	st.Browsers = []web.StatusBrowser{}
+	if n.hub != nil {
+		st.Browsers = n.hub.status(st.ID, st.Children)
+		for i, c := range st.Children {
+			st.Children[i].Browser = n.hub.has(c.ID)
+		}
+	}
 	if t := n.ov.Tracker(); t != nil {
 		st.Swarm = web.Swarm(t.Nodes(), n.ov.ID())
+		st.Swarm = append(st.Swarm, web.BrowserNodes(st.Browsers)...)
 	}
 	return st
 }

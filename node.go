@@ -37,6 +37,8 @@ type Node struct {
 	tr    control.Transport
 	ownTr bool
 	extra []control.Transport // the embedded rendezvous's dial-back and echo sockets, owned
+	hub   *browserHub         // browser peers; nil when disabled
+	join  *control.Joined     // tr and the hub's WebRTC links, for the overlay
 	ov    *control.Overlay
 
 	window *output.Window
@@ -112,9 +114,23 @@ func New(cfg Config) (*Node, error) {
 	} else {
 		n.tr = cfg.Transport
 	}
+	ovTr := n.tr
+	if n.tr.Key().Equal(n.key.Public().(ed25519.PublicKey)) { // pages must see one identity
+		hub, err := newBrowserHub(n, cfg.Browsers)
+		if err != nil {
+			n.closeTransport()
+			return nil, err
+		}
+		if hub != nil {
+			n.hub, n.join = hub, control.Join(n.tr, hub.rtc)
+			ovTr = n.join
+		}
+	} else if !cfg.Browsers.Disabled {
+		n.log.Info("no browser peers: Config.Key is not the Transport's key")
+	}
 	oc := control.OverlayConfig{
 		Station:        n.station,
-		Transport:      n.tr,
+		Transport:      ovTr,
 		Host:           host{n},
 		Window:         n.window,
 		Root:           cfg.Source != nil,
@@ -326,6 +342,12 @@ func (n *Node) Close() error {
 }
 
 func (n *Node) closeTransport() {
+	if n.join != nil {
+		n.join.Close()
+	}
+	if n.hub != nil {
+		n.hub.close()
+	}
 	if n.ownTr {
 		n.tr.Close()
 	}

@@ -103,6 +103,11 @@ type Config struct {
 	// it claims).
 	Tracker control.TrackerConfig
 
+	// Browsers configures browser peers: station pages served by Handler
+	// that join the overlay over WebRTC, signalling at /peer. The zero
+	// value turns them on (see BrowserConfig).
+	Browsers BrowserConfig
+
 	// SignatureCache, when set, is shared by the nodes of one process (a
 	// simulation) so that each chunk's signature is checked once; see
 	// mux.SignatureCache. Nil: every chunk is verified.

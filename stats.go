@@ -50,6 +50,12 @@ type Stats struct {
 	Recoveries  uint64
 	RecoveryP50 time.Duration
 	RecoveryMax time.Duration
+
+	// Browser pages signalling at this node's /peer, how many of them say
+	// they play, and the mean continuity they report (1 with none): their
+	// word, not checked.
+	BrowserPages, BrowsersPlaying int
+	BrowserContinuity             float64
 }
 
 // Stats returns the node's figures. It is safe from any goroutine.
@@ -96,5 +102,9 @@ func (n *Node) stats() (Stats, control.OverlayStats) {
 	}
 	s.HopP50, s.HopP99 = n.hop.Quantile(0.5), n.hop.Quantile(0.99)
 	s.Recoveries, s.RecoveryP50, s.RecoveryMax = o.Recoveries, o.RecoveryP50, o.RecoveryMax
+	s.BrowserContinuity = 1
+	if n.hub != nil {
+		s.BrowserPages, s.BrowsersPlaying, s.BrowserContinuity = n.hub.figures()
+	}
 	return s, o
 }

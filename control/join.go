@@ -398,6 +398,9 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 // leafChild returns one of our children that can take no children itself
 // when p can (nil otherwise).
 func (o *Overlay) leafChild(p *peer) *peer {
+	if p.page() {
+		return nil // the leaf would be sent to a parent it cannot dial
+	}
 	var children []*peer
 	var views []peerView
 	for _, q := range o.peerList() {
@@ -429,12 +432,13 @@ func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
 	o.log.Info("child displaced by a relaying node", "leaf", victim.conn.RemoteAddr(), "by", by.conn.RemoteAddr())
 }
 
-// neighbours describes up to 8 of our peers that have joined, except p.
+// neighbours describes up to 8 of our peers that have joined, except p
+// and station pages.
 func (o *Overlay) neighbours(except *peer) []PeerInfo {
 	var out []PeerInfo
 	for _, q := range o.peerList() {
 		info := q.info()
-		if q == except || info.Depth < 0 {
+		if q == except || info.Depth < 0 || q.page() {
 			continue
 		}
 		out = append(out, info)

@@ -311,6 +311,14 @@ func (p *peer) state() PeerState {
 	return PeerState{ID: p.id, Addr: addr, Depth: p.depth}
 }
 
+// page reports whether p is a station page: its Hello had no ListenAddr
+// (nobody can dial it), so it is never offered to other nodes.
+func (p *peer) page() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.listen == ""
+}
+
 // info describes p as a candidate for others (peer exchange).
 func (p *peer) info() PeerInfo {
 	p.mu.Lock()

@@ -106,6 +106,9 @@ func NewCollector(node Node, cfg Config) *Collector {
 	add("lag_p95_seconds", "95th percentile of the lag, sampled every second while playing.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.LagP95.Seconds() })
 	add("startup_seconds", "From Run to the first audio played (0 before).", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.Startup.Seconds() })
 	add("hop_p99_seconds", "99th percentile of the delay from a chunk's arrival to its send to the children.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.HopP99.Seconds() })
+	add("browser_pages", "Station pages signalling at this node.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.BrowserPages) })
+	add("browser_pages_playing", "Station pages signalling at this node that report they play.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.BrowsersPlaying) })
+	add("browser_continuity_ratio", "Mean continuity the station pages signalling at this node report (1 with none).", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.BrowserContinuity })
 	add("position_seconds", "Audio played so far.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.Playout.Position.Seconds() })
 
 	if c.stream != nil {

@@ -138,3 +138,20 @@ func TestHandlerScrapes(t *testing.T) {
 	// A second handler has its own registry: no duplicate registration.
 	require.NotPanics(t, func() { Handler(&fakeNode{}, Config{}) })
 }
+
+func TestCollectorExportsWhatBrowserPagesReport(t *testing.T) {
+	s := listenerStats()
+	s.BrowserPages, s.BrowsersPlaying, s.BrowserContinuity = 3, 2, 0.95
+	c := NewCollector(&fakeNode{s: s}, Config{})
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
+# HELP p2pradio_browser_pages Station pages signalling at this node.
+# TYPE p2pradio_browser_pages gauge
+p2pradio_browser_pages 3
+# HELP p2pradio_browser_pages_playing Station pages signalling at this node that report they play.
+# TYPE p2pradio_browser_pages_playing gauge
+p2pradio_browser_pages_playing 2
+# HELP p2pradio_browser_continuity_ratio Mean continuity the station pages signalling at this node report (1 with none).
+# TYPE p2pradio_browser_continuity_ratio gauge
+p2pradio_browser_continuity_ratio 0.95
+`), "p2pradio_browser_pages", "p2pradio_browser_pages_playing", "p2pradio_browser_continuity_ratio"))
+}

@@ -62,15 +62,44 @@ type Status struct {
 
 	HTTP *output.HTTPStats `json:"http,omitempty"`
 	// Swarm is the overlay as the rendezvous sees it: at a broadcaster
-	// with the embedded tracker only.
+	// with the embedded tracker only. The station pages homed at this
+	// node are in it too, marked browser, under the parent they reported.
 	Swarm []StatusNode `json:"swarm,omitempty"`
+	// Browsers are the station pages signalling at this node's /peer, as
+	// they report themselves (nothing of it is checked).
+	Browsers []StatusBrowser `json:"browsers"`
+}
+
+// StatusBrowser is a station page signalling at the node: its
+// window.p2pradio.stats() as last reported.
+type StatusBrowser struct {
+	ID         string  `json:"id"`
+	ConnectedS float64 `json:"connected_s"` // since its hello
+	Reported   bool    `json:"reported"`    // it sent stats: the fields below are its
+	SeenS      float64 `json:"seen_s"`      // since its last stats
+	Child      bool    `json:"child"`       // a child of this node
+	Playing    bool    `json:"playing"`
+	Continuity float64 `json:"continuity"`
+	LagMs      float64 `json:"lag_ms"`
+	Depth      int     `json:"depth"` // -1 unjoined
+	// Parent is its parent's id (this node's for "node"), empty when none.
+	Parent     string   `json:"parent,omitempty"`
+	Children   []string `json:"children"`
+	Received   int64    `json:"received"`
+	Relayed    int64    `json:"relayed"`
+	Forged     int64    `json:"forged"`
+	StartupMs  *float64 `json:"startup_ms"`
+	Rebuffers  int64    `json:"rebuffers"`
+	Free       int      `json:"free"`
+	UploadKbps int      `json:"upload_kbps"`
 }
 
 // StatusPeer is a neighbour in Status.
 type StatusPeer struct {
-	ID    string `json:"id"`
-	Addr  string `json:"addr"`
-	Depth int    `json:"depth"`
+	ID      string `json:"id"`
+	Addr    string `json:"addr"`
+	Depth   int    `json:"depth"`
+	Browser bool   `json:"browser,omitempty"` // a station page
 }
 
 // StatusNode is one node of the swarm in Status.
@@ -84,6 +113,19 @@ type StatusNode struct {
 	SeenS      float64 `json:"seen_s"` // since its last registration
 	Reach      string  `json:"reach"`
 	Self       bool    `json:"self,omitempty"`
+	Browser    bool    `json:"browser,omitempty"` // a station page homed at this node
+}
+
+// BrowserNodes are the pages in the swarm's tree: those that reported a
+// depth.
+func BrowserNodes(bs []StatusBrowser) []StatusNode {
+	var out []StatusNode
+	for _, b := range bs {
+		if b.Reported && b.Depth > 0 {
+			out = append(out, StatusNode{ID: b.ID, Depth: b.Depth, Parent: b.Parent, FreeSlots: b.Free, UploadKbps: b.UploadKbps, SeenS: b.SeenS, Reach: "browser", Browser: true})
+		}
+	}
+	return out
 }
 
 // NAT is the NAT's behaviour, for a node behind one.
