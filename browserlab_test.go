@@ -415,9 +415,10 @@ func TestPagesRelayToPages(t *testing.T) {
 }
 
 // checkPagePlayed checks what a page played: every frame it appended is
-// the station's (the source's chunk at that place, or that frame muted
-// where its bit reservoir was missing, or silence where a chunk was
-// missing), and the PCM Chromium decodes from them equals mpg123's.
+// the station's (with src, the source's chunk at that place, or that
+// frame muted where its bit reservoir was missing, or silence where a
+// chunk was missing; without, no frame of a hostile page's), and the PCM
+// Chromium decodes from them equals mpg123's.
 func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource) {
 	t.Helper()
 	var ex struct {
@@ -456,6 +457,20 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 			}
 			continue
 		}
+		if src == nil {
+			for range n {
+				f := next()
+				side := f[mux.HeaderSize:][:f.Header().SideInfoSize()]
+				if !slices.ContainsFunc(side, func(b byte) bool { return b != 0 }) {
+					muted++ // side information zero
+					broken[frame] = true
+				} else {
+					real++
+				}
+				frame++
+			}
+			continue
+		}
 		c := src.chunk(uint64(seq))
 		require.NotNil(t, c, "chunk %d was sent", seq)
 		require.Len(t, c.Frames, n)
@@ -478,6 +493,7 @@ func checkPagePlayed(t *testing.T, ctx context.Context, p *tab, src *chunkSource
 		}
 	}
 	require.Empty(t, rest)
+	noForgedFrames(t, ex.MP3)
 	t.Logf("appended: %d frames from the station, %d muted, %d silent", real, muted, silent)
 	require.Greater(t, real, 10*muted+silent)
 
