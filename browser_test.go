@@ -82,6 +82,15 @@ func (tb *tab) eval(ctx context.Context, expr string, out any) error {
 	return nil
 }
 
+// screenshot returns a PNG of the tab.
+func (tb *tab) screenshot(ctx context.Context) ([]byte, error) {
+	var shot struct {
+		Data []byte `json:"data"`
+	}
+	err := tb.c.call(ctx, tb.session, "Page.captureScreenshot", map[string]any{"format": "png"}, &shot)
+	return shot.Data, err
+}
+
 // close closes the tab, as a listener closing it would.
 func (tb *tab) close(ctx context.Context) error {
 	return tb.c.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": tb.target}, nil)

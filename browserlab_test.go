@@ -37,6 +37,9 @@ var browserFlags = []string{
 	"--disable-background-timer-throttling",
 	"--disable-renderer-backgrounding",
 	"--disable-backgrounding-occluded-windows",
+	// No sound card here: a fake output whose clock runs in real time,
+	// rather than ALSA's failures and fallbacks at every page's start.
+	"--disable-audio-output",
 }
 
 // netnsAddr is the one address besides loopback in the namespace of

@@ -409,7 +409,10 @@ class Player {
     audio.preload = "auto";
     audio.src = window.URL.createObjectURL(this.ms);
     audio.addEventListener("playing", () => {
-      if (this.stats.startupMs == null) this.stats.startupMs = Math.round(performance.now());
+      if (this.stats.startupMs == null) {
+        this.stats.startupMs = Math.round(performance.now());
+        if (this.onEvent) this.onEvent("playing");
+      }
       if (this.waitingSince) { this.missed += (performance.now() - this.waitingSince) / 1000; this.waitingSince = 0; }
     });
     audio.addEventListener("waiting", () => {
@@ -425,7 +428,10 @@ class Player {
   push(c) {
     if (c.seq < this.next || this.pending.has(c.seq)) return;
     this.pending.set(c.seq, c);
-    if (this.next < 0 && !this.firstAt) this.firstAt = performance.now();
+    if (this.next < 0 && !this.firstAt) {
+      this.firstAt = performance.now();
+      if (this.onEvent) this.onEvent("first chunk", c.seq);
+    }
   }
 
   ahead() { return this.end - this.audio.currentTime; }
@@ -436,7 +442,7 @@ class Player {
     const now = performance.now();
     if (this.next < 0) {
       // The burst arrives unordered: start at its oldest chunk after a moment.
-      if (!this.pending.size || now - this.firstAt < 120) return;
+      if (!this.pending.size || now - this.firstAt < 60) return;
       this.next = Math.min(...this.pending.keys());
     }
     for (;;) {
@@ -458,6 +464,7 @@ class Player {
     this.pump();
     if (!this.started && this.end > 0.25 && this.sb && !this.sb.updating && this.audio.buffered.length) {
       this.started = true;
+      if (this.onEvent) this.onEvent("play, buffered", this.end.toFixed(3));
       this.audio.play().catch((e) => { this.stats.error = "cannot play: " + e.message; });
     }
     this.measure();
@@ -575,9 +582,13 @@ class PageNode {
   }
 
   async start() {
-    this.keys = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
-    this.pub = new Uint8Array(await crypto.subtle.exportKey("raw", this.keys.publicKey));
-    this.pubHex = hex(this.pub);
+    this.event("start");
+    // The key is made while the socket opens.
+    this.keyed = (async () => {
+      this.keys = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
+      this.pub = new Uint8Array(await crypto.subtle.exportKey("raw", this.keys.publicKey));
+      this.pubHex = hex(this.pub);
+    })();
     await this.connect();
     this.timer = setInterval(() => this.step(), TICK_MS);
     this.playTimer = setInterval(() => this.player.tick(), 50);
@@ -599,7 +610,10 @@ class PageNode {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url);
       const t = setTimeout(() => { reject(new Error("no welcome from " + url)); ws.close(); }, 3000);
-      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", key: this.pubHex, upload_kbps: this.upload }));
+      ws.onopen = async () => {
+        try { await this.keyed; } catch (e) { clearTimeout(t); reject(e); ws.close(); return; }
+        ws.send(JSON.stringify({ type: "hello", key: this.pubHex, upload_kbps: this.upload }));
+      };
       ws.onerror = () => { clearTimeout(t); reject(new Error("cannot open " + url)); };
       ws.onclose = (e) => { if (this.ws === ws) { this.ws = null; this.wsError = e.reason || "signalling closed"; setTimeout(() => this.reconnect(), 2000); } };
       ws.onmessage = async (e) => {
@@ -612,6 +626,7 @@ class PageNode {
             this.nodeKey = m.node; this.ice = m.ice || []; this.you = m.you; this.ws = ws;
           } catch (err) { clearTimeout(t); reject(err); return; }
           clearTimeout(t);
+          this.event("welcome");
           resolve();
           return;
         }
