@@ -263,8 +263,11 @@ func (h *browserHub) writeLoop(ctx context.Context, p *page) {
 	}
 }
 
-// add admits a page within MaxPages; a page with the same key replaces
-// the old one. It returns why the page is refused, or "".
+// add admits a page within MaxPages. It returns why the page is refused,
+// or "". A second hello with a key already here is refused (replacing the
+// first would let anyone who read a key in a candidates list cut that
+// page off); a reloaded page's old socket is gone by then, or goes within
+// pageSilence.
 func (h *browserHub) add(p *page) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -274,9 +277,10 @@ func (h *browserHub) add(p *page) string {
 	case p.key.Equal(h.n.Key()):
 		return "that is the node's key"
 	}
-	if old := h.pages[p.id]; old != nil {
-		old.drop(websocket.StatusPolicyViolation, "replaced by a new hello with its key")
-	} else if len(h.pages) >= h.cfg.MaxPages {
+	if h.pages[p.id] != nil {
+		return "a page with that key is here"
+	}
+	if len(h.pages) >= h.cfg.MaxPages {
 		return fmt.Sprintf("full: %d pages", len(h.pages))
 	}
 	h.pages[p.id] = p

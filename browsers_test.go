@@ -239,6 +239,10 @@ func TestPagesAreNeverOfferedToGoNodes(t *testing.T) {
 	require.NoError(t, err)
 	subscribe(t, c, st.b.Address().Station)
 	receiveChunks(t, c, st.b.Address().Station, 1)
+	require.Eventually(t, func() bool { // its Status said depth 1: it has joined
+		s := getStatus(t, srv.URL)
+		return len(s.Children) == 1 && s.Children[0].Depth == 1
+	}, 5*time.Second, 20*time.Millisecond)
 
 	// A Go node that says hello to the broadcaster hears of its joined
 	// neighbours: the page is not among them.
@@ -248,19 +252,10 @@ func TestPagesAreNeverOfferedToGoNodes(t *testing.T) {
 	send(t, ctx, gc, &control.Hello{Station: control.IDOf(st.b.Key()), Depth: -1, ListenAddr: tr.Addr()})
 	receiveUntil[*control.Hello](t, ctx, gc)
 	send(t, ctx, gc, &control.Subscribe{})
-	for {
-		b, err := gc.Receive(ctx)
-		require.NoError(t, err)
-		m, err := control.ParseMessage(b)
-		require.NoError(t, err)
-		if pl, ok := m.(*control.PeerList); ok {
-			for _, pi := range pl.Peers {
-				require.NotEqual(t, p.id, pi.ID.String(), "a page offered to a Go node")
-			}
-		}
-		if _, ok := m.(*control.Welcome); ok {
-			break // the PeerList comes before it
-		}
+	receiveUntil[*control.Welcome](t, ctx, gc)
+	pl := receiveUntil[*control.PeerList](t, ctx, gc) // after the Welcome
+	for _, pi := range pl.Peers {
+		require.NotEqual(t, p.id, pi.ID.String(), "a page offered to a Go node")
 	}
 }
 
@@ -357,7 +352,19 @@ func TestTheHubDropsPagesThatBreakItsRules(t *testing.T) {
 		})
 	}
 
+	t.Run("SameKeyTwice", func(t *testing.T) {
+		p := newGoPage(t, srv.URL, 0)
+		_, err := signal.Dial(ctx, url, p.key.Public().(ed25519.PublicKey), 0)
+		var ce websocket.CloseError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, websocket.StatusTryAgainLater, ce.Code)
+		require.Contains(t, ce.Reason, "key")
+		_, err = p.sig.Candidates(ctx) // the first is unharmed
+		require.NoError(t, err)
+	})
+
 	t.Run("MaxPages", func(t *testing.T) {
+		require.Eventually(t, func() bool { return n.Stats().BrowserPages == 0 }, 5*time.Second, 10*time.Millisecond)
 		newGoPage(t, srv.URL, 0)
 		newGoPage(t, srv.URL, 0)
 		_, key, _ := ed25519.GenerateKey(nil)
@@ -409,4 +416,34 @@ func TestNoPeerEndpointWhenBrowsersAreDisabled(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, 404, resp.StatusCode)
 	require.Empty(t, getStatus(t, srv.URL).Browsers)
+}
+
+func TestAPageNeverDisplacesAGoLeaf(t *testing.T) {
+	st := startWebStation(t, 0, "Browsers", 200) // one slot at 128 kbit/s
+	srv := serveNode(t, st.b, HTTPConfig{})
+	station := st.b.Address().Station
+	ctx := testCtx(t)
+	require.Eventually(t, func() bool { // the bitrate is known: one slot
+		return st.b.Stats().Slots == 1
+	}, 10*time.Second, 20*time.Millisecond)
+
+	// A Go leaf (no upload) takes the slot.
+	tr := newQUICTransport(t)
+	gc, err := tr.Dial(ctx, st.b.LocalAddr(), st.b.Key())
+	require.NoError(t, err)
+	send(t, ctx, gc, &control.Hello{Station: control.IDOf(station), Depth: -1, ListenAddr: tr.Addr()})
+	receiveUntil[*control.Hello](t, ctx, gc)
+	send(t, ctx, gc, &control.Subscribe{})
+	receiveUntil[*control.Welcome](t, ctx, gc)
+
+	// A page that could relay to many is refused rather than sending the
+	// leaf to a parent it cannot dial.
+	p := newGoPage(t, srv.URL, 0)
+	c, err := p.tr.Dial(ctx, signal.NodeID, st.b.Key())
+	require.NoError(t, err)
+	send(t, ctx, c, &control.Hello{Station: control.IDOf(station), Depth: -1, UploadKbps: 5000})
+	receiveUntil[*control.Hello](t, ctx, c)
+	send(t, ctx, c, &control.Subscribe{})
+	r := receiveUntil[*control.Refuse](t, ctx, c)
+	require.Equal(t, "no free slot", r.Reason)
 }

@@ -324,9 +324,7 @@ type cdpAnswer struct {
 	} `json:"error"`
 }
 
-// startChromium starts a headless Chromium with the flags every test
-// needs, and extra.
-func startChromium(t *testing.T, extra ...string) *cdp {
+func startChromium(t *testing.T, flags ...string) *cdp {
 	t.Helper()
 	bin := ""
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
@@ -347,7 +345,7 @@ func startChromium(t *testing.T, extra ...string) *cdp {
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+t.TempDir(), "--autoplay-policy=no-user-gesture-required",
 		"--remote-debugging-pipe", "--window-size=1000,900")
-	cmd.Args = append(append(cmd.Args, extra...), "about:blank")
+	cmd.Args = append(append(cmd.Args, flags...), "about:blank")
 	cmd.ExtraFiles = []*os.File{toChrome, chromeEnd}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

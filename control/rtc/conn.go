@@ -48,11 +48,10 @@ const (
 
 // Conn is one WebRTC link: a control.Conn.
 type Conn struct {
-	t      *Transport
-	pc     *webrtc.PeerConnection
-	ctl    *webrtc.DataChannel
-	data   *webrtc.DataChannel
-	dialed bool
+	t    *Transport
+	pc   *webrtc.PeerConnection
+	ctl  *webrtc.DataChannel
+	data *webrtc.DataChannel
 
 	ctlOpen   chan struct{} // closed when "ctl" opens
 	proven    chan struct{} // closed when the peer's key proof verified
@@ -87,7 +86,7 @@ type counters struct {
 }
 
 // newConn creates a PeerConnection with the two negotiated channels.
-func (t *Transport) newConn(dialed bool) (*Conn, error) {
+func (t *Transport) newConn() (*Conn, error) {
 	pc, err := t.api.NewPeerConnection(t.pcConfig)
 	if err != nil {
 		return nil, err
@@ -95,7 +94,6 @@ func (t *Transport) newConn(dialed bool) (*Conn, error) {
 	c := &Conn{
 		t:       t,
 		pc:      pc,
-		dialed:  dialed,
 		ctlOpen: make(chan struct{}),
 		proven:  make(chan struct{}),
 		ctlIn:   make(chan []byte, controlQueue),
@@ -266,7 +264,10 @@ func (c *Conn) handshake(ctx context.Context, started time.Time) error {
 		return timeout
 	}
 	if err := c.sendProof(); err != nil {
-		return err
+		if c.isDone() { // the peer's bad proof, say, closed it meanwhile
+			return c.Err()
+		}
+		return fmt.Errorf("%w: sending the key proof: %w", control.ErrClosed, err)
 	}
 	select {
 	case <-c.proven:

@@ -89,7 +89,13 @@ func parseClose(msg []byte) (code uint64, reason string, ok bool) {
 	if n <= 0 {
 		return control.CodeProtocol, "malformed close", true
 	}
-	reason = string(rest[n:])
-	reason = reason[:min(len(reason), control.MaxCloseReason)]
-	return min(code, control.MaxCloseCode), strings.ToValidUTF8(reason, string(utf8.RuneError)), true
+	reason = strings.ToValidUTF8(string(rest[n:]), string(utf8.RuneError))
+	if len(reason) > control.MaxCloseReason {
+		cut := control.MaxCloseReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
+	}
+	return min(code, control.MaxCloseCode), reason, true
 }

@@ -3,8 +3,10 @@ package rtc
 import (
 	"context"
 	"crypto/ed25519"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -230,4 +232,55 @@ func TestCloseMessageRoundTrip(t *testing.T) {
 	require.Equal(t, "bye", reason)
 	_, _, ok = parseClose([]byte("\x02hello"))
 	require.False(t, ok)
+	// Invalid UTF-8 is replaced, then the reason is cut at a rune.
+	_, reason, ok = parseClose(appendClose(nil, 1, strings.Repeat("\xffa", 200)))
+	require.True(t, ok)
+	require.LessOrEqual(t, len(reason), control.MaxCloseReason)
+	require.True(t, utf8.ValidString(reason))
+}
+
+func FuzzLinkMessages(f *testing.F) {
+	_, key, err := ed25519.GenerateKey(nil)
+	require.NoError(f, err)
+	f.Add(appendProof(nil, key, "AA", "BB"))
+	f.Add(appendClose(nil, 300, "bye"))
+	f.Add([]byte("a=fingerprint:sha-256 AB:CD\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if k, err := checkProof(b, "BB", "AA"); err == nil {
+			require.Len(t, k, ed25519.PublicKeySize)
+		}
+		if code, reason, ok := parseClose(b); ok {
+			require.LessOrEqual(t, code, control.MaxCloseCode)
+			require.LessOrEqual(t, len(reason), control.MaxCloseReason)
+			require.True(t, utf8.ValidString(reason))
+		}
+		fingerprint(string(b))
+	})
+}
+
+// BenchmarkLinkSetup measures a loopback link from the offer to both keys
+// proven (ICE, DTLS, SCTP, the proofs), and its close.
+func BenchmarkLinkSetup(b *testing.B) {
+	byName := map[string]*Transport{}
+	signal := func(ctx context.Context, addr, offer string) (string, error) {
+		return byName[addr].Answer(ctx, offer)
+	}
+	for _, name := range []string{"a", "b"} {
+		_, k, err := ed25519.GenerateKey(nil)
+		require.NoError(b, err)
+		tr, err := New(Config{Key: k, IPFilter: LoopbackOnly, Addr: name, Signal: signal})
+		require.NoError(b, err)
+		defer tr.Close()
+		byName[name] = tr
+	}
+	a, bt := byName["a"], byName["b"]
+	ctx := context.Background()
+	for b.Loop() {
+		ca, err := a.Dial(ctx, "b", bt.Key())
+		require.NoError(b, err)
+		cb, err := bt.Accept(ctx)
+		require.NoError(b, err)
+		ca.Close(0, "")
+		cb.Close(0, "")
+	}
 }

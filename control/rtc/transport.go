@@ -133,9 +133,6 @@ func (t *Transport) Addr() string { return t.cfg.Addr }
 // Key is the transport's identity key.
 func (t *Transport) Key() ed25519.PublicKey { return t.cfg.Key.Public().(ed25519.PublicKey) }
 
-// ICEServers is Config.ICEServers.
-func (t *Transport) ICEServers() []string { return t.cfg.ICEServers }
-
 // add registers a new link; false when the transport is closed or full.
 func (t *Transport) add(c *Conn) error {
 	t.mu.Lock()
@@ -167,8 +164,8 @@ func (t *Transport) goFunc(f func()) {
 }
 
 // start creates a link and registers it.
-func (t *Transport) start(dialed bool) (*Conn, error) {
-	c, err := t.newConn(dialed)
+func (t *Transport) start() (*Conn, error) {
+	c, err := t.newConn()
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +203,7 @@ func (t *Transport) Dial(ctx context.Context, addr string, wantKey ed25519.Publi
 	if t.cfg.Signal == nil {
 		return nil, ErrNoSignal
 	}
-	c, err := t.start(true)
+	c, err := t.start()
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +251,7 @@ func (t *Transport) dial(ctx context.Context, c *Conn, addr string) (*Conn, erro
 // Answer takes an offer, returns the answer and sets the link up in the
 // background: once the peer's key is proven, Accept returns it.
 func (t *Transport) Answer(ctx context.Context, offer string) (string, error) {
-	c, err := t.start(false)
+	c, err := t.start()
 	if err != nil {
 		return "", err
 	}
