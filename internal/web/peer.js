@@ -308,7 +308,7 @@ class Link {
       const own = fingerprint(this.pc.localDescription.sdp), peer = fingerprint(this.pc.remoteDescription.sdp);
       const msg = concat(PROOF_CONTEXT, te.encode(own), [0], te.encode(peer));
       const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, this.node.keys.privateKey, msg));
-      if (!this.closed) this.ctl.send(concat(PROOF, this.node.pub, sig));
+      if (!this.closed) { this.ctl.send(concat(PROOF, this.node.pub, sig)); this.provedOwn = true; }
     } catch (e) { this.close(CODE.BadMessage, "key proof: " + e.message); }
   }
 
@@ -367,17 +367,32 @@ class Link {
       try { this.data.send(this.queue.shift()); } catch (e) { return; }
     }
   }
+  // close sends the close message (after our key proof only: before, it
+  // would be taken for a bad proof) and closes the connection once the
+  // peer has closed its own (it does on reading the message), or after 1 s.
   close(code, reason) {
     if (this.closed) return;
-    try { if (this.ctl.readyState === "open") this.ctl.send(concat(CLOSE, uvarint(code), te.encode(reason || "").subarray(0, 1024))); } catch (e) { /* closing anyway */ }
-    this.gone(reason || "closed", true);
+    let sent = false;
+    try {
+      if (this.provedOwn && this.ctl.readyState === "open") {
+        this.ctl.send(concat(CLOSE, uvarint(code), te.encode(reason || "").subarray(0, 1024)));
+        sent = true;
+      }
+    } catch (e) { /* closing anyway */ }
+    this.gone(reason || "closed", sent);
   }
-  gone(why, local) {
+  gone(why, wait) {
     if (this.closed) return;
     this.closed = true; this.closeReason = why;
     clearTimeout(this.proofTimer); clearTimeout(this.discTimer);
-    // Let the close message leave before the connection goes.
-    setTimeout(() => { try { this.pc.close(); } catch (e) { /* gone */ } }, local ? 100 : 0);
+    const end = () => { try { this.pc.close(); } catch (e) { /* gone */ } };
+    if (wait) {
+      this.ctl.addEventListener("close", end);
+      this.pc.addEventListener("connectionstatechange", () => { if (this.pc.connectionState !== "connected") end(); });
+      setTimeout(end, 1000);
+    } else {
+      end();
+    }
     this.node.onClosed(this);
   }
   // fedThrough reports whether any of ids (hex keys) is this peer or on its path.
