@@ -457,7 +457,7 @@ class Player {
     const now = performance.now();
     if (this.next < 0) {
       // The burst arrives unordered: start at its oldest chunk after a moment.
-      if (!this.pending.size || now - this.firstAt < 60) return;
+      if (!this.pending.size || now - this.firstAt < 30) return;
       this.next = Math.min(...this.pending.keys());
     }
     for (;;) {
@@ -477,7 +477,9 @@ class Player {
       this.next = later;
     }
     this.pump();
-    if (!this.started && this.end > 0.25 && this.sb && !this.sb.updating && this.audio.buffered.length) {
+    // play() as the first frames go in: the element starts as soon as it
+    // has decoded enough, with no round trip through updateend.
+    if (!this.started && this.end > 0.25) {
       this.started = true;
       if (this.onEvent) this.onEvent("play, buffered", this.end.toFixed(3));
       this.audio.play().catch((e) => { this.stats.error = "cannot play: " + e.message; });
