@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -301,12 +302,11 @@ func noForgedFrames(t *testing.T, mp3 []byte) {
 }
 
 // TestBrowserPeersFigures is the issue's figure run (P2PRADIO_BROWSER_FIGURES=1,
-// about 2.5 minutes): a broadcaster, a Go listener with two child slots and
+// about 2 minutes): a broadcaster, a Go listener with two child slots and
 // six pages that join at it; over 60 s every page plays with continuity
 // >= 0.99 as it measures, at least two are fed by a page, the listener
 // keeps to its budget; the orphan of a closed page has a new parent within
-// 1 s and no rebuffer; then twenty more pages are opened one at a time for
-// the startup figure (open to first sound), whose p95 must be <= 1.5 s.
+// 1 s and no rebuffer; and what a page played equals mpg123's decode.
 func TestBrowserPeersFigures(t *testing.T) {
 	if os.Getenv("P2PRADIO_BROWSER_FIGURES") == "" {
 		t.Skip("the 60 s figure run: set P2PRADIO_BROWSER_FIGURES=1")
@@ -400,17 +400,41 @@ func TestBrowserPeersFigures(t *testing.T) {
 	}
 	checkPagePlayed(t, ctx, l.pages[leaf], nil)
 
-	// Startup: pages opened one at a time.
+	slices.Sort(startups)
+	t.Logf("FIGURE startup (open to first sound) of the six pages, opened 1 s apart: %v ms", startups)
+}
+
+// TestBrowserPeerStartup is the startup figure (P2PRADIO_BROWSER_FIGURES=1,
+// about a minute): beside a broadcaster and a Go listener, twenty pages
+// are opened one at a time; the time from opening each to its first sound
+// must be <= 1.5 s at the 95th percentile.
+func TestBrowserPeerStartup(t *testing.T) {
+	if os.Getenv("P2PRADIO_BROWSER_FIGURES") == "" {
+		t.Skip("a figure run: set P2PRADIO_BROWSER_FIGURES=1")
+	}
+	if !inFreshNetns(t) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	l := startSwarmLab(t, ctx, 300)
+	var startups []float64
 	for range 20 {
 		p := l.open(300)
 		var s pageStats
 		require.Eventually(t, func() bool { s = l.stats(p); return s.StartupMs != nil }, 15*time.Second, 50*time.Millisecond)
 		startups = append(startups, *s.StartupMs)
+		var d struct {
+			Events []string `json:"events"`
+		}
+		p.eval(ctx, `p2pradio.debug()`, &d)
+		t.Logf("startup %.0f ms: %s", *s.StartupMs, strings.Join(d.Events, "; "))
 		require.NoError(t, p.close(ctx))
 		time.Sleep(500 * time.Millisecond)
 	}
 	slices.Sort(startups)
-	q := func(f float64) float64 { return startups[min(len(startups)-1, int(f*float64(len(startups))))] }
+	// Nearest rank: the 19th of 20 is the 95th percentile.
+	q := func(f float64) float64 { return startups[max(0, int(math.Ceil(f*float64(len(startups))))-1)] }
 	t.Logf("FIGURE startup (open to first sound) over %d pages: p50 %.0f ms, p95 %.0f ms, max %.0f ms: %v", len(startups), q(0.5), q(0.95), startups[len(startups)-1], startups)
 	assert.LessOrEqual(t, q(0.95), 1500.0, "startup p95")
 }

@@ -446,6 +446,7 @@ class Player {
     if (this.next < 0 && !this.firstAt) {
       this.firstAt = performance.now();
       if (this.onEvent) this.onEvent("first chunk", c.seq);
+      setTimeout(() => this.tick(), 31); // start as soon as the burst is in
     }
   }
 
@@ -608,6 +609,7 @@ class PageNode {
     })();
     await this.connect();
     this.timer = setInterval(() => this.step(), TICK_MS);
+    this.step(); // join now, not at the first tick
     this.playTimer = setInterval(() => this.player.tick(), 50);
     this.statsTimer = setInterval(() => this.report(), 1000);
     addEventListener("pagehide", () => this.stop());
