@@ -447,3 +447,24 @@ func TestAPageNeverDisplacesAGoLeaf(t *testing.T) {
 	r := receiveUntil[*control.Refuse](t, ctx, c)
 	require.Equal(t, "no free slot", r.Reason)
 }
+
+func TestAPageCannotRegisterAtTheRendezvous(t *testing.T) {
+	st := startWebStation(t, 0, "Browsers", 0)
+	srv := serveNode(t, st.b, HTTPConfig{})
+	p := newGoPage(t, srv.URL, 0)
+	ctx := testCtx(t)
+	c, err := p.tr.Dial(ctx, signal.NodeID, st.b.Key())
+	require.NoError(t, err)
+	send(t, ctx, c, &control.Register{ListenAddr: "127.0.0.1:1", UploadKbps: 5000, Depth: 1, FreeSlots: 5, Want: true})
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the node keeps a page's rendezvous session")
+	}
+	var ce *control.CloseError
+	require.ErrorAs(t, c.Err(), &ce)
+	require.Equal(t, "no rendezvous here", ce.Reason)
+	for _, n := range getStatus(t, srv.URL).Swarm {
+		require.NotEqual(t, p.id, n.ID)
+	}
+}

@@ -14,6 +14,15 @@ type Acceptor interface {
 	Accept(ctx context.Context) (Conn, error)
 }
 
+// fromBrowser reports whether c is a browser's link: a connection with a
+// method Browser() bool that says so (control/rtc's). A browser cannot be
+// dialed back: the overlay serves it as a peer only, never as a session
+// at the rendezvous, and never offers it to other nodes.
+func fromBrowser(c Conn) bool {
+	b, ok := c.(interface{ Browser() bool })
+	return ok && b.Browser()
+}
+
 // Joined is a Transport that dials with one transport and accepts from it
 // and from other sources; see Join.
 type Joined struct {

@@ -318,7 +318,7 @@ func (o *Overlay) serveIncoming(ctx context.Context, c Conn) {
 	switch m := readFirst(ctx, c).(type) {
 	case nil:
 	case *Register:
-		if o.cfg.Tracker == nil {
+		if o.cfg.Tracker == nil || fromBrowser(c) {
 			c.Close(CodeBadMessage, "no rendezvous here")
 			return
 		}

@@ -311,9 +311,13 @@ func (p *peer) state() PeerState {
 	return PeerState{ID: p.id, Addr: addr, Depth: p.depth}
 }
 
-// page reports whether p is a station page: its Hello had no ListenAddr
-// (nobody can dial it), so it is never offered to other nodes.
+// page reports whether p is a station page: its link is a browser's, or
+// its Hello had no ListenAddr (nobody can dial it), so it is never offered
+// to other nodes.
 func (p *peer) page() bool {
+	if fromBrowser(p.conn) {
+		return true
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.listen == ""

@@ -445,6 +445,11 @@ func (c *Conn) isDone() bool {
 	}
 }
 
+// Browser reports true: the peer of a WebRTC link cannot be dialed back,
+// so the overlay serves it as a peer only (never as a session at the
+// rendezvous) and never offers it to other nodes.
+func (c *Conn) Browser() bool { return true }
+
 // Stats counts the link's data messages.
 func (c *Conn) Stats() control.ConnStats {
 	return control.ConnStats{
