@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -168,22 +169,29 @@ func (h *hostilePage) serve(ctx context.Context, c control.Conn, station ed25519
 		if err != nil {
 			return
 		}
+		// Forged chunks to every peer, parent or not, from the first
+		// seq it asks for, or from its newest.
+		var from uint64
 		switch m := m.(type) {
 		case *control.Hello:
 			c.Send(ctx, control.AppendMessage(nil, hello))
+			from = m.Newest
 		case *control.Subscribe:
 			c.Send(ctx, control.AppendMessage(nil, &control.Welcome{}))
-			f := mux.Silent(mux.Format{Version: mux.MPEG1, SampleRate: 44100, Channels: 2})
-			frame := append(mux.Frame(nil), f...)
-			for i := mux.HeaderSize + 32; i < len(frame); i++ {
-				frame[i] = forgedByte
-			}
-			for i := range 5 {
-				seq := max(m.From, 1) + uint64(i)
-				ch := &mux.Chunk{Seq: seq, Timestamp: int64(seq) * 4 * 1152, Produced: time.Now().UnixMicro(), Frames: []mux.Frame{frame, frame, frame, frame}}
-				if ch.Sign(wrong) == nil && c.SendData(ch.Bytes()) == nil {
-					h.fed.Store(c, true)
-				}
+			from = m.From
+		default:
+			continue
+		}
+		f := mux.Silent(mux.Format{Version: mux.MPEG1, SampleRate: 44100, Channels: 2})
+		frame := append(mux.Frame(nil), f...)
+		for i := mux.HeaderSize + 32; i < len(frame); i++ {
+			frame[i] = forgedByte
+		}
+		for i := range 5 {
+			seq := max(from, 1) + uint64(i)
+			ch := &mux.Chunk{Seq: seq, Timestamp: int64(seq) * 4 * 1152, Produced: time.Now().UnixMicro(), Frames: []mux.Frame{frame, frame, frame, frame}}
+			if ch.Sign(wrong) == nil && c.SendData(ch.Bytes()) == nil {
+				h.fed.Store(c, true)
 			}
 		}
 	}
@@ -239,7 +247,27 @@ func TestPagesJoinAGoNode(t *testing.T) {
 		b, _ := json.Marshal(all[i])
 		t.Logf("page %d: %s", i, b)
 	}
-	require.Greater(t, forged, 0, "a page took the hostile page as its parent and caught its forgery")
+	if forged == 0 {
+		// No page took the hostile page (the node answered first): the
+		// first page dials it as it would a backup.
+		var n int
+		require.NoError(t, l.pages[0].eval(ctx, `(async () => { const n = p2pradio.internals.node();
+			return (await n.probe([{id: "`+hostile.page.id+`", key: "`+hex.EncodeToString(hostile.page.key.Public().(ed25519.PublicKey))+`", depth: 1, free: 5}], 1)).length; })()`, &n))
+		t.Logf("page 0 dialed the hostile page: %d link", n)
+		require.Eventually(t, func() bool { all[0] = l.stats(l.pages[0]); return all[0].Forged > 0 }, 5*time.Second, 50*time.Millisecond)
+		forged = all[0].Forged
+		time.Sleep(time.Second)
+		s := l.stats(l.pages[0])
+		require.Greater(t, s.Clock, all[0].Clock+0.5, "page 0 plays on")
+		require.Equal(t, all[0].Rebuffers, s.Rebuffers)
+	}
+	require.Greater(t, forged, 0, "a page linked to the hostile page and caught its forgery")
+	var mp3 []byte
+	require.NoError(t, l.pages[0].eval(ctx, `(() => { const log = p2pradio.internals.node().player.log; let s = "";
+		for (const b of log) for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode.apply(null, b.subarray(i, i + 0x8000));
+		return btoa(s); })()`, &mp3))
+	require.NotEmpty(t, mp3)
+	noForgedFrames(t, mp3)
 	fedByNode, parentPage, orphan := 0, -1, -1
 	for i, s := range all {
 		require.NotNil(t, s.Parent, "page %d", i)

@@ -585,7 +585,7 @@ class PageNode {
     this.links = new Set(); this.parent = null; this.backups = []; this.depth = -1; this.path = [];
     this.win = new Map(); this.newest = -1; this.first = -1; this.arrived = new Map(); this.asked = new Map();
     this.received = 0; this.relayed = 0; this.relayedBytes = 0; this.forged = 0; this.dropped = 0; this.bad = 0;
-    this.failed = new Map(); this.linkNo = 0; this.answers = new Map(); this.candWait = [];
+    this.failed = new Map(); this.banned = new Set(); this.linkNo = 0; this.answers = new Map(); this.candWait = [];
     this.joining = false; this.searching = false; this.lastBackupTry = 0; this.parentSince = 0;
     this.stats = { startupMs: null, rebuffers: 0, lagMs: null, error: "" };
     this.events = [];
@@ -806,7 +806,11 @@ class PageNode {
       if (l.closed || this.win.has(c.seq)) return;
       let ok = false;
       try { ok = await verifyChunk(this.station, c); } catch (e) { ok = false; }
-      if (!ok) { this.forged++; return l.close(CODE.BadChunk, "mux: bad signature"); }
+      if (!ok) {
+        // A forger is never dialed again.
+        this.forged++; this.banned.add(l.keyHex);
+        return l.close(CODE.BadChunk, "mux: bad signature");
+      }
       if (this.win.has(c.seq) || c.seq < this.newest + 1 - WINDOW) return;
       l.lastNew = Date.now();
       this.accept(c);
@@ -873,7 +877,8 @@ class PageNode {
   // orderCands: pages with free slots, shallowest first, then the node.
   orderCands(cands) {
     const now = Date.now(), linked = new Set([...this.links].map((l) => l.keyHex));
-    const ok = cands.filter((c) => c.key !== this.pubHex && !linked.has(c.key) && !(now - (this.failed.get(c.key) || -1e9) < FAILED_MS));
+    const ok = cands.filter((c) => c.key !== this.pubHex && !linked.has(c.key) && !this.banned.has(c.key) &&
+      !(now - (this.failed.get(c.key) || -1e9) < FAILED_MS));
     const pages = ok.filter((c) => c.id !== "node" && c.free > 0 && c.depth >= 1).sort((a, b) => a.depth - b.depth);
     return [...pages, ...ok.filter((c) => c.id === "node")];
   }
