@@ -239,7 +239,7 @@ func TestPeerJSCodecAndSignaturesInChromium(t *testing.T) {
 	}
 	h := out.Decoded[0]
 	require.EqualValues(t, control.TypeHello, h["type"])
-	require.EqualValues(t, 2, h["version"])
+	require.EqualValues(t, control.WireVersion, h["version"])
 	require.Equal(t, hex.EncodeToString(pub), h["station"])
 	require.Equal(t, "10.0.0.1:7000", h["observed"])
 	require.EqualValues(t, 3, h["depth"])

@@ -11,6 +11,8 @@ const te = new TextEncoder(), td = new TextDecoder();
 // ---- the wire format (control/wire.go) ----
 
 const T = { Hello: 1, Welcome: 2, Refuse: 3, Subscribe: 4, Unsubscribe: 5, Have: 6, Request: 7, PeerList: 8, Status: 11 };
+// WIRE_VERSION is control.WireVersion: web.go writes it in when it embeds
+// this file (the messages a page uses are the same in versions 2 and 3).
 const WIRE_VERSION = 2, MAX_STRING = 255, MAX_PATH = 64, MAX_PEERS = 64, MAX_REQUEST = 64, MAX_HAVE = 128, MAX_DEPTH = 254;
 const CODE = { Refused: 3, BadChunk: 16, BadMessage: 17, Slow: 18, WrongStation: 19, Goodbye: 20, Version: 21, Idle: 22 };
 

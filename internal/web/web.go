@@ -9,9 +9,13 @@ package web
 import (
 	"bytes"
 	_ "embed"
+	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+
+	"github.com/p2pradio/p2pradio/control"
 )
 
 // Page is the station page, with PeerJS inlined. It expects status.json,
@@ -24,10 +28,21 @@ var stationHTML []byte
 
 // PeerJS is the page's peer: the wire codec, chunk verification, WebRTC
 // links, the overlay's rules for a listener and MediaSource playback. It
-// defines window.p2pradio (join, leave, stats, exportPCM).
-//
+// defines window.p2pradio (join, leave, stats, exportPCM). Its wire
+// version is control.WireVersion.
+var PeerJS = withWireVersion(peerJS)
+
 //go:embed peer.js
-var PeerJS string
+var peerJS string
+
+// withWireVersion writes control.WireVersion into peer.js.
+func withWireVersion(js string) string {
+	const decl = "const WIRE_VERSION = 2,"
+	if !strings.Contains(js, decl) {
+		panic("web: peer.js declares no WIRE_VERSION")
+	}
+	return strings.Replace(js, decl, fmt.Sprintf("const WIRE_VERSION = %d,", control.WireVersion), 1)
+}
 
 // ContentSecurityPolicy keeps the page to its own origin: it loads nothing
 // from elsewhere.

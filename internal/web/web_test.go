@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -8,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/p2pradio/p2pradio/control"
 )
 
 func TestPageIsSelfContained(t *testing.T) {
@@ -45,4 +48,9 @@ func TestServe(t *testing.T) {
 	stop()
 	_, err = http.Get(url)
 	require.Error(t, err, "stopped")
+}
+
+func TestPeerJSSpeaksTheWireVersion(t *testing.T) {
+	require.Contains(t, PeerJS, fmt.Sprintf("const WIRE_VERSION = %d,", control.WireVersion))
+	require.Contains(t, string(Page), "window.p2pradio =")
 }
