@@ -561,7 +561,7 @@ func TestStationPageInChromium(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c.open(ctx, srv.URL+"/", 1000, 820)
+	c.open(ctx, srv.URL+"/?http", 1000, 820) // the HTTP stream: a peer needs the namespace of browserlab_test.go
 	c.waitFor(ctx, "the title", `document.getElementById("title").textContent === "Chromium Test Song"`)
 	var canPlay string
 	require.NoError(t, c.eval(ctx, `document.getElementById("audio").canPlayType("audio/mpeg")`, &canPlay))

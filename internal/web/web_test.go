@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -8,14 +9,16 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/p2pradio/p2pradio/control"
 )
 
 func TestPageIsSelfContained(t *testing.T) {
 	// Nothing loaded from elsewhere: no external scripts, styles, fonts or
 	// images (the SVG namespace is a name, not a load).
-	ext := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|@import|url\(|<link[^>]+stylesheet`)
+	ext := regexp.MustCompile(`(?i)(src|href)\s*=\s*["']?(https?:)?//|@import|(^|[^\w.])url\(|<link[^>]+stylesheet`)
 	require.Nil(t, ext.Find(Page), "external reference %q", ext.Find(Page))
-	for _, id := range []string{`id="play"`, `id="audio"`, `id="title"`, `id="figs"`, `id="tree"`, `fetch("status.json"`} {
+	for _, id := range []string{`id="play"`, `id="audio"`, `id="title"`, `id="figs"`, `id="tree"`, `fetch("status.json"`, `window.p2pradio =`} {
 		require.Contains(t, string(Page), id)
 	}
 }
@@ -45,4 +48,9 @@ func TestServe(t *testing.T) {
 	stop()
 	_, err = http.Get(url)
 	require.Error(t, err, "stopped")
+}
+
+func TestPeerJSSpeaksTheWireVersion(t *testing.T) {
+	require.Contains(t, PeerJS, fmt.Sprintf("const WIRE_VERSION = %d,", control.WireVersion))
+	require.Contains(t, string(Page), "window.p2pradio =")
 }
