@@ -47,15 +47,16 @@ func startSwarmLab(t *testing.T, ctx context.Context, nodeKbps int) *swarmLab {
 	}
 	// The pages load from 127.0.0.1: WebCrypto is only for secure
 	// contexts (HTTPS, or a page from the machine itself). The nodes'
-	// WebRTC listens where their QUIC does (not on loopback: there their
-	// ICE would keep to loopback, and Chromium's has no candidate there).
+	// QUIC listens on loopback, as in the README; their WebRTC uses every
+	// address of the namespace (Chromium has no loopback candidate, only
+	// the veth's).
 	l := &swarmLab{t: t, ctx: ctx, bcast: "127.0.0.1:8000", node: "127.0.0.1:8001", nodeKbps: nodeKbps}
 	start := func(name string, args ...string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, bin[name], args...)
 		cmd.Stderr = os.Stderr
 		return cmd
 	}
-	b := start("broadcast", "-listen", netnsAddr+":7000", "-http", l.bcast, "-upload", "300")
+	b := start("broadcast", "-listen", "127.0.0.1:7000", "-http", l.bcast, "-upload", "300")
 	out, err := b.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, b.Start())
@@ -63,7 +64,7 @@ func startSwarmLab(t *testing.T, ctx context.Context, nodeKbps int) *swarmLab {
 	line, err := bufio.NewReader(out).ReadString('\n')
 	require.NoError(t, err)
 	l.station = strings.TrimSpace(line)
-	ls := start("listen", "-discard", "-listen", netnsAddr+":7001", "-http", l.node, "-upload", fmt.Sprint(nodeKbps), l.station)
+	ls := start("listen", "-discard", "-listen", "127.0.0.1:7001", "-http", l.node, "-upload", fmt.Sprint(nodeKbps), l.station)
 	require.NoError(t, ls.Start())
 	t.Cleanup(func() { ls.Process.Kill(); ls.Wait() })
 	require.Eventually(t, func() bool {

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -44,8 +43,9 @@ type BrowserConfig struct {
 	// for the pages it serves. Nil means none: host candidates only.
 	ICEServers []string
 	// IPFilter says which addresses the node's ICE may use, local and
-	// remote. Nil means loopback only when ListenAddr's host is a loopback
-	// address, else every address.
+	// remote. Nil means every address: even a node whose QUIC listens on
+	// loopback links over the machine's own addresses, since browsers
+	// offer no loopback candidate to a page on the same machine.
 	IPFilter func(net.IP) bool
 }
 
@@ -105,12 +105,6 @@ func newBrowserHub(n *Node, cfg BrowserConfig) (*browserHub, error) {
 		return nil, nil
 	}
 	cfg.MaxPages = cmp.Or(cfg.MaxPages, 64)
-	if cfg.IPFilter == nil {
-		host, _, _ := net.SplitHostPort(n.cfg.ListenAddr)
-		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
-			cfg.IPFilter = rtc.LoopbackOnly
-		}
-	}
 	t, err := rtc.New(rtc.Config{
 		Key:        n.key,
 		ICEServers: cfg.ICEServers,

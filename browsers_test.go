@@ -260,7 +260,7 @@ func TestPagesAreNeverOfferedToGoNodes(t *testing.T) {
 }
 
 func TestPagesSignalToEachOtherThroughTheNode(t *testing.T) {
-	n, err := New(Config{Station: someStation(t), Sink: &playout.Discard{}})
+	n, err := New(Config{Station: someStation(t), Sink: &playout.Discard{}, Browsers: BrowserConfig{IPFilter: rtc.LoopbackOnly}})
 	require.NoError(t, err)
 	t.Cleanup(func() { n.Close() })
 	srv := serveNode(t, n, HTTPConfig{})

@@ -22,6 +22,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/p2pradio/p2pradio/control/rtc"
 	"github.com/p2pradio/p2pradio/input"
 	"github.com/p2pradio/p2pradio/output"
 	"github.com/p2pradio/p2pradio/playout"
@@ -61,7 +62,8 @@ func startWebStation(t *testing.T, n int, title string, upload int) *webStation 
 	require.NoError(t, err)
 	src := input.WithTitle(f)
 	st := &webStation{bStream: output.NewHTTP(output.HTTPConfig{Name: "Test FM"})}
-	st.b, err = New(Config{Source: src, UploadKbps: upload, Outputs: []output.Output{st.bStream}, Logger: httpTestLogger(t)})
+	st.b, err = New(Config{Source: src, UploadKbps: upload, Outputs: []output.Output{st.bStream}, Logger: httpTestLogger(t),
+		Browsers: BrowserConfig{IPFilter: rtc.LoopbackOnly}}) // tests' pages: loopback only
 	require.NoError(t, err)
 	require.NoError(t, st.b.SetTitle(title))
 	ctx, cancel := context.WithCancel(context.Background())
