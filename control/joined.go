@@ -64,6 +64,18 @@ func (j *Joined) Addr() string { return j.primary.Addr() }
 // Key is the primary's.
 func (j *Joined) Key() ed25519.PublicKey { return j.primary.Key() }
 
+// Punch opens the primary's NAT mapping towards addr (see Puncher); it
+// does nothing when the primary cannot punch. Without it, a node that
+// accepts browsers would never be punched through to.
+func (j *Joined) Punch(ctx context.Context, addr string, ttl int) error {
+	if pu, ok := j.primary.(Puncher); ok {
+		return pu.Punch(ctx, addr, ttl)
+	}
+	return nil
+}
+
+var _ Puncher = (*Joined)(nil)
+
 // Dial dials with the primary.
 func (j *Joined) Dial(ctx context.Context, addr string, wantKey ed25519.PublicKey) (Conn, error) {
 	if j.ctx.Err() != nil {

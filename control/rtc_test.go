@@ -87,3 +87,33 @@ func TestJoinedAcceptsFromEverySourceAndDialsWithThePrimary(t *testing.T) {
 	_, err = j.Accept(ctx)
 	require.ErrorIs(t, err, control.ErrClosed)
 }
+
+// recordingPuncher is a Transport whose punches are counted.
+type recordingPuncher struct {
+	control.Transport
+	punched []string
+}
+
+func (p *recordingPuncher) Punch(_ context.Context, addr string, _ int) error {
+	p.punched = append(p.punched, addr)
+	return nil
+}
+
+// A node that accepts browsers (its transport Joined) is still punched
+// through to: the overlay's punch reaches the primary. (It did not, and
+// TestNATLab's NATed listeners waited for a parent none could reach.)
+func TestJoinedPunchesWithThePrimary(t *testing.T) {
+	n := control.NewMemNetwork(control.MemConfig{})
+	t.Cleanup(func() { n.Close() })
+	m, err := n.NewTransport(nil)
+	require.NoError(t, err)
+	p := &recordingPuncher{Transport: m}
+	var j control.Transport = control.Join(p)
+	pu, ok := j.(control.Puncher)
+	require.True(t, ok)
+	require.NoError(t, pu.Punch(t.Context(), "192.0.2.1:7000", 2))
+	require.Equal(t, []string{"192.0.2.1:7000"}, p.punched)
+	// A primary that cannot punch: nothing happens, no error.
+	plain := struct{ control.Transport }{m} // hides MemTransport's Punch
+	require.NoError(t, control.Join(plain).Punch(t.Context(), "192.0.2.1:7000", 2))
+}
