@@ -23,6 +23,11 @@ const (
 	// it dials more candidates.
 	probeGrace   = 50 * time.Millisecond
 	probeStagger = 300 * time.Millisecond
+	// probeMax is how long a probe waits in all: candidates that have not
+	// answered by then are probably gone (the rendezvous offers a node
+	// until it has been silent for offerFor), and an orphan must not wait
+	// for their dials to time out.
+	probeMax = time.Second
 )
 
 // join finds a parent through the rendezvous and subscribes to it; the
@@ -49,7 +54,10 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 			o.mu.Unlock()
 		}
 	}
-	if len(found) == 0 && o.canRelay() {
+	if len(found) == 0 {
+		// A full parent that gives us a child's place: a leaf's when we
+		// can relay, or, when only public nodes can feed us, a relay's
+		// (the rendezvous lists what fits us).
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
 	}
 	if len(found) == 0 {
@@ -314,6 +322,8 @@ func (o *Overlay) probe(ctx context.Context, cands []PeerInfo, needSlot bool, mo
 	stagger := time.NewTicker(probeStagger)
 	defer stagger.Stop()
 	var grace <-chan time.Time
+	deadline := time.NewTimer(probeMax)
+	defer deadline.Stop()
 wait:
 	for pending > 0 || next < len(cands) {
 		select {
@@ -337,6 +347,8 @@ wait:
 				dialNext()
 			}
 		case <-grace:
+			break wait
+		case <-deadline.C:
 			break wait
 		case <-ctx.Done():
 			break wait
@@ -369,12 +381,15 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	}
 	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
-		// place of a child that cannot, which is moved away.
+		// place of a child that cannot, which is moved away once the
+		// newcomer has joined (see handOver). Until then we feed one child
+		// more than the budget allows.
 		victim := o.leafChild(p)
 		if victim == nil {
 			return o.send(ctx, p, &Refuse{Reason: "no free slot"})
 		}
-		o.displace(ctx, victim, p)
+		victim.leaving.Store(true)
+		o.goFunc(func() { o.handOver(ctx, victim, p) })
 	}
 	if err := o.send(ctx, p, &Welcome{}); err != nil {
 		return err
@@ -395,19 +410,46 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	return nil
 }
 
+// handOverMax is how long a displaced child is kept while its
+// replacement joins.
+const handOverMax = 2 * time.Second
+
+// handOver displaces victim for by once by has joined through us (its
+// Status says its depth): the victim's next join then finds by ready to
+// take it, with the slot it freed; a node not joined yet refuses
+// subscribers. When by leaves first, the victim stays.
+func (o *Overlay) handOver(ctx context.Context, victim, by *peer) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	deadline := time.Now().Add(handOverMax)
+	for by.snapshot().depth < 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-victim.conn.Done():
+			return
+		case <-by.conn.Done():
+			victim.leaving.Store(false)
+			return
+		case <-t.C:
+		}
+	}
+	o.displace(ctx, victim, by)
+}
+
 // leafChild returns one of our children that can take no children itself
 // when p can (nil otherwise).
 func (o *Overlay) leafChild(p *peer) *peer {
 	var children []*peer
 	var views []peerView
 	for _, q := range o.peerList() {
-		if q.child.Load() {
+		if q.child.Load() && !q.leaving.Load() {
 			children = append(children, q)
 			views = append(views, q.snapshot())
 		}
 	}
 	slots := func(kbps int) int { return slotBudget{kbps}.slots(o.bitrate()) }
-	if i := pickLeafToDisplace(p.snapshot(), views, slots); i >= 0 {
+	if i := pickChildToDisplace(p.snapshot(), views, slots); i >= 0 {
 		return children[i]
 	}
 	return nil
@@ -419,12 +461,18 @@ func (o *Overlay) leafChild(p *peer) *peer {
 func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
 	o.host.Detach(victim.conn)
 	victim.child.Store(false)
-	info := by.info()
-	info.FreeSlots = 1
-	o.mu.Lock()
-	info.Depth = o.depth + 1
-	o.mu.Unlock()
-	o.send(ctx, victim, &PeerList{Peers: []PeerInfo{info}})
+	// The victim's next join tries the newcomer first when it can take
+	// children (it has free slots now); else no hint.
+	hint := &PeerList{}
+	if v := by.snapshot(); !v.restricted {
+		info := by.info()
+		info.FreeSlots = 1
+		o.mu.Lock()
+		info.Depth = o.depth + 1
+		o.mu.Unlock()
+		hint.Peers = []PeerInfo{info}
+	}
+	o.send(ctx, victim, hint)
 	o.send(ctx, victim, &Unsubscribe{})
 	o.log.Info("child displaced by a relaying node", "leaf", victim.conn.RemoteAddr(), "by", by.conn.RemoteAddr())
 }

@@ -237,14 +237,18 @@ func (o *Overlay) links() (*peer, []*peer) {
 	return o.parent, slices.Clone(o.backups)
 }
 
+// bridgeFor bounds how long a parentless node pulls from its backups: it
+// lives on their spare upload meanwhile, which is for repair.
+const bridgeFor = 10 * time.Second
+
 // bridge pulls the chunks after our newest from the backups, one after
 // another each tick, while the node has no parent (it is rejoining, which
 // can take longer than the buffer lasts when many nodes join at once), so
-// that playback goes on.
+// that playback goes on; for bridgeFor at most.
 func (o *Overlay) bridge(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	for i := 0; ; i++ {
+	for i := 0; i < int(bridgeFor/tick); i++ {
 		parent, backups := o.links()
 		if parent != nil || len(backups) == 0 {
 			return

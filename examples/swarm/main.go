@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -61,6 +62,7 @@ type options struct {
 	leaves    float64
 	// natPreserving and natRandom: fractions of listeners behind NATs.
 	natPreserving, natRandom float64
+	worst                    int  // print the worst listeners by continuity to stderr
 	fakeTime                 bool // run inside a testing/synctest bubble (see faketime_test.go)
 }
 
@@ -98,6 +100,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
 	fs.Float64Var(&o.leaves, "leaves", 0, "fraction of listeners with no upload budget (leaves: they take no children)")
 	fs.Float64Var(&o.natPreserving, "nat", 0, "with -net mem: fraction of listeners each behind its own port-preserving NAT (Linux MASQUERADE's behaviour)")
+	fs.IntVar(&o.worst, "worst", 0, "print the N counted listeners with the lowest continuity to stderr (their NAT, depth, recoveries, why waiting)")
 	fs.Float64Var(&o.natRandom, "nat-random", 0, "with -net mem: fraction of listeners each behind its own port-randomising NAT (MASQUERADE --random-fully)")
 }
 
@@ -111,6 +114,7 @@ type member struct {
 	born   time.Time
 	died   time.Time
 	leaf   bool           // no upload budget
+	nat    string         // "": public; else its NAT's kind
 	final  p2pradio.Stats // taken when it died or at the end
 }
 
@@ -126,7 +130,10 @@ type swarm struct {
 	mu      sync.Mutex
 	members []*member
 	spawned int
-	killAt  time.Time // when -kill struck
+	// natKinds counts the listeners spawned public, behind a port-
+	// preserving NAT and behind a port-randomising one.
+	natKinds [3]float64
+	killAt   time.Time // when -kill struck
 
 	lastConcealed int64
 }
@@ -160,7 +167,11 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	}
 	log := slog.New(slog.DiscardHandler)
 	if o.verbose {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		level := slog.LevelInfo
+		if os.Getenv("P2PRADIO_DEBUG") != "" {
+			level = slog.LevelDebug
+		}
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable), sigs: mux.NewSignatureCache(256)}
 	link := control.LinkConfig{Delay: o.rtt / 2, Loss: o.loss}
@@ -373,12 +384,24 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 	s.spawned++
 	s.mu.Unlock()
 	leaf := math.Floor((i+1)*s.o.leaves) > math.Floor(i*s.o.leaves)
-	// The same for the NATs: each listener behind one is in its own home.
+	// The NATs: each listener behind one is in its own home. Each turn
+	// goes to the kind furthest behind its share, so that every prefix of
+	// the listeners has the fractions asked for.
 	var nat *control.MemNAT
-	switch {
-	case math.Floor((i+1)*s.o.natPreserving) > math.Floor(i*s.o.natPreserving):
+	s.mu.Lock()
+	share := [3]float64{1 - s.o.natPreserving - s.o.natRandom, s.o.natPreserving, s.o.natRandom}
+	kind := 0
+	for k := range share {
+		if (i+1)*share[k]-s.natKinds[k] > (i+1)*share[kind]-s.natKinds[kind] {
+			kind = k
+		}
+	}
+	s.natKinds[kind]++
+	s.mu.Unlock()
+	switch kind {
+	case 1:
 		nat = s.memNet.NewNAT(control.NATConfig{Kind: control.NATPortPreserving})
-	case math.Floor((i+1)*s.o.natRandom) > math.Floor(i*s.o.natRandom):
+	case 2:
 		nat = s.memNet.NewNAT(control.NATConfig{Kind: control.NATPortRandom})
 	}
 	upload := s.o.upload
@@ -406,6 +429,9 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		cfg.SignatureCache = s.sigs
 	}
 	m := &member{born: time.Now(), done: make(chan struct{}), leaf: leaf}
+	if nat != nil {
+		m.nat = nat.Config().Kind.String()
+	}
 	if mt, ok := cfg.Transport.(*control.MemTransport); ok {
 		m.mem = mt
 	}
@@ -617,6 +643,13 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 	var conts, leafDepths, relayDepths []float64
 	var startups, lagP50, lagP95, lagMax, hopP50, hopP99, recov []time.Duration
 	var received int64
+	type counted struct {
+		i     int
+		m     *member
+		st    p2pradio.Stats
+		alive bool
+	}
+	var worst []counted
 	for i, m := range ms_ {
 		st := m.final
 		alive := m.died.IsZero()
@@ -639,6 +672,7 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		}
 		sum.Counted++
 		conts = append(conts, st.Continuity)
+		worst = append(worst, counted{i, m, st, alive})
 		sum.Frames.Played += st.Playout.FramesPlayed
 		sum.Frames.Concealed += st.Playout.FramesConcealed
 		sum.Frames.Muted += st.Playout.FramesMuted
@@ -683,6 +717,37 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		sum.Leaves = l
 	}
 	sort.Float64s(conts)
+	slices.SortFunc(worst, func(a, b counted) int { return cmp.Compare(a.st.Continuity, b.st.Continuity) })
+	if s.o.worst > 0 {
+		// The depths of the live listeners by NAT kind.
+		hist := make(map[string]map[int]int)
+		for _, m := range ms_ {
+			if !m.died.IsZero() {
+				continue
+			}
+			k := m.nat
+			if m.leaf {
+				k += "/leaf"
+			}
+			if hist[k] == nil {
+				hist[k] = make(map[int]int)
+			}
+			hist[k][m.node.Stats().Depth]++
+		}
+		for k, h := range hist {
+			fmt.Fprintf(os.Stderr, "depths %q: %v\n", k, h)
+		}
+	}
+	for _, w := range worst[:min(s.o.worst, len(worst))] {
+		st := w.st
+		nat := w.m.nat
+		if nat == "" {
+			nat = "public"
+		}
+		fmt.Fprintf(os.Stderr, "listener %d: continuity %.4f nat %s leaf %v alive %v born %v depth %d concealed %d muted %d rebuffers %d repairs %d recoveries %d recovery max %v startup %v waiting %q\n",
+			w.i, st.Continuity, nat, w.m.leaf, w.alive, w.m.born.Sub(now).Round(time.Second), st.Depth, st.Playout.FramesConcealed, st.Playout.FramesMuted,
+			st.Playout.Rebuffers, st.Repairs, st.Recoveries, st.RecoveryMax, st.Startup, st.Waiting)
+	}
 	sum.Continuity = Continuity{Min: minOf(conts), P50: stats.Quantile(conts, 0.5), Mean: stats.Mean(conts)}
 	sum.StartupMs = Quantiles{ms(stats.Quantile(startups, 0.5)), ms(stats.Quantile(startups, 0.95)), ms(stats.Quantile(startups, 1))}
 	sum.LagMs = Quantiles{ms(stats.Quantile(lagP50, 0.5)), ms(stats.Quantile(lagP95, 0.95)), ms(stats.Quantile(lagMax, 1))}
