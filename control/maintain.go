@@ -239,7 +239,7 @@ func (o *Overlay) links() (*peer, []*peer) {
 
 // bridgeFor bounds how long a parentless node pulls from its backups: it
 // lives on their spare upload meanwhile, which is for repair.
-const bridgeFor = 10 * time.Second
+const bridgeFor = 30 * time.Second
 
 // bridge pulls the chunks after our newest from the backups, one after
 // another each tick, while the node has no parent (it is rejoining, which

@@ -211,7 +211,7 @@ func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
 func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
 	other := func(c peerView) bool { return c.id != newcomer.id && !c.restricted }
 	switch {
-	case slots(newcomer.upload) > 0:
+	case slots(newcomer.upload) > 0 && !newcomer.restricted:
 		if i := slices.IndexFunc(children, func(c peerView) bool { return other(c) && slots(c.upload) == 0 }); i >= 0 {
 			return i
 		}

@@ -79,6 +79,9 @@ type Tracker struct {
 	// included): a node that only public ones can feed (restricted) may
 	// take the place of a child of theirs that others can feed.
 	relayed map[int]map[NodeID]*tracked
+	// waiting holds the restricted nodes without a parent, by when they
+	// last said so.
+	waiting map[NodeID]time.Time
 	live    uint64 // one more than the station's newest chunk (SetLive)
 	probes  chan struct{}
 }
@@ -151,7 +154,7 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
 		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		perHost: make(map[string]int), probes: make(chan struct{}, maxProbes),
-		punchable: make(map[int]map[NodeID]*tracked), relayed: make(map[int]map[NodeID]*tracked)}
+		punchable: make(map[int]map[NodeID]*tracked), relayed: make(map[int]map[NodeID]*tracked), waiting: make(map[NodeID]time.Time)}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -227,6 +230,18 @@ func (t *Tracker) unindex(n *tracked) {
 	}
 }
 
+// restrictedWaiting reports whether a restricted node has been looking
+// for a parent lately. t.mu is held.
+func (t *Tracker) restrictedWaiting(now time.Time) bool {
+	for id, at := range t.waiting {
+		if now.Sub(at) < offerFor {
+			return true
+		}
+		delete(t.waiting, id)
+	}
+	return false
+}
+
 // restricted reports whether only public nodes can feed n: it is behind a
 // NAT that maps each destination apart (no punch opens it), or the
 // dial-back failed and its NAT is not known to be punchable.
@@ -239,6 +254,7 @@ func (t *Tracker) forget(id NodeID) {
 	if n := t.nodes[id]; n != nil && n != t.self {
 		t.unindex(n)
 		delete(t.nodes, id)
+		delete(t.waiting, id)
 		if n.host != "" {
 			if t.perHost[n.host]--; t.perHost[n.host] <= 0 {
 				delete(t.perHost, n.host)
@@ -324,6 +340,11 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	n.parent, n.leaf, n.nat, n.listen = r.Parent, r.Leaf, r.NAT, r.ListenAddr
 	n.seen = now
 	t.index(n)
+	if n.restricted() && r.Depth < 0 {
+		t.waiting[id] = now
+	} else {
+		delete(t.waiting, id)
+	}
 	for _, f := range r.Failed {
 		t.blame(n, f)
 	}
@@ -344,18 +365,30 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 		return &Candidates{Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
 	}
 	n.told = n.reach
-	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
+	c := &Candidates{Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
+	t.traversal(n, c, now)
+	// Public slots are scarce for restricted nodes, whom nothing else can
+	// feed: while one waits for a parent, a node that punched parents can
+	// feed is offered those only.
+	if !(len(c.Punch) > 0 && !n.restricted() && t.restrictedWaiting(now)) {
+		c.Peers = append(t.candidates(id, now, r.Depth < 0), c.Peers...)
+	}
 	if r.Depth > 0 {
 		// A joined node asks for backups too (or to climb), and a backup
 		// needs no free slot: nodes on other branches, full or not.
 		c.Peers = append(c.Peers, t.independent(n, now)...)
 	}
-	t.traversal(n, c, now)
 	switch {
 	case n.restricted():
 		c.Displace = t.publicParents(id, now)
 	case !r.Leaf:
-		c.Displace = t.displaceable(id, r.Depth, n.reach == ReachPublic && r.Depth < 0)
+		// A restricted leaf's place goes to a public joiner only when
+		// nothing else is offered to it (it would move such leaves again
+		// and again, and it can reach punchable parents too).
+		c.Displace = t.displaceable(id, r.Depth, false)
+		if len(c.Displace) == 0 && len(c.Punch) == 0 && n.reach == ReachPublic && r.Depth < 0 {
+			c.Displace = t.displaceable(id, r.Depth, true)
+		}
 	}
 	return c
 }
@@ -600,17 +633,16 @@ const maxDisplace = 4
 
 // displaceable lists parents of leaves, the shallowest first, where the
 // asker (not a leaf) would sit above its depth (at any level when it has
-// none): none of them its descendant. A restricted leaf's place is given
-// only to a public joiner (public), which can take it as a child then (no
-// one else could feed it); not to one that climbs, which would move such
-// leaves again and again.
-func (t *Tracker) displaceable(id NodeID, depth int, public bool) []PeerInfo {
+// none): none of them its descendant. With restricted, only the places of
+// restricted leaves: to be given to a public joiner, which can take the
+// leaf as a child then (no one else could feed it).
+func (t *Tracker) displaceable(id NodeID, depth int, restricted bool) []PeerInfo {
 	var out []PeerInfo
 	seen := make(map[NodeID]bool)
 	for d := 1; d <= t.maxLeaf && len(out) < maxDisplace && (depth < 0 || d < depth); d++ {
 		for _, leaf := range t.leaves[d] {
 			p := t.nodes[leaf.parent]
-			if p == nil || (leaf.restricted() && !public) || leaf.info.ID == id || p.info.ID == id || seen[p.info.ID] || p.info.Depth != d-1 || t.isDescendant(p, id) {
+			if p == nil || leaf.restricted() != restricted || leaf.info.ID == id || p.info.ID == id || seen[p.info.ID] || p.info.Depth != d-1 || t.isDescendant(p, id) {
 				continue
 			}
 			seen[p.info.ID] = true

@@ -178,3 +178,39 @@ func TestTrackerRestrictedNodes(t *testing.T) {
 	require.NotContains(t, addrs(c.Peers), "a3")
 	require.Contains(t, addrs(c.Peers), "a6")
 }
+
+func TestTrackerKeepsPublicSlotsForRestrictedNodes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := NewTracker(TrackerConfig{})
+		id := func(i byte) NodeID { return NodeID{i} }
+		tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+		// 2 is public with a slot; 3 is behind a port-preserving NAT with
+		// one (punchable).
+		tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1), FreeSlots: 1})
+		tr.register(id(3), "a3", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves})
+		tr.mu.Lock()
+		tr.nodes[id(2)].reach = ReachPublic
+		tr.nodes[id(3)].reach = ReachUnreachable
+		tr.mu.Unlock()
+		tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1), FreeSlots: 1})
+		tr.register(id(3), "a3", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves})
+		// Nobody restricted waits: a joiner behind a port-preserving NAT
+		// is offered both.
+		c := tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+		require.Equal(t, []string{"a3"}, addrs(c.Punch))
+		time.Sleep(holdFor)
+		// A restricted node waits: 2's slot is kept for it.
+		tr.register(id(8), "a8", &Register{Depth: -1, Leaf: true, NAT: NATRandomises})
+		c = tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Empty(t, c.Peers)
+		require.Equal(t, []string{"a3"}, addrs(c.Punch))
+		c = tr.register(id(8), "a8", &Register{Depth: -1, Want: true, Leaf: true, NAT: NATRandomises})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+		// Once it has a parent (or after a while), 2 is offered to all.
+		tr.register(id(8), "a8", &Register{Depth: 2, Parent: id(2), Leaf: true, NAT: NATRandomises})
+		time.Sleep(holdFor)
+		c = tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+	})
+}
