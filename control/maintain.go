@@ -72,11 +72,17 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	if parent != nil {
 		v := judgeStall(m.stallInput(parent, backups, now))
 		if v.ask {
-			// Ask the backups for what follows our newest chunk, and for
-			// the newest itself, which any live backup holds: its answer
-			// proves it alive even when the source is late.
-			req := &Request{Seqs: seqsFrom(o.askFrom(), 5)}
+			// Ask the backups for what follows our newest chunk, and a
+			// backup not heard from lately for the newest itself, which
+			// any live backup holds: its answer proves it alive even when
+			// the source is late. (Every answer counts against its upload
+			// budget: nothing is asked for twice a tick.)
+			from := o.askFrom()
 			for _, b := range backups {
+				req := &Request{Seqs: seqsFrom(from+1, 4)}
+				if now.Sub(time.Unix(0, b.lastHeard.Load())) > o.cfg.StallTimeout/4 {
+					req.Seqs = seqsFrom(from, 5)
+				}
 				o.send(ctx, b, req)
 			}
 		}

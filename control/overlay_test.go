@@ -304,8 +304,9 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 	})
 }
 
-// TestPullsStayWithinTheUploadBudget: a node whose children take its whole
-// budget answers no pulls; repair and bridge traffic count against it.
+// TestPullsStayWithinTheUploadBudget: a node whose children take nearly its
+// whole budget answers few pulls; repair and bridge traffic count against
+// it.
 func TestPullsStayWithinTheUploadBudget(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 150) // 1 slot, nothing to spare
@@ -317,8 +318,10 @@ func TestPullsStayWithinTheUploadBudget(t *testing.T) {
 			require.NoError(t, a.ov.send(t.Context(), p, &Request{Seqs: seqsFrom(s.newest()-40, 40)}))
 			time.Sleep(time.Second)
 		}
+		// What the child's stream leaves: 2 s saved up, and 2 s more.
 		st := s.root.ov.Stats()
-		require.Zero(t, st.BytesSent, "the child's stream takes the whole budget")
+		spare := pullRate(150, 1, st.BitrateKbps)
+		require.LessOrEqual(t, float64(st.BytesSent), 4*spare, "within what the budget leaves beside the child")
 		require.Positive(t, st.PullsRefused)
 	})
 }

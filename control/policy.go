@@ -260,8 +260,8 @@ func pullRate(uploadKbps, children, bitrateKbps int) float64 {
 // long at the spare rate.
 const pullBurst = 2 * time.Second
 
-// tokenBucket meters bytes: rate per second, up to burst's worth saved.
-// The zero value is empty.
+// tokenBucket meters bytes: rate per second, up to pullBurst's worth
+// saved. The zero value is full at its first use.
 type tokenBucket struct {
 	tokens float64
 	last   time.Time
@@ -270,7 +270,9 @@ type tokenBucket struct {
 // take spends n bytes if the bucket holds them at now, refilled at rate
 // since the last call; it reports whether it did.
 func (b *tokenBucket) take(n int, rate float64, now time.Time) bool {
-	if !b.last.IsZero() {
+	if b.last.IsZero() {
+		b.tokens = rate * pullBurst.Seconds()
+	} else {
 		b.tokens += rate * now.Sub(b.last).Seconds()
 	}
 	b.tokens = min(b.tokens, rate*pullBurst.Seconds())
