@@ -26,8 +26,9 @@ const (
 	// probeMax is how long a probe waits in all: candidates that have not
 	// answered by then are probably gone (the rendezvous offers a node
 	// until it has been silent for offerFor), and an orphan must not wait
-	// for their dials to time out.
-	probeMax = time.Second
+	// for each stagger's dials to time out. (A QUIC handshake on a busy
+	// machine may take a second.)
+	probeMax = dialTimeout
 )
 
 // join finds a parent through the rendezvous and subscribes to it; the
@@ -39,6 +40,7 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	o.hint = nil
 	o.mu.Unlock()
 	var found []ranked
+	why := "" // why no parent can be found, when known
 	if hint != nil {
 		found = o.probe(ctx, []PeerInfo{*hint}, true, 1, nil)
 	}
@@ -46,11 +48,12 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 		cands := rv.candidates(ctx)
 		found = o.probe(ctx, cands, true, maxCandidates, nil)
 		if len(cands) == 0 && len(rv.punchable()) == 0 {
-			o.mu.Lock()
-			o.waiting = "no reachable parent: every node the rendezvous knows that we can reach is full"
+			why = "no reachable parent: every node the rendezvous knows that we can reach is full"
 			if Reach(o.reach.Load()) == ReachUnreachable && NATBehaviour(o.nat.Load()) != NATPreserves {
-				o.waiting += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
+				why += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
 			}
+			o.mu.Lock()
+			o.waiting = why
 			o.mu.Unlock()
 		}
 	}
@@ -81,6 +84,13 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	}
 	if parent == nil {
 		rv.refresh()
+		if why != "" {
+			// A full parent that refused to give us a child's place
+			// does not change why.
+			o.mu.Lock()
+			o.waiting = why
+			o.mu.Unlock()
+		}
 	}
 	return parent
 }
