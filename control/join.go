@@ -23,12 +23,6 @@ const (
 	// it dials more candidates.
 	probeGrace   = 50 * time.Millisecond
 	probeStagger = 300 * time.Millisecond
-	// probeMax is how long a probe waits in all: candidates that have not
-	// answered by then are probably gone (the rendezvous offers a node
-	// until it has been silent for offerFor), and an orphan must not wait
-	// for each stagger's dials to time out. (A QUIC handshake on a busy
-	// machine may take a second.)
-	probeMax = dialTimeout
 )
 
 // join finds a parent through the rendezvous and subscribes to it; the
@@ -40,12 +34,13 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	o.hint = nil
 	o.mu.Unlock()
 	var found []ranked
+	var cands []PeerInfo
 	why := "" // why no parent can be found, when known
 	if hint != nil {
 		found = o.probe(ctx, []PeerInfo{*hint}, true, 1, nil)
 	}
 	if len(found) == 0 {
-		cands := rv.candidates(ctx)
+		cands = rv.candidates(ctx)
 		found = o.probe(ctx, cands, true, maxCandidates, nil)
 		if len(cands) == 0 && len(rv.punchable()) == 0 {
 			why = "no reachable parent: every node the rendezvous knows that we can reach is full"
@@ -64,7 +59,7 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
 	}
 	if len(found) == 0 {
-		o.log.Debug("join: no direct parent; trying punches", "punchable", len(rv.punchable()))
+		o.log.Debug("join: no direct parent; trying punches", "candidates", len(cands), "punchable", len(rv.punchable()))
 		found = o.joinPunched(ctx, rv)
 	}
 	var parent *peer
@@ -332,8 +327,6 @@ func (o *Overlay) probe(ctx context.Context, cands []PeerInfo, needSlot bool, mo
 	stagger := time.NewTicker(probeStagger)
 	defer stagger.Stop()
 	var grace <-chan time.Time
-	deadline := time.NewTimer(probeMax)
-	defer deadline.Stop()
 wait:
 	for pending > 0 || next < len(cands) {
 		select {
@@ -357,8 +350,6 @@ wait:
 				dialNext()
 			}
 		case <-grace:
-			break wait
-		case <-deadline.C:
 			break wait
 		case <-ctx.Done():
 			break wait

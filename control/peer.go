@@ -207,8 +207,8 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 	case *Request:
 		p.lastUse.Store(time.Now().UnixNano())
 		for _, seq := range m.Seqs {
-			if c := o.win.Get(seq); c != nil && !o.sendChunk(p, c) {
-				break // the budget is spent
+			if c := o.win.Get(seq); c != nil {
+				o.sendChunk(p, c) // within the budget, else not at all
 			}
 		}
 	case *PeerList:
