@@ -34,26 +34,32 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	o.hint = nil
 	o.mu.Unlock()
 	var found []ranked
+	var cands []PeerInfo
+	why := "" // why no parent can be found, when known
 	if hint != nil {
 		found = o.probe(ctx, []PeerInfo{*hint}, true, 1, nil)
 	}
 	if len(found) == 0 {
-		cands := rv.candidates(ctx)
+		cands = rv.candidates(ctx)
 		found = o.probe(ctx, cands, true, maxCandidates, nil)
 		if len(cands) == 0 && len(rv.punchable()) == 0 {
-			o.mu.Lock()
-			o.waiting = "no reachable parent: every node the rendezvous knows that we can reach is full"
+			why = "no reachable parent: every node the rendezvous knows that we can reach is full"
 			if Reach(o.reach.Load()) == ReachUnreachable && NATBehaviour(o.nat.Load()) != NATPreserves {
-				o.waiting += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
+				why += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
 			}
+			o.mu.Lock()
+			o.waiting = why
 			o.mu.Unlock()
 		}
 	}
-	if len(found) == 0 && o.canRelay() {
+	if len(found) == 0 {
+		// A full parent that gives us a child's place: a leaf's when we
+		// can relay, or, when only public nodes can feed us, a relay's
+		// (the rendezvous lists what fits us).
 		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
 	}
 	if len(found) == 0 {
-		o.log.Debug("join: no direct parent; trying punches", "punchable", len(rv.punchable()))
+		o.log.Debug("join: no direct parent; trying punches", "candidates", len(cands), "punchable", len(rv.punchable()))
 		found = o.joinPunched(ctx, rv)
 	}
 	var parent *peer
@@ -73,6 +79,13 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	}
 	if parent == nil {
 		rv.refresh()
+		if why != "" {
+			// A full parent that refused to give us a child's place
+			// does not change why.
+			o.mu.Lock()
+			o.waiting = why
+			o.mu.Unlock()
+		}
 	}
 	return parent
 }
@@ -369,12 +382,15 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	}
 	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
-		// place of a child that cannot, which is moved away.
+		// place of a child that cannot, which is moved away once the
+		// newcomer has joined (see handOver). Until then we feed one child
+		// more than the budget allows.
 		victim := o.leafChild(p)
 		if victim == nil {
 			return o.send(ctx, p, &Refuse{Reason: "no free slot"})
 		}
-		o.displace(ctx, victim, p)
+		victim.leaving.Store(true)
+		o.goFunc(func() { o.handOver(ctx, victim, p) })
 	}
 	if err := o.send(ctx, p, &Welcome{}); err != nil {
 		return err
@@ -395,6 +411,33 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	return nil
 }
 
+// handOverMax is how long a displaced child is kept while its
+// replacement joins.
+const handOverMax = 2 * time.Second
+
+// handOver displaces victim for by once by has joined through us (its
+// Status says its depth): the victim's next join then finds by ready to
+// take it, with the slot it freed; a node not joined yet refuses
+// subscribers. When by leaves first, the victim stays.
+func (o *Overlay) handOver(ctx context.Context, victim, by *peer) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	deadline := time.Now().Add(handOverMax)
+	for by.snapshot().depth < 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-victim.conn.Done():
+			return
+		case <-by.conn.Done():
+			victim.leaving.Store(false)
+			return
+		case <-t.C:
+		}
+	}
+	o.displace(ctx, victim, by)
+}
+
 // leafChild returns one of our children that can take no children itself
 // when p can (nil otherwise).
 func (o *Overlay) leafChild(p *peer) *peer {
@@ -404,13 +447,13 @@ func (o *Overlay) leafChild(p *peer) *peer {
 	var children []*peer
 	var views []peerView
 	for _, q := range o.peerList() {
-		if q.child.Load() {
+		if q.child.Load() && !q.leaving.Load() {
 			children = append(children, q)
 			views = append(views, q.snapshot())
 		}
 	}
 	slots := func(kbps int) int { return slotBudget{kbps}.slots(o.bitrate()) }
-	if i := pickLeafToDisplace(p.snapshot(), views, slots); i >= 0 {
+	if i := pickChildToDisplace(p.snapshot(), views, slots); i >= 0 {
 		return children[i]
 	}
 	return nil
@@ -422,12 +465,18 @@ func (o *Overlay) leafChild(p *peer) *peer {
 func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
 	o.host.Detach(victim.conn)
 	victim.child.Store(false)
-	info := by.info()
-	info.FreeSlots = 1
-	o.mu.Lock()
-	info.Depth = o.depth + 1
-	o.mu.Unlock()
-	o.send(ctx, victim, &PeerList{Peers: []PeerInfo{info}})
+	// The victim's next join tries the newcomer first when it can take
+	// children (it has free slots now); else no hint.
+	hint := &PeerList{}
+	if v := by.snapshot(); !v.restricted {
+		info := by.info()
+		info.FreeSlots = 1
+		o.mu.Lock()
+		info.Depth = o.depth + 1
+		o.mu.Unlock()
+		hint.Peers = []PeerInfo{info}
+	}
+	o.send(ctx, victim, hint)
 	o.send(ctx, victim, &Unsubscribe{})
 	o.log.Info("child displaced by a relaying node", "leaf", victim.conn.RemoteAddr(), "by", by.conn.RemoteAddr())
 }

@@ -72,11 +72,17 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	if parent != nil {
 		v := judgeStall(m.stallInput(parent, backups, now))
 		if v.ask {
-			// Ask the backups for what follows our newest chunk, and for
-			// the newest itself, which any live backup holds: its answer
-			// proves it alive even when the source is late.
-			req := &Request{Seqs: seqsFrom(o.askFrom(), 5)}
+			// Ask the backups for what follows our newest chunk, and a
+			// backup not heard from lately for the newest itself, which
+			// any live backup holds: its answer proves it alive even when
+			// the source is late. (Every answer counts against its upload
+			// budget: nothing is asked for twice a tick.)
+			from := o.askFrom()
 			for _, b := range backups {
+				req := &Request{Seqs: seqsFrom(from+1, 4)}
+				if now.Sub(time.Unix(0, b.lastHeard.Load())) > o.cfg.StallTimeout/4 {
+					req.Seqs = seqsFrom(from, 5)
+				}
 				o.send(ctx, b, req)
 			}
 		}
@@ -237,14 +243,18 @@ func (o *Overlay) links() (*peer, []*peer) {
 	return o.parent, slices.Clone(o.backups)
 }
 
+// bridgeFor bounds how long a parentless node pulls from its backups: it
+// lives on their spare upload meanwhile, which is for repair.
+const bridgeFor = 30 * time.Second
+
 // bridge pulls the chunks after our newest from the backups, one after
 // another each tick, while the node has no parent (it is rejoining, which
 // can take longer than the buffer lasts when many nodes join at once), so
-// that playback goes on.
+// that playback goes on; for bridgeFor at most.
 func (o *Overlay) bridge(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	for i := 0; ; i++ {
+	for i := 0; i < int(bridgeFor/tick); i++ {
 		parent, backups := o.links()
 		if parent != nil || len(backups) == 0 {
 			return

@@ -170,6 +170,9 @@ type Overlay struct {
 	live     atomic.Uint64          // the station's live edge as the rendezvous said (Candidates.Live)
 
 	repairs, badChunks, bytesOut atomic.Int64
+	pullMu                       sync.Mutex
+	pulls                        tokenBucket // what the upload budget leaves for repair and bridge answers
+	pullsRefused                 atomic.Int64
 	recovery                     stats.Histogram
 	parentSince                  atomic.Int64 // unix nanos of the last parent loss
 	lastChunk                    atomic.Int64 // unix nanos of the last chunk accepted
@@ -515,8 +518,11 @@ type OverlayStats struct {
 	Waiting string
 
 	BytesSent int64 // chunk bytes sent outside the host's fan-out (repair, bridge)
-	BadChunks int64 // malformed or forged; their senders were cut off
-	Repairs   int64 // chunks requested from neighbours to fill gaps
+	// PullsRefused counts requested chunks not sent: the upload budget
+	// had nothing left beside the children's stream.
+	PullsRefused int64
+	BadChunks    int64 // malformed or forged; their senders were cut off
+	Repairs      int64 // chunks requested from neighbours to fill gaps
 	// Recoveries counts parent losses that were followed by audio;
 	// RecoveryP50 and RecoveryMax are of the gap between the last chunk
 	// before and the first after.
@@ -528,14 +534,15 @@ type OverlayStats struct {
 func (o *Overlay) Stats() OverlayStats {
 	kbps := o.bitrate()
 	s := OverlayStats{
-		Slots:       o.slots.slots(kbps),
-		BitrateKbps: kbps,
-		BytesSent:   o.bytesOut.Load(),
-		BadChunks:   o.badChunks.Load(),
-		Repairs:     o.repairs.Load(),
-		Recoveries:  o.recovery.Count(),
-		RecoveryP50: o.recovery.Quantile(0.5),
-		RecoveryMax: o.recovery.Quantile(1),
+		Slots:        o.slots.slots(kbps),
+		BitrateKbps:  kbps,
+		BytesSent:    o.bytesOut.Load(),
+		PullsRefused: o.pullsRefused.Load(),
+		BadChunks:    o.badChunks.Load(),
+		Repairs:      o.repairs.Load(),
+		Recoveries:   o.recovery.Count(),
+		RecoveryP50:  o.recovery.Quantile(0.5),
+		RecoveryMax:  o.recovery.Quantile(1),
 	}
 	if a := o.observed.Load(); a != nil {
 		s.Observed = *a
@@ -654,11 +661,23 @@ func (o *Overlay) accept(c *mux.Chunk, arrived time.Time) {
 	}
 }
 
-// sendChunk sends one chunk outside the host's fan-out (repair, bridge).
-func (o *Overlay) sendChunk(p *peer, c *mux.Chunk) {
-	if output.Send(p.conn, c) {
-		o.bytesOut.Add(int64(len(c.Bytes())))
+// sendChunk sends one chunk outside the host's fan-out (repair, bridge),
+// within what the upload budget leaves beside the children (pullRate);
+// it reports false when the budget is spent.
+func (o *Overlay) sendChunk(p *peer, c *mux.Chunk) bool {
+	n := len(c.Bytes())
+	rate := pullRate(o.cfg.UploadKbps, o.host.Children(), o.bitrate())
+	o.pullMu.Lock()
+	ok := o.pulls.take(n, rate, time.Now())
+	o.pullMu.Unlock()
+	if !ok {
+		o.pullsRefused.Add(1)
+		return false
 	}
+	if output.Send(p.conn, c) {
+		o.bytesOut.Add(int64(n))
+	}
+	return true
 }
 
 // send sends one control message, giving up after a few seconds.

@@ -33,6 +33,7 @@ type peer struct {
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
 	child     atomic.Bool  // it subscribed to us: the host feeds it
+	leaving   atomic.Bool  // a child displaced, fed until its replacement joined
 	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
 	lastHeard atomic.Int64 // unix nanos of the last message of any kind
 	lastUse   atomic.Int64 // unix nanos of the last chunk either way or request
@@ -207,7 +208,7 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 		p.lastUse.Store(time.Now().UnixNano())
 		for _, seq := range m.Seqs {
 			if c := o.win.Get(seq); c != nil {
-				o.sendChunk(p, c)
+				o.sendChunk(p, c) // within the budget, else not at all
 			}
 		}
 	case *PeerList:
@@ -334,5 +335,6 @@ func (p *peer) info() PeerInfo {
 func (p *peer) snapshot() peerView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload}
+	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload,
+		restricted: p.upload <= 0 && mappedApart(p.listen, p.conn.RemoteAddr())}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -19,6 +20,11 @@ type peerView struct {
 	path   []NodeID // its ancestors, root first
 	newest int64    // its newest chunk, -1 none
 	upload int      // kbit/s
+	// restricted: it takes no children and its NAT maps each destination
+	// apart (the port it listens on is not the one we see it from), so
+	// only public nodes can feed it. A claim like the others: a liar
+	// gains a slot of ours, as one that claims a large upload does.
+	restricted bool
 }
 
 // fedThrough reports whether v is one of ids or is fed through one.
@@ -100,19 +106,22 @@ type stallVerdict struct {
 }
 
 // judgeStall tells a dead or stalled parent from a stream that is late at
-// the source. When the parent has been silent for half the stall timeout,
-// the backups are asked for the chunks after our newest; the parent is
-// stalled once it has been silent for the timeout and a backup had audio
-// it did not, or every backup is silent too (none answered for half the
-// timeout though asked every tick), or it has been silent half as long
-// again (the backups may be cut off as well; a source late by that much is
-// rarer). Without backups it is stalled after the timeout.
+// the source. A parent whose link has closed is stalled at once. When it
+// has been silent for half the stall timeout, the backups are asked for
+// the chunks after our newest; it is stalled once it has been silent for
+// the timeout and a backup had audio it did not, or every backup is
+// silent too (none answered for half the timeout though asked every
+// tick), or it has been silent half as long again (the backups may be cut
+// off as well; a source late by that much is rarer). Without backups it is
+// stalled after the timeout. (Judging sooner, from a quarter of the
+// timeout, made parents switch in join storms on a loaded machine, where
+// a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
 func judgeStall(in stallInput) stallVerdict {
 	switch {
-	case in.silent < in.timeout/2:
-		return stallVerdict{}
 	case in.gone:
 		return stallVerdict{stalled: true}
+	case in.silent < in.timeout/2:
+		return stallVerdict{}
 	case len(in.backups) == 0:
 		return stallVerdict{stalled: in.silent > in.timeout}
 	case in.silent < in.timeout:
@@ -190,12 +199,85 @@ func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
 	return plan
 }
 
-// pickLeafToDisplace returns the index of a child that takes no children
-// itself, for a newcomer who can (-1 when the newcomer is a leaf or no
-// child is).
-func pickLeafToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
-	if slots(newcomer.upload) == 0 {
-		return -1
+// pickChildToDisplace returns the index of the child that a newcomer may
+// replace when we are full, or -1. A newcomer that can take children
+// replaces a leaf (capable uploaders move up), a restricted one last (the
+// rendezvous sends only public nodes for those, which can then feed it);
+// a restricted newcomer, whom only a public node can feed, replaces a
+// child that could take children but has none (no subtree moves), which
+// others can feed, never another restricted one.
+func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
+	other := func(c peerView) bool { return c.id != newcomer.id && !c.restricted }
+	switch {
+	case slots(newcomer.upload) > 0 && !newcomer.restricted:
+		if i := slices.IndexFunc(children, func(c peerView) bool { return other(c) && slots(c.upload) == 0 }); i >= 0 {
+			return i
+		}
+		return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
+	case newcomer.restricted:
+		return slices.IndexFunc(children, func(c peerView) bool {
+			return other(c) && slots(c.upload) > 0 && c.free >= slots(c.upload)
+		})
 	}
-	return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
+	return -1
+}
+
+// mappedApart reports whether a peer that says it listens at listen but
+// reaches us from remote is behind a NAT that changed its port (the
+// in-memory network's LAN addresses end in "/port").
+func mappedApart(listen, remote string) bool {
+	lp, rp := lastPort(listen), lastPort(remote)
+	return lp != "" && rp != "" && lp != rp
+}
+
+// lastPort is what follows an address's last ':' or '/' ("" if none).
+func lastPort(addr string) string {
+	i := strings.LastIndexAny(addr, ":/")
+	if i < 0 {
+		return ""
+	}
+	return addr[i+1:]
+}
+
+// pullRate is the upload, in bytes per second, left for chunks sent
+// outside the fan-out (answers to repair and bridge requests): the budget
+// less the children's stream, with the same 5% for overhead as the slots.
+// A leaf's budget has nothing to spare.
+func pullRate(uploadKbps, children, bitrateKbps int) float64 {
+	if uploadKbps <= 0 {
+		return 0
+	}
+	if bitrateKbps <= 0 {
+		bitrateKbps = 128
+	}
+	spare := float64(uploadKbps) - float64(children*bitrateKbps)*1.05
+	return max(spare, 0) * 1000 / 8
+}
+
+// pullBurst is how much unused pull budget is saved up: at most this
+// long at the spare rate.
+const pullBurst = 2 * time.Second
+
+// tokenBucket meters bytes: rate per second, up to pullBurst's worth
+// saved. The zero value is full at its first use.
+type tokenBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// take spends n bytes if the bucket holds them at now, refilled at rate
+// since the last call; it reports whether it did.
+func (b *tokenBucket) take(n int, rate float64, now time.Time) bool {
+	if b.last.IsZero() {
+		b.tokens = rate * pullBurst.Seconds()
+	} else {
+		b.tokens += rate * now.Sub(b.last).Seconds()
+	}
+	b.tokens = min(b.tokens, rate*pullBurst.Seconds())
+	b.last = now
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
 }

@@ -52,3 +52,50 @@ func TestPickSourceFollowsBufferMaps(t *testing.T) {
 	}
 	require.Len(t, seen, 2)
 }
+
+func TestPickChildToDisplace(t *testing.T) {
+	slots := func(kbps int) int { return slotBudget{kbps}.slots(128) }
+	relay := peerView{id: testID(1), upload: 1000}
+	leaf := peerView{id: testID(2), upload: 0}
+	other := peerView{id: testID(3), upload: 400, free: 1}             // one child
+	childless := peerView{id: testID(5), upload: 400, free: 2}         // none
+	voluntary := peerView{id: testID(4), upload: 0}                    // a leaf by choice: others can feed it
+	restricted := peerView{id: testID(6), upload: 0, restricted: true} // only public nodes can feed it
+	for _, tc := range []struct {
+		name     string
+		newcomer peerView
+		children []peerView
+		want     int
+	}{
+		{"a relay takes a leaf's place", relay, []peerView{other, leaf}, 1},
+		{"no leaf child", relay, []peerView{other}, -1},
+		{"a leaf by choice never displaces", voluntary, []peerView{leaf, other}, -1},
+		{"a relay displaces a restricted leaf last", relay, []peerView{restricted, leaf}, 1},
+		{"a relay displaces a restricted leaf (it is public: the rendezvous sent it)", relay, []peerView{other, restricted}, 1},
+		{"a restricted newcomer takes the place of a relay without children", restricted, []peerView{leaf, other, childless}, 2},
+		{"never of one with children (its subtree would move)", restricted, []peerView{leaf, other}, -1},
+		{"a restricted newcomer never displaces a leaf", restricted, []peerView{leaf}, -1},
+		{"nor another restricted node", restricted, []peerView{{id: testID(7), upload: 0, restricted: true}}, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, pickChildToDisplace(tc.newcomer, tc.children, slots))
+		})
+	}
+	require.Equal(t, []int{0, 2, 7}, []int{slotBudget{-1}.slots(128), slotBudget{400}.slots(0), slotBudget{1000}.slots(128)})
+}
+
+func TestMappedApart(t *testing.T) {
+	for _, tc := range []struct {
+		listen, remote string
+		want           bool
+	}{
+		{"mem:12/3", "mem:12:3", false},    // a port-preserving NAT
+		{"mem:12/3", "mem:12:40123", true}, // a port-randomising one
+		{"mem:5", "mem:5", false},          // public
+		{"0.0.0.0:4433", "192.0.2.7:4433", false},
+		{"[::]:4433", "192.0.2.7:61000", true},
+		{"", "192.0.2.7:61000", false}, // nothing said
+	} {
+		require.Equal(t, tc.want, mappedApart(tc.listen, tc.remote), "%s from %s", tc.listen, tc.remote)
+	}
+}

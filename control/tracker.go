@@ -75,8 +75,15 @@ type Tracker struct {
 	// punchable indexes the nodes behind port-preserving NATs with free
 	// slots by depth: offered in Candidates.Punch, reached by a punch.
 	punchable map[int]map[NodeID]*tracked
-	live      uint64 // one more than the station's newest chunk (SetLive)
-	probes    chan struct{}
+	// relayed indexes the full public nodes by depth (the root
+	// included): a node that only public ones can feed (restricted) may
+	// take the place of a child of theirs that others can feed.
+	relayed map[int]map[NodeID]*tracked
+	// waiting holds the restricted nodes without a parent, by when they
+	// last said so.
+	waiting map[NodeID]time.Time
+	live    uint64 // one more than the station's newest chunk (SetLive)
+	probes  chan struct{}
 }
 
 type tracked struct {
@@ -147,7 +154,7 @@ func NewTracker(cfg TrackerConfig) *Tracker {
 	return &Tracker{cfg: cfg, log: log, nodes: make(map[NodeID]*tracked), free: make(map[int]map[NodeID]*tracked),
 		leaves: make(map[int]map[NodeID]*tracked), rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		perHost: make(map[string]int), probes: make(chan struct{}, maxProbes),
-		punchable: make(map[int]map[NodeID]*tracked)}
+		punchable: make(map[int]map[NodeID]*tracked), relayed: make(map[int]map[NodeID]*tracked), waiting: make(map[NodeID]time.Time)}
 }
 
 // SetSelf records the broadcaster itself (depth 0), the root of the tree.
@@ -182,6 +189,10 @@ func (t *Tracker) offered(n *tracked) bool {
 // the same: it can take no child it has not contacted).
 func (t *Tracker) index(n *tracked) {
 	d := n.info.Depth
+	if d >= 0 && n.info.FreeSlots <= 0 && !n.leaf && t.offered(n) {
+		addTo(t.relayed, d, n)
+		t.maxDepth = max(t.maxDepth, d)
+	}
 	switch {
 	case d > 0 && (n.leaf || (n.reach == ReachUnreachable && !n.punchable())) && !n.parent.IsZero():
 		addTo(t.leaves, d, n)
@@ -214,6 +225,28 @@ func (t *Tracker) unindex(n *tracked) {
 	if b := t.punchable[n.info.Depth]; b != nil {
 		delete(b, n.info.ID)
 	}
+	if b := t.relayed[n.info.Depth]; b != nil {
+		delete(b, n.info.ID)
+	}
+}
+
+// restrictedWaiting reports whether a restricted node has been looking
+// for a parent lately. t.mu is held.
+func (t *Tracker) restrictedWaiting(now time.Time) bool {
+	for id, at := range t.waiting {
+		if now.Sub(at) < offerFor {
+			return true
+		}
+		delete(t.waiting, id)
+	}
+	return false
+}
+
+// restricted reports whether only public nodes can feed n: it is behind a
+// NAT that maps each destination apart (no punch opens it), or the
+// dial-back failed and its NAT is not known to be punchable.
+func (n *tracked) restricted() bool {
+	return n.reach != ReachPublic && (n.nat == NATRandomises || (n.reach == ReachUnreachable && n.nat != NATPreserves))
 }
 
 // forget removes a node.
@@ -221,6 +254,7 @@ func (t *Tracker) forget(id NodeID) {
 	if n := t.nodes[id]; n != nil && n != t.self {
 		t.unindex(n)
 		delete(t.nodes, id)
+		delete(t.waiting, id)
 		if n.host != "" {
 			if t.perHost[n.host]--; t.perHost[n.host] <= 0 {
 				delete(t.perHost, n.host)
@@ -310,6 +344,11 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 	n.parent, n.leaf, n.nat, n.listen = r.Parent, r.Leaf, r.NAT, r.ListenAddr
 	n.seen = now
 	t.index(n)
+	if n.restricted() && r.Depth < 0 {
+		t.waiting[id] = now
+	} else {
+		delete(t.waiting, id)
+	}
 	for _, f := range r.Failed {
 		t.blame(n, f)
 	}
@@ -330,10 +369,30 @@ func (t *Tracker) register(id NodeID, observed string, r *Register) *Candidates 
 		return &Candidates{Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
 	}
 	n.told = n.reach
-	c := &Candidates{Peers: t.candidates(id, now, r.Depth < 0), Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
+	c := &Candidates{Observed: observed, Reach: n.reach, Live: t.live, Echo: t.echo(n)}
 	t.traversal(n, c, now)
-	if !r.Leaf {
-		c.Displace = t.displaceable(id, r.Depth)
+	// Public slots are scarce for restricted nodes, whom nothing else can
+	// feed: while one waits for a parent, a node that punched parents can
+	// feed is offered those only.
+	if !(len(c.Punch) > 0 && !n.restricted() && t.restrictedWaiting(now)) {
+		c.Peers = append(t.candidates(id, now, r.Depth < 0), c.Peers...)
+	}
+	if r.Depth > 0 {
+		// A joined node asks for backups too (or to climb), and a backup
+		// needs no free slot: nodes on other branches, full or not.
+		c.Peers = append(c.Peers, t.independent(n, now)...)
+	}
+	switch {
+	case n.restricted():
+		c.Displace = t.publicParents(id, now)
+	case !r.Leaf:
+		// A restricted leaf's place goes to a public joiner only when
+		// nothing else is offered to it (it would move such leaves again
+		// and again, and it can reach punchable parents too).
+		c.Displace = t.displaceable(id, r.Depth, false)
+		if len(c.Displace) == 0 && len(c.Punch) == 0 && n.reach == ReachPublic && r.Depth < 0 {
+			c.Displace = t.displaceable(id, r.Depth, true)
+		}
 	}
 	return c
 }
@@ -595,18 +654,98 @@ const maxDisplace = 4
 
 // displaceable lists parents of leaves, the shallowest first, where the
 // asker (not a leaf) would sit above its depth (at any level when it has
-// none): none of them its descendant.
-func (t *Tracker) displaceable(id NodeID, depth int) []PeerInfo {
+// none): none of them its descendant. With restricted, only the places of
+// restricted leaves: to be given to a public joiner, which can take the
+// leaf as a child then (no one else could feed it).
+func (t *Tracker) displaceable(id NodeID, depth int, restricted bool) []PeerInfo {
 	var out []PeerInfo
 	seen := make(map[NodeID]bool)
 	for d := 1; d <= t.maxLeaf && len(out) < maxDisplace && (depth < 0 || d < depth); d++ {
 		for _, leaf := range t.leaves[d] {
 			p := t.nodes[leaf.parent]
-			if p == nil || leaf.info.ID == id || p.info.ID == id || seen[p.info.ID] || p.info.Depth != d-1 || t.isDescendant(p, id) {
+			if p == nil || leaf.restricted() != restricted || leaf.info.ID == id || p.info.ID == id || seen[p.info.ID] || p.info.Depth != d-1 || t.isDescendant(p, id) {
 				continue
 			}
 			seen[p.info.ID] = true
 			out = append(out, p.info)
+			if len(out) == maxDisplace {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// maxIndependent is how many nodes on other branches an answer to a
+// joined node lists; independentTries bounds the nodes looked at to find
+// them.
+const (
+	maxIndependent   = 4
+	independentTries = 64
+)
+
+// independent lists public nodes (any it can dial) that are fed through
+// none of asker's ancestors and are not below it: backups that go on
+// playing whichever of its ancestors dies. Nodes are picked at random.
+// t.mu is held.
+func (t *Tracker) independent(asker *tracked, now time.Time) []PeerInfo {
+	chain := make(map[NodeID]bool)
+	for id, i := asker.parent, 0; !id.IsZero() && i < MaxDepth; i++ {
+		p := t.nodes[id]
+		if p == nil || p == t.self {
+			break
+		}
+		chain[id] = true
+		id = p.parent
+	}
+	if len(chain) == 0 {
+		return nil // under the root: every other node is independent, and the candidates do
+	}
+	var out []PeerInfo
+	tries := 0
+	for nid, n := range t.nodes { // map order: a random pick
+		if tries++; tries > independentTries || len(out) == maxIndependent {
+			break
+		}
+		if n == t.self || n == asker || n.leaf || n.info.Depth < 1 || !t.offered(n) || now.Sub(n.seen) > offerFor || t.failedFor(asker.info.ID, nid) {
+			continue
+		}
+		if t.fedThrough(n, chain) || t.isDescendant(n, asker.info.ID) {
+			continue
+		}
+		out = append(out, n.info)
+	}
+	return out
+}
+
+// fedThrough reports whether n or one of its ancestors is in ids.
+func (t *Tracker) fedThrough(n *tracked, ids map[NodeID]bool) bool {
+	for i := 0; n != nil && n != t.self && i < MaxDepth; i++ {
+		if ids[n.info.ID] {
+			return true
+		}
+		if n.parent.IsZero() {
+			return false
+		}
+		n = t.nodes[n.parent]
+	}
+	return false
+}
+
+// publicParents lists full public nodes, deep first, for a restricted
+// asker when no public node has a free slot: such a parent gives it the
+// place of a child that takes children but has none yet, whom other nodes
+// can feed (see pickChildToDisplace); the deepest are likeliest to have
+// one. Public slots are scarce for restricted nodes and not for the
+// others, which punched parents can feed too. t.mu is held.
+func (t *Tracker) publicParents(id NodeID, now time.Time) []PeerInfo {
+	var out []PeerInfo
+	for d := t.maxDepth; d >= 0 && len(out) < maxDisplace; d-- {
+		for nid, n := range t.relayed[d] {
+			if nid == id || (n != t.self && now.Sub(n.seen) > offerFor) || t.isDescendant(n, id) || t.failedFor(id, nid) {
+				continue
+			}
+			out = append(out, n.info)
 			if len(out) == maxDisplace {
 				break
 			}

@@ -138,3 +138,79 @@ func TestTrackerHoldsTenThousand(t *testing.T) {
 	got := tr.register(NodeID{0xff}, "203.0.113.9:7000", &Register{Depth: -1, Want: true})
 	require.NotEmpty(t, got.Peers, "a joiner gets candidates")
 }
+
+func TestTrackerRestrictedNodes(t *testing.T) {
+	tr := NewTracker(TrackerConfig{})
+	id := func(i byte) NodeID { return NodeID{i} }
+	tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+	// Full relays: 2 under the root, 3 under 2; 4 under the root has a
+	// slot, 6 hangs below 4; 8, behind a NAT that maps each destination
+	// apart, is a leaf below 3.
+	tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1)})
+	tr.register(id(3), "a3", &Register{Depth: 2, Parent: id(2)})
+	tr.register(id(4), "a4", &Register{Depth: 1, Parent: id(1), FreeSlots: 1})
+	tr.register(id(6), "a6", &Register{Depth: 2, Parent: id(4), FreeSlots: 1})
+	tr.register(id(8), "a8", &Register{Depth: 3, Parent: id(3), Leaf: true, NAT: NATRandomises})
+
+	// A restricted joiner is offered full public parents, deep first: the
+	// place of a child without children of its own is likelier there.
+	c := tr.register(id(9), "a9", &Register{Depth: -1, Want: true, Leaf: true, NAT: NATRandomises})
+	require.Equal(t, []string{"a3", "a2", "root"}, addrs(c.Displace))
+	// A relay that is not known to be public is not offered the
+	// restricted leaf's place: no one else could feed it.
+	c = tr.register(id(10), "a10", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+	require.Empty(t, c.Displace)
+	tr.mu.Lock()
+	tr.nodes[id(10)].reach = ReachPublic
+	tr.mu.Unlock()
+	c = tr.register(id(10), "a10", &Register{Depth: -1, Want: true})
+	require.Equal(t, []string{"a3"}, addrs(c.Displace), "a public relay may take it")
+
+	// A joined node asking is also offered backups on other branches:
+	// 6 (below 4) gets the full 2 and 3 (no free slot: only as backups);
+	// 7, below 3, gets none of 2's branch.
+	c = tr.register(id(6), "a6", &Register{Depth: 2, Parent: id(4), FreeSlots: 1, Want: true})
+	require.Subset(t, addrs(c.Peers), []string{"a2", "a3"})
+	require.NotContains(t, addrs(c.Peers), "a6")
+	tr.register(id(7), "a7", &Register{Depth: 3, Parent: id(3), FreeSlots: 0})
+	c = tr.register(id(7), "a7", &Register{Depth: 3, Parent: id(3), Want: true})
+	require.NotContains(t, addrs(c.Peers), "a2")
+	require.NotContains(t, addrs(c.Peers), "a3")
+	require.Contains(t, addrs(c.Peers), "a6")
+}
+
+func TestTrackerKeepsPublicSlotsForRestrictedNodes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := NewTracker(TrackerConfig{})
+		id := func(i byte) NodeID { return NodeID{i} }
+		tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+		// 2 is public with a slot; 3 is behind a port-preserving NAT with
+		// one (punchable).
+		tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1), FreeSlots: 1})
+		tr.register(id(3), "a3", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves})
+		tr.mu.Lock()
+		tr.nodes[id(2)].reach = ReachPublic
+		tr.nodes[id(3)].reach = ReachUnreachable
+		tr.mu.Unlock()
+		tr.register(id(2), "a2", &Register{Depth: 1, Parent: id(1), FreeSlots: 1})
+		tr.register(id(3), "a3", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves})
+		// Nobody restricted waits: a joiner behind a port-preserving NAT
+		// is offered both.
+		c := tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+		require.Equal(t, []string{"a3"}, addrs(c.Punch))
+		time.Sleep(holdFor)
+		// A restricted node waits: 2's slot is kept for it.
+		tr.register(id(8), "a8", &Register{Depth: -1, Leaf: true, NAT: NATRandomises})
+		c = tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Empty(t, c.Peers)
+		require.Equal(t, []string{"a3"}, addrs(c.Punch))
+		c = tr.register(id(8), "a8", &Register{Depth: -1, Want: true, Leaf: true, NAT: NATRandomises})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+		// Once it has a parent (or after a while), 2 is offered to all.
+		tr.register(id(8), "a8", &Register{Depth: 2, Parent: id(2), Leaf: true, NAT: NATRandomises})
+		time.Sleep(holdFor)
+		c = tr.register(id(9), "a9", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Equal(t, []string{"a2"}, addrs(c.Peers))
+	})
+}
