@@ -226,7 +226,9 @@ func TestJoinerInFullSwarmFindsSlot(t *testing.T) {
 func TestLossyParentRepairedFromBackup(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}, SendQueue: 2}
-		s := newMemSwarm(t, cfg, 300)
+		// Two slots, and upload to spare for repairs (they count against
+		// the budget).
+		s := newMemSwarm(t, cfg, 400)
 		time.Sleep(2 * time.Second)
 		s.add(300)
 		s.add(300)
@@ -295,10 +297,13 @@ func TestCapableUploadersMoveUp(t *testing.T) {
 // without a gap.
 func TestOrphanPullsFromBackups(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 300)
+		// Two slots at the broadcaster, one at each relay, and upload to
+		// spare at each for pulls (answers to pulls count against the
+		// budget).
+		s := newMemSwarm(t, control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}}, 400)
 		time.Sleep(2 * time.Second)
-		s.add(150) // the broadcaster's two slots; one slot each
-		s.add(150)
+		s.add(268) // the broadcaster's two slots; one slot each
+		s.add(268)
 		time.Sleep(3 * time.Second)
 		c := s.add(-1) // takes one of their slots
 		time.Sleep(2 * time.Second)
@@ -327,7 +332,9 @@ func TestOrphanPullsFromBackups(t *testing.T) {
 func TestRepairAsksAnotherNeighbour(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := control.MemConfig{Link: control.LinkConfig{Delay: 10 * time.Millisecond}, SendQueue: 2}
-		s := newMemSwarm(t, cfg, 300)
+		// Two slots, and upload to spare for repairs (they count against
+		// the budget).
+		s := newMemSwarm(t, cfg, 400)
 		time.Sleep(2 * time.Second)
 		s.add(300)
 		s.add(300)
