@@ -489,28 +489,7 @@ func (c *cdp) open(ctx context.Context, url string, w, h int) {
 // eval evaluates a JavaScript expression in the page (awaiting a promise)
 // and decodes its value into out.
 func (c *cdp) eval(ctx context.Context, expr string, out any) error {
-	var r struct {
-		Result struct {
-			Value json.RawMessage `json:"value"`
-		} `json:"result"`
-		ExceptionDetails *struct {
-			Text      string `json:"text"`
-			Exception struct {
-				Description string `json:"description"`
-			} `json:"exception"`
-		} `json:"exceptionDetails"`
-	}
-	if err := c.call(ctx, c.session, "Runtime.evaluate",
-		map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}, &r); err != nil {
-		return err
-	}
-	if e := r.ExceptionDetails; e != nil {
-		return fmt.Errorf("%s: %s %s", expr, e.Text, e.Exception.Description)
-	}
-	if out != nil && len(r.Result.Value) > 0 {
-		return json.Unmarshal(r.Result.Value, out)
-	}
-	return nil
+	return (&tab{c: c, session: c.session}).eval(ctx, expr, out) // browser_test.go
 }
 
 // waitFor evaluates expr until it is true.

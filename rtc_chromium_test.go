@@ -1,14 +1,11 @@
 package p2pradio
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -18,52 +15,6 @@ import (
 	"github.com/p2pradio/p2pradio/control"
 	"github.com/p2pradio/p2pradio/mux"
 )
-
-// rtcNetnsAddr is the address, besides loopback, of the namespace that
-// inRTCNetns makes: Chromium gathers no ICE candidate without a default
-// route, which goes into a veth pair that leads nowhere.
-const rtcNetnsAddr = "10.213.9.1"
-
-// inRTCNetns runs the calling test again in a new network namespace with
-// only loopback and a veth pair of its own, so that neither Chromium's ICE
-// nor the node's can reach an address of the machine's interfaces. It
-// returns true in the namespace; outside, false once the run there ended
-// (failing the test if that run failed). It skips without root or unshare.
-func inRTCNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv("P2PRADIO_RTC_NETNS") == t.Name() {
-		return true
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: Chromium and the node run in a network namespace of their own")
-	}
-	unshare, err1 := exec.LookPath("unshare")
-	ip, err2 := exec.LookPath("ip")
-	if err1 != nil || err2 != nil {
-		t.Skip("needs unshare and ip (util-linux, iproute2)")
-	}
-	if _, err := exec.LookPath("chromium"); err != nil {
-		t.Skip("chromium not installed (.ci/setup installs it)")
-	}
-	setup := fmt.Sprintf("%[1]s link set lo up && %[1]s link add p2pg0 type veth peer name p2pg1 && %[1]s link set p2pg1 up && "+
-		"%[1]s addr add %[2]s/24 dev p2pg0 && %[1]s link set p2pg0 up && %[1]s route add default dev p2pg0", ip, rtcNetnsAddr)
-	cmd := exec.Command(unshare, "-n", "--", "sh", "-c", setup+` && exec "$0" "$@"`,
-		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=2m")
-	cmd.Env = append(os.Environ(), "P2PRADIO_RTC_NETNS="+t.Name())
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	cmd.Stderr = cmd.Stdout
-	require.NoError(t, cmd.Start())
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		t.Log(sc.Text())
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("the run in the namespace failed: %v", err)
-	}
-	return false
-}
 
 // rtcLinkJS links the page to the node as docs/browser-peers.md says,
 // with nothing of peer.js: /peer, an offer with the two negotiated
@@ -134,7 +85,7 @@ const rtcLinkJS = `(async () => {
 // chunks that verify, and when the page goes silent the node closes the
 // link with a close message whose code and reason the page reads.
 func TestChromiumLinksToANodeOverWebRTC(t *testing.T) {
-	if !inRTCNetns(t) {
+	if !inFreshNetns(t) {
 		return
 	}
 	st := startWebStation(t, 0, "Browsers", 0)
