@@ -253,15 +253,20 @@ func (c *Conn) onData(m webrtc.DataChannelMessage) {
 func (c *Conn) handshake(ctx context.Context, started time.Time) error {
 	timer := time.NewTimer(time.Until(started.Add(c.t.proofTimeout)))
 	defer timer.Stop()
-	timeout := fmt.Errorf("%w: no key proof within %v", control.ErrTimeout, c.t.proofTimeout)
-	select {
-	case <-c.ctlOpen:
-	case <-c.done:
-		return c.Err()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-		return timeout
+	wait := func(ch <-chan struct{}) error {
+		select {
+		case <-ch:
+			return nil
+		case <-c.done:
+			return c.Err()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			return fmt.Errorf("%w: no key proof within %v", control.ErrTimeout, c.t.proofTimeout)
+		}
+	}
+	if err := wait(c.ctlOpen); err != nil {
+		return err
 	}
 	if err := c.sendProof(); err != nil {
 		if c.isDone() { // the peer's bad proof, say, closed it meanwhile
@@ -269,14 +274,8 @@ func (c *Conn) handshake(ctx context.Context, started time.Time) error {
 		}
 		return fmt.Errorf("%w: sending the key proof: %w", control.ErrClosed, err)
 	}
-	select {
-	case <-c.proven:
-	case <-c.done:
-		return c.Err()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-		return timeout
+	if err := wait(c.proven); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	if c.remoteAddr == "" {
