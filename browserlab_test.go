@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/websocket"
 
+	"github.com/p2pradio/p2pradio/internal/signal"
 	"github.com/p2pradio/p2pradio/internal/testaudio"
 	"github.com/p2pradio/p2pradio/internal/web"
 	"github.com/p2pradio/p2pradio/mux"
@@ -236,23 +237,11 @@ func (s *chunkSource) next(t *testing.T) *mux.Chunk {
 const feederPage = `<!doctype html><meta charset="utf-8"><title>feeder</title><audio id="audio"></audio>
 <script>%s</script><script>p2pradio.join({audio: document.getElementById("audio"), uploadKbps: %d, fed: true});</script>`
 
-// pageStats is window.p2pradio.stats().
+// pageStats is window.p2pradio.stats(), with what statsExpr adds.
 type pageStats struct {
-	Playing    bool     `json:"playing"`
-	Continuity float64  `json:"continuity"`
-	LagMs      *float64 `json:"lagMs"`
-	Depth      int      `json:"depth"`
-	Parent     *string  `json:"parent"`
-	Children   []string `json:"children"`
-	Received   int      `json:"received"`
-	Relayed    int      `json:"relayed"`
-	Forged     int      `json:"forged"`
-	StartupMs  *float64 `json:"startupMs"`
-	Rebuffers  int      `json:"rebuffers"`
-	Free       int      `json:"free"`
-	UploadKbps int      `json:"uploadKbps"`
-	Clock      float64  `json:"clock"` // the audio element's currentTime
-	ID         string   `json:"id"`
+	signal.Stats
+	Clock float64 `json:"clock"` // the audio element's currentTime
+	ID    string  `json:"id"`
 }
 
 const statsExpr = `(() => { const s = window.p2pradio.stats(); s.clock = document.getElementById("audio").currentTime;
@@ -414,7 +403,7 @@ func TestPagesRelayToPages(t *testing.T) {
 	vAfter := stats(pages[victim])
 	b, _ = json.Marshal(vAfter)
 	t.Logf("the victim of a forged chunk: %s", b)
-	require.Equal(t, 1, vAfter.Forged, "the forged chunk was caught")
+	require.Equal(t, int64(1), vAfter.Forged, "the forged chunk was caught")
 	require.NotNil(t, vAfter.Parent)
 	require.NotEqual(t, all[hostile].ID, *vAfter.Parent)
 	require.Greater(t, vAfter.Clock, vBefore.Clock+2, "the victim plays on")

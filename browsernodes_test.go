@@ -240,7 +240,7 @@ func TestPagesJoinAGoNode(t *testing.T) {
 	}
 	all := make([]pageStats, len(l.pages))
 	byID := map[string]int{}
-	forged := 0
+	forged := int64(0)
 	for i, p := range l.pages {
 		all[i] = l.stats(p)
 		byID[all[i].ID] = i
@@ -262,7 +262,7 @@ func TestPagesJoinAGoNode(t *testing.T) {
 		require.Greater(t, s.Clock, all[0].Clock+0.5, "page 0 plays on")
 		require.Equal(t, all[0].Rebuffers, s.Rebuffers)
 	}
-	require.Greater(t, forged, 0, "a page linked to the hostile page and caught its forgery")
+	require.Greater(t, forged, int64(0), "a page linked to the hostile page and caught its forgery")
 	var mp3 []byte
 	require.NoError(t, l.pages[0].eval(ctx, `(() => { const log = p2pradio.internals.node().player.log; let s = "";
 		for (const b of log) for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode.apply(null, b.subarray(i, i + 0x8000));
@@ -382,7 +382,7 @@ func TestBrowserPeersFigures(t *testing.T) {
 		all[i] = l.stats(p)
 		byID[all[i].ID] = i
 	}
-	fedByPage, parentPage, orphan, rebuffers := 0, -1, -1, 0
+	fedByPage, parentPage, orphan, rebuffers := 0, -1, -1, int64(0)
 	for i, s := range all {
 		b, _ := json.Marshal(s)
 		t.Logf("FIGURE page %d after 60 s: %s", i, b)

@@ -139,7 +139,7 @@ type Error struct {
 type Stats struct {
 	Playing    bool     `json:"playing"`
 	Continuity float64  `json:"continuity"`
-	LagMs      float64  `json:"lagMs"`
+	LagMs      *float64 `json:"lagMs"`
 	Depth      int      `json:"depth"`
 	Parent     *string  `json:"parent"`
 	Children   []string `json:"children"`

@@ -79,15 +79,15 @@ type Status struct {
 // StatusBrowser is a station page signalling at the node: its
 // window.p2pradio.stats() as last reported.
 type StatusBrowser struct {
-	ID         string  `json:"id"`
-	ConnectedS float64 `json:"connected_s"` // since its hello
-	Reported   bool    `json:"reported"`    // it sent stats: the fields below are its
-	SeenS      float64 `json:"seen_s"`      // since its last stats
-	Child      bool    `json:"child"`       // a child of this node
-	Playing    bool    `json:"playing"`
-	Continuity float64 `json:"continuity"`
-	LagMs      float64 `json:"lag_ms"`
-	Depth      int     `json:"depth"` // -1 unjoined
+	ID         string   `json:"id"`
+	ConnectedS float64  `json:"connected_s"` // since its hello
+	Reported   bool     `json:"reported"`    // it sent stats: the fields below are its
+	SeenS      float64  `json:"seen_s"`      // since its last stats
+	Child      bool     `json:"child"`       // a child of this node
+	Playing    bool     `json:"playing"`
+	Continuity float64  `json:"continuity"`
+	LagMs      *float64 `json:"lag_ms"` // null until the page knows its lag
+	Depth      int      `json:"depth"`  // -1 unjoined
 	// Parent is its parent's id (this node's for "node"), empty when none.
 	Parent     string   `json:"parent,omitempty"`
 	Children   []string `json:"children"`
