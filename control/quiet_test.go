@@ -1,0 +1,61 @@
+package control
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestAQuietLinkHearsOurStatusWhenItChangedOrIsDue(t *testing.T) {
+	p := &peer{}
+	t0 := time.Unix(1000, 0)
+	st := &Status{Depth: 1, FreeSlots: 3, UploadKbps: 500, Path: []NodeID{{1}}, Newest: 10}
+	require.True(t, p.statusDue(st, t0, childQuiet), "the first is always sent")
+	same := *st
+	same.Newest = 20 // the chunks say that
+	for s := 1; s < 5; s++ {
+		require.False(t, p.statusDue(&same, t0.Add(time.Duration(s)*time.Second), childQuiet), "second %d", s)
+	}
+	require.True(t, p.statusDue(&same, t0.Add(5*time.Second), childQuiet), "due after childQuiet")
+	moved := same
+	moved.FreeSlots = 2
+	require.True(t, p.statusDue(&moved, t0.Add(6*time.Second), childQuiet), "changed")
+	require.True(t, p.statusDue(&moved, t0.Add(7*time.Second), 0), "not quiet: every time")
+
+	// parentQuiet is every second tick, even a tick a little early.
+	q := &peer{}
+	require.True(t, q.statusDue(st, t0, parentQuiet))
+	require.False(t, q.statusDue(st, t0.Add(time.Second), parentQuiet))
+	require.True(t, q.statusDue(st, t0.Add(2*time.Second-10*time.Millisecond), parentQuiet))
+}
+
+func TestAChildIsQuietOnlyWhileWeFeedIt(t *testing.T) {
+	p := &peer{}
+	t0 := time.Unix(1000, 0)
+	const lately = 1500 * time.Millisecond
+	require.False(t, p.fedWithin(0, t0, lately), "nothing sent yet")
+	require.True(t, p.fedWithin(5, t0, lately))
+	require.True(t, p.fedWithin(5, t0.Add(time.Second), lately))
+	require.False(t, p.fedWithin(5, t0.Add(2*time.Second), lately), "no chunk since")
+	require.True(t, p.fedWithin(6, t0.Add(3*time.Second), lately))
+}
+
+func TestASettledNodeRegistersLessOften(t *testing.T) {
+	for _, tc := range []struct {
+		settled time.Duration
+		leaf    bool
+		want    time.Duration
+	}{
+		{0, false, registerEvery},
+		{5 * time.Second, true, registerEvery},
+		{registerSettle, false, registerQuiet},
+		{time.Minute, true, registerLeafQuiet},
+	} {
+		require.Equal(t, tc.want, registerInterval(tc.settled, tc.leaf), "%+v", tc)
+	}
+	// The rendezvous offers a node registered within offerFor and forgets
+	// one silent for its Expiry (10 s by default).
+	require.Less(t, registerQuiet, offerFor)
+	require.Less(t, registerLeafQuiet, 10*time.Second)
+}
