@@ -70,15 +70,18 @@ type Config struct {
 	// Handler in HTTPConfig.Stream is fed without being listed here.)
 	Outputs []output.Output
 
-	// ChunkDuration is the broadcaster's chunk length. Zero means 100 ms.
+	// ChunkDuration is the broadcaster's chunk length. Zero means
+	// mux.DefaultChunkDuration (200 ms): shorter chunks cost every relay
+	// more CPU per child, longer ones add lag.
 	ChunkDuration time.Duration
 	// Window is how many recent chunks a node keeps for joiners and
-	// repair. Zero means 50 (about 5 s).
+	// repair. Zero means 50 (about 10 s of 200 ms chunks).
 	Window int
 	// Burst is how many chunks from its window a parent sends a new child
-	// at once, so it starts fast with its bit reservoir. Zero means 12
-	// (about 1.2 s, a little more than the default playout target: the
-	// buffer a listener plays with, and so most of its lag).
+	// at once, so it starts fast with its bit reservoir. Zero means those
+	// of the last 1.2 s (6 of 200 ms, 12 of 100 ms), a little more than
+	// the default playout target: the buffer a listener plays with, and so
+	// most of its lag.
 	Burst int
 	// StallTimeout is how long without a chunk from the parent before the
 	// node switches to a backup. Zero means 1 s.

@@ -84,7 +84,8 @@ type OverlayConfig struct {
 	// zero or negative means no children (a leaf).
 	UploadKbps int
 	// Burst is how many recent chunks a new child is sent at once. Zero
-	// means 12.
+	// means those of the last 1.2 s (burstAudio): 6 of the default 200 ms
+	// chunks, 12 of 100 ms.
 	Burst int
 	// WindowSize is how many recent chunks Window holds: chunks older than
 	// that behind the newest are not accepted. Zero means 50.
@@ -114,9 +115,6 @@ func (c *OverlayConfig) setDefaults() error {
 		return errors.New("control: a listener's OverlayConfig needs Rendezvous")
 	case c.Root && c.Tracker == nil && c.Rendezvous == "":
 		return errors.New("control: a root needs a Tracker or a Rendezvous")
-	}
-	if c.Burst <= 0 {
-		c.Burst = 12
 	}
 	if c.WindowSize <= 0 {
 		c.WindowSize = 50
@@ -483,6 +481,27 @@ func (o *Overlay) hello(p *peer) *Hello {
 	h.Depth, h.FreeSlots, h.Path, h.Newest = o.depth, o.freeSlots(), o.path, uint64(o.newest()+1)
 	o.mu.Unlock()
 	return h
+}
+
+// burstAudio is how much audio a new child is sent at once when
+// OverlayConfig.Burst is zero: a little more than the default playout
+// target (1 s), the buffer a listener plays with and so most of its lag.
+const burstAudio = 1200 * time.Millisecond
+
+// burst is how many recent chunks a new child is sent at once: Burst, or
+// the chunks of burstAudio at the duration of the newest chunk (12 before
+// the first).
+func (o *Overlay) burst() int {
+	if o.cfg.Burst > 0 {
+		return o.cfg.Burst
+	}
+	d := 100 * time.Millisecond
+	if newest, ok := o.win.Newest(); ok {
+		if c := o.win.Get(newest); c != nil && c.Duration() > 0 {
+			d = c.Duration()
+		}
+	}
+	return max(1, int((burstAudio+d-1)/d))
 }
 
 // freeSlots is how many more children the upload budget allows.
