@@ -71,8 +71,7 @@ type Config struct {
 	Outputs []output.Output
 
 	// ChunkDuration is the broadcaster's chunk length. Zero means
-	// mux.DefaultChunkDuration (200 ms): shorter chunks cost every relay
-	// more CPU per child, longer ones add lag.
+	// DefaultChunkDuration (200 ms).
 	ChunkDuration time.Duration
 	// Window is how many recent chunks a node keeps for joiners and
 	// repair. Zero means 50 (about 10 s of 200 ms chunks).
@@ -154,6 +153,15 @@ func (c *Config) sink() playout.Sink {
 	return c.Playout.Sink
 }
 
+// DefaultChunkDuration is a broadcaster's chunk length unless
+// Config.ChunkDuration says otherwise (a mux.Chunker's own default is
+// 100 ms). Each chunk costs every node that relays it a send per child,
+// with its QUIC packets and acknowledgements: a station feeding 100
+// children spent about a fifth less CPU with 200 ms chunks than with
+// 100 ms ones (examples/relaycost), for about 100 ms more lag (a chunk
+// leaves the broadcaster once its last frame is in).
+const DefaultChunkDuration = 200 * time.Millisecond
+
 func (c *Config) setDefaults() {
 	if c.ListenAddr == "" {
 		c.ListenAddr = "127.0.0.1:0"
@@ -164,9 +172,12 @@ func (c *Config) setDefaults() {
 			c.UploadKbps = 512
 		}
 	}
-	// ChunkDuration, Window, Burst, StallTimeout and Backups keep their
-	// zero values: the blocks that use them (mux, output, control) apply
-	// the defaults documented above.
+	if c.ChunkDuration == 0 {
+		c.ChunkDuration = DefaultChunkDuration
+	}
+	// Window, Burst, StallTimeout and Backups keep their zero values: the
+	// blocks that use them (output, control) apply the defaults documented
+	// above.
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

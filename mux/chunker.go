@@ -7,20 +7,11 @@ import (
 	"time"
 )
 
-// DefaultChunkDuration is a chunk's target playing time unless
-// ChunkerConfig.Duration says otherwise. Each chunk costs every node that
-// relays it a send per child, with its QUIC packets and acknowledgements:
-// a station feeding 100 children spent about a fifth less CPU with 200 ms
-// chunks than with 100 ms ones (examples/relaycost), for about 100 ms more
-// lag (a chunk leaves the broadcaster once its last frame is in).
-const DefaultChunkDuration = 200 * time.Millisecond
-
-// ChunkerConfig configures a Chunker. The zero value is usable:
-// DefaultChunkDuration chunks, unsigned.
+// ChunkerConfig configures a Chunker. The zero value is usable: 100 ms
+// chunks, unsigned.
 type ChunkerConfig struct {
 	// Duration is the target playing time of a chunk. A chunk holds the
-	// whole number of frames nearest to it, at least one. Zero means
-	// DefaultChunkDuration (200 ms).
+	// whole number of frames nearest to it, at least one. Zero means 100 ms.
 	Duration time.Duration
 	// Key signs every chunk. Nil leaves chunks unsigned (local playback).
 	Key ed25519.PrivateKey
@@ -49,7 +40,7 @@ type Chunker struct {
 // NewChunker returns a Chunker whose first chunk has sequence number 0.
 func NewChunker(cfg ChunkerConfig) *Chunker {
 	if cfg.Duration <= 0 {
-		cfg.Duration = DefaultChunkDuration
+		cfg.Duration = 100 * time.Millisecond
 	}
 	if cfg.TitleEvery <= 0 {
 		cfg.TitleEvery = 5 * time.Second
