@@ -1,9 +1,14 @@
 package control
 
 import (
+	"context"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/p2pradio/p2pradio/mux"
+	"github.com/p2pradio/p2pradio/output"
 	"github.com/stretchr/testify/require"
 )
 
@@ -58,4 +63,52 @@ func TestASettledNodeRegistersLessOften(t *testing.T) {
 	// one silent for its Expiry (10 s by default).
 	require.Less(t, registerQuiet, offerFor)
 	require.Less(t, registerLeafQuiet, 10*time.Second)
+}
+
+// countingConn is a Conn whose packet count the test sets (packetCounter).
+type countingConn struct {
+	Conn
+	packets atomic.Uint64
+}
+
+func (c *countingConn) PacketsReceived() uint64 { return c.packets.Load() }
+
+type noHost struct{}
+
+func (noHost) Accept(*mux.Chunk, time.Time)        {}
+func (noHost) Attach(output.Peer, uint64, int) int { return 0 }
+func (noHost) Detach(output.Peer)                  {}
+func (noHost) Children() int                       { return 0 }
+
+func TestAPeerWhosePacketsKeepComingIsAlive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	net := NewMemNetwork(MemConfig{})
+	defer net.Close()
+	a, err := net.NewTransport(nil)
+	require.NoError(t, err)
+	b, err := net.NewTransport(nil)
+	require.NoError(t, err)
+	go func() {
+		if c, err := b.Accept(ctx); err == nil {
+			<-c.Done()
+		}
+	}()
+	mc, err := a.Dial(ctx, b.Addr(), nil)
+	require.NoError(t, err)
+	conn := &countingConn{Conn: mc}
+	o := &Overlay{log: slog.New(slog.DiscardHandler), host: noHost{}, peers: make(map[*peer]struct{}), failed: make(map[NodeID]time.Time)}
+	p := newPeer(o, conn, false)
+	p.child.Store(true)
+	o.peers[p] = struct{}{}
+
+	now := time.Now()
+	p.lastHeard.Store(now.Add(-10 * time.Second).UnixNano()) // no message for 10 s
+	conn.packets.Store(7)
+	o.dropIdle(now)
+	require.Len(t, o.peers, 1, "its acknowledgements arrive: alive")
+	o.dropIdle(now.Add(2 * time.Second))
+	require.Len(t, o.peers, 1, "within silentAfter of its last packet")
+	o.dropIdle(now.Add(silentAfter + time.Second))
+	require.Empty(t, o.peers, "nothing for longer than silentAfter: gone")
 }
