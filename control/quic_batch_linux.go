@@ -20,13 +20,14 @@ const maxQueuedPackets = 1024
 // one goroutine sends them, as many at a time as are queued, with sendmmsg.
 //
 // quic-go writes each connection's packets from that connection's own
-// goroutine, one sendmsg per packet (or GSO batch). A node that feeds 100
-// children made 100 system calls per chunk, each one a chance for the Go
-// scheduler to hand the thread's work to another thread (sysmon retakes a
-// processor whose thread sits in a system call); on a VM, where every
-// thread switch is costly, that was most of a relay's CPU. Queued, the
+// goroutine, one sendmsg per packet (or GSO batch): a node that feeds 100
+// children made 100 system calls per chunk, each a chance for the Go
+// scheduler to hand the thread's work to another thread. Queued, the
 // packets of one fan-out leave in a few calls, with no added delay: the
-// sender takes what is queued when it gets to run.
+// sender takes what is queued when it gets to run. At a station with 100
+// children (examples/relaycost): 157 sendmmsg calls a second instead of
+// 1,228 sendmsg, the sending 9% of the CPU instead of 15%, the station's
+// CPU 0.93-0.97 of before.
 //
 // A packet's bytes are copied when queued; quic-go reuses its buffer.
 // Errors of sendmmsg are not returned to quic-go, which has moved on: a

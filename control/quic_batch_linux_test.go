@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"testing"
@@ -72,4 +73,50 @@ func TestBatchConnSendsWhatIsQueuedAndFlushesOnClose(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, []byte{byte(i), 1, 2, 3}, buf[:k], "packet %d", i)
 	}
+}
+
+// A socket bound to 0.0.0.0 is an IPv6 one that also carries IPv4 (Go's
+// choice for "udp"): IPv4 destinations go out through it too.
+func TestBatchConnOnADualStackSocket(t *testing.T) {
+	rx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer rx.Close()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4zero})
+	require.NoError(t, err)
+	c := newBatchConn(udp)
+	defer c.Close()
+	to := rx.LocalAddr().(*net.UDPAddr)
+	for _, dst := range []*net.UDPAddr{to, {IP: to.IP.To16(), Port: to.Port}} {
+		_, _, err := c.WriteMsgUDP([]byte("hello"), nil, dst)
+		require.NoError(t, err)
+		rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		k, _, err := rx.ReadFromUDP(buf)
+		require.NoError(t, err, "to %v", dst)
+		require.Equal(t, "hello", string(buf[:k]))
+	}
+}
+
+func TestQUICOnADualStackSocket(t *testing.T) {
+	a, err := NewQUIC(QUICConfig{ListenAddr: "0.0.0.0:0"})
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := NewQUIC(QUICConfig{ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		if c, err := b.Accept(ctx); err == nil {
+			if m, err := c.Receive(ctx); err == nil {
+				c.Send(ctx, m)
+			}
+		}
+	}()
+	c, err := a.Dial(ctx, b.Addr(), b.Key())
+	require.NoError(t, err)
+	require.NoError(t, c.Send(ctx, []byte("ping")))
+	m, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(m))
 }
