@@ -405,7 +405,7 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	}
 	// The burst: recent chunks so the child starts at once, with its bit
 	// reservoir; then everything live.
-	n := o.host.Attach(p.conn, m.From, o.cfg.Burst)
+	n := o.host.Attach(p.conn, m.From, o.burst())
 	p.child.Store(true)
 	o.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", n)
 	return nil

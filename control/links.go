@@ -6,8 +6,10 @@ import "time"
 // that keep us as a backup; our own links, to a parent, backups and
 // candidates, are bounded by what we dial).
 const (
-	// silentAfter is how long a peer may send nothing at all (its Status
-	// comes every second) before it is taken for gone.
+	// silentAfter is how long a peer may send nothing at all before it is
+	// taken for gone: its Status comes every second, or on a quiet link
+	// (see childQuiet) its chunks or, over QUIC, its acknowledgements of
+	// ours do.
 	silentAfter = 3 * time.Second
 	// idleAfter is how long an accepted link may stay without joining
 	// (its Hello and Status say depth -1) and without using us.
@@ -23,12 +25,18 @@ const (
 	perHostLinks = 8
 )
 
-// dropIdle closes links whose peer is gone (silent for silentAfter,
-// though every peer sends a Status each second: sooner than the
-// transport's idle timeout), and accepted links that neither joined nor
+// dropIdle closes links whose peer is gone (silent for silentAfter:
+// sooner than the transport's idle timeout), and accepted links that neither joined nor
 // used us for idleAfter: a peer that says hello and then sits there.
 func (o *Overlay) dropIdle(now time.Time) {
 	for _, p := range o.peerList() {
+		if pc, ok := p.conn.(packetCounter); ok {
+			// Any packet is a sign of life: a child we feed acknowledges
+			// our chunks, and may send its Status only every parentQuiet.
+			if n := pc.PacketsReceived(); p.packets.Swap(n) != n {
+				p.lastHeard.Store(now.UnixNano())
+			}
+		}
 		if now.Sub(time.Unix(0, p.lastHeard.Load())) > silentAfter {
 			o.log.Debug("dropping a silent peer", "addr", p.conn.RemoteAddr())
 			p.conn.Close(CodeGoodbye, "silent")
@@ -94,3 +102,12 @@ func idlest(ps []*peer, now time.Time) *peer {
 	}
 	return v
 }
+
+// packetCounter is a Conn that counts the packets it received, of any
+// kind: QUICConn, whose count includes QUIC's acknowledgements. A peer
+// whose packets keep arriving is alive though it sends no message.
+type packetCounter interface {
+	PacketsReceived() uint64
+}
+
+var _ packetCounter = (*QUICConn)(nil)

@@ -84,7 +84,8 @@ type OverlayConfig struct {
 	// zero or negative means no children (a leaf).
 	UploadKbps int
 	// Burst is how many recent chunks a new child is sent at once. Zero
-	// means 12.
+	// means those of the last 1.2 s (burstAudio): 6 of the default 200 ms
+	// chunks, 12 of 100 ms.
 	Burst int
 	// WindowSize is how many recent chunks Window holds: chunks older than
 	// that behind the newest are not accepted. Zero means 50.
@@ -114,9 +115,6 @@ func (c *OverlayConfig) setDefaults() error {
 		return errors.New("control: a listener's OverlayConfig needs Rendezvous")
 	case c.Root && c.Tracker == nil && c.Rendezvous == "":
 		return errors.New("control: a root needs a Tracker or a Rendezvous")
-	}
-	if c.Burst <= 0 {
-		c.Burst = 12
 	}
 	if c.WindowSize <= 0 {
 		c.WindowSize = 50
@@ -347,11 +345,32 @@ func (o *Overlay) serveIncoming(ctx context.Context, c Conn) {
 	}
 }
 
+// statusEvery is how often statusLoop runs: every neighbour hears our
+// Status (on quiet links, only when it changed or is due: see quietFor),
+// backup keepers our buffer map, and links that carry nothing are dropped.
+const statusEvery = time.Second
+
+// Quiet links. A Status every second tells a neighbour that we are alive.
+// Where something else tells it, a link is quiet: our Status goes only
+// when it changed (depth, free slots, upload, path), or at the latest
+// after the link's quiet interval. At a node with many children, most of
+// its control traffic was these Status messages.
+const (
+	// childQuiet is for a child we feed: each chunk is a sign of life to
+	// it (its silentAfter rule counts any message, data too).
+	childQuiet = 5 * time.Second
+	// parentQuiet is for a parent that feeds us over a transport that
+	// counts packets (QUIC): our acknowledgements of its chunks are signs
+	// of life to it (dropIdle). Not longer: a node from before that rule
+	// drops a child silent for silentAfter (3 s).
+	parentQuiet = 2 * time.Second
+)
+
 // statusLoop tells every neighbour this node's depth, free slots and
-// newest chunk once a second, and those that keep it as a backup its
-// buffer map; it drops links that carry nothing.
+// newest chunk once a second (quiet links less often), and those that
+// keep it as a backup its buffer map; it drops links that carry nothing.
 func (o *Overlay) statusLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(statusEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -364,15 +383,25 @@ func (o *Overlay) statusLoop(ctx context.Context) {
 	}
 }
 
-// broadcastStatus sends every neighbour our Status, and those that keep us
-// as a backup (they dialed us and are not our children) our buffer map.
+// broadcastStatus sends every neighbour our Status, except on quiet links
+// where it has not changed and is not due, and those that keep us as a
+// backup (they dialed us and are not our children) our buffer map.
 func (o *Overlay) broadcastStatus(ctx context.Context) {
-	st := AppendMessage(nil, o.status())
+	now := time.Now()
+	st := o.status()
+	msg := AppendMessage(nil, st)
+	o.mu.Lock()
+	parent := o.parent
+	o.mu.Unlock()
 	var have []byte // built for the first peer that keeps us as a backup
 	for _, p := range o.peerList() {
+		keeper := !p.dialed && !p.child.Load()
+		if !p.statusDue(st, now, o.quietFor(p, p == parent, now)) {
+			continue
+		}
 		sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		p.conn.Send(sctx, st)
-		if !p.dialed && !p.child.Load() {
+		p.conn.Send(sctx, msg)
+		if keeper {
 			if have == nil {
 				if h := o.have(); h != nil {
 					have = AppendMessage(nil, h)
@@ -384,6 +413,25 @@ func (o *Overlay) broadcastStatus(ctx context.Context) {
 		}
 		cancel()
 	}
+}
+
+// quietFor is p's quiet interval, or 0 when the link is not quiet and p
+// hears our Status every statusEvery: a child we fed within the last
+// statusEvery or so gets childQuiet; our parent, when it fed us as lately
+// and the link counts packets, parentQuiet.
+func (o *Overlay) quietFor(p *peer, isParent bool, now time.Time) time.Duration {
+	const lately = statusEvery + statusEvery/2
+	switch {
+	case p.child.Load():
+		if sc, ok := p.conn.(interface{ Stats() ConnStats }); ok && p.fedWithin(sc.Stats().DataSent, now, lately) {
+			return childQuiet
+		}
+	case isParent:
+		if _, ok := p.conn.(packetCounter); ok && now.Sub(time.Unix(0, p.lastNew.Load())) < lately {
+			return parentQuiet
+		}
+	}
+	return 0
 }
 
 // haveSpan is how many chunks, up to the newest, a buffer map covers.
@@ -433,6 +481,27 @@ func (o *Overlay) hello(p *peer) *Hello {
 	h.Depth, h.FreeSlots, h.Path, h.Newest = o.depth, o.freeSlots(), o.path, uint64(o.newest()+1)
 	o.mu.Unlock()
 	return h
+}
+
+// burstAudio is how much audio a new child is sent at once when
+// OverlayConfig.Burst is zero: a little more than the default playout
+// target (1 s), the buffer a listener plays with and so most of its lag.
+const burstAudio = 1200 * time.Millisecond
+
+// burst is how many recent chunks a new child is sent at once: Burst, or
+// the chunks of burstAudio at the duration of the newest chunk (12 before
+// the first).
+func (o *Overlay) burst() int {
+	if o.cfg.Burst > 0 {
+		return o.cfg.Burst
+	}
+	d := 100 * time.Millisecond
+	if newest, ok := o.win.Newest(); ok {
+		if c := o.win.Get(newest); c != nil && c.Duration() > 0 {
+			d = c.Duration()
+		}
+	}
+	return max(1, int((burstAudio+d-1)/d))
 }
 
 // freeSlots is how many more children the upload budget allows.

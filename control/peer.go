@@ -32,11 +32,20 @@ type peer struct {
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
-	child     atomic.Bool  // it subscribed to us: the host feeds it
-	leaving   atomic.Bool  // a child displaced, fed until its replacement joined
-	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
-	lastHeard atomic.Int64 // unix nanos of the last message of any kind
-	lastUse   atomic.Int64 // unix nanos of the last chunk either way or request
+	child     atomic.Bool   // it subscribed to us: the host feeds it
+	leaving   atomic.Bool   // a child displaced, fed until its replacement joined
+	lastNew   atomic.Int64  // unix nanos of the last chunk it sent that we did not have
+	lastHeard atomic.Int64  // unix nanos of the last message of any kind
+	lastUse   atomic.Int64  // unix nanos of the last chunk either way or request
+	packets   atomic.Uint64 // its link's packets received at the last look (packetCounter)
+
+	// What broadcastStatus sent it last, and when; its link's data
+	// messages sent at the last look, and when that count last moved.
+	statusMu   sync.Mutex
+	sentStatus *Status
+	sentAt     time.Time
+	dataSent   uint64
+	fedAt      time.Time
 }
 
 // answer is a peer's reply to a Subscribe.
@@ -337,4 +346,35 @@ func (p *peer) snapshot() peerView {
 	defer p.mu.Unlock()
 	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload,
 		restricted: p.upload <= 0 && mappedApart(p.listen, p.conn.RemoteAddr())}
+}
+
+// statusDue reports whether p is to be sent st now, and if so records it
+// as sent: always, unless the link is quiet (quiet > 0), the last Status
+// sent said the same (its newest chunk aside: the chunks say that) and it
+// went less than quiet ago (half a statusEvery of slack, so that a 2 s
+// interval is every second tick).
+func (p *peer) statusDue(st *Status, now time.Time, quiet time.Duration) bool {
+	p.statusMu.Lock()
+	defer p.statusMu.Unlock()
+	if quiet > 0 && p.sentStatus != nil && sameStatus(p.sentStatus, st) && now.Sub(p.sentAt) < quiet-statusEvery/2 {
+		return false
+	}
+	p.sentStatus, p.sentAt = st, now
+	return true
+}
+
+// sameStatus reports whether a and b say the same but for the newest chunk.
+func sameStatus(a, b *Status) bool {
+	return a.Depth == b.Depth && a.FreeSlots == b.FreeSlots && a.UploadKbps == b.UploadKbps && slices.Equal(a.Path, b.Path)
+}
+
+// fedWithin reports whether the count of data messages sent on p's link,
+// now sent, has moved within d before now.
+func (p *peer) fedWithin(sent uint64, now time.Time, d time.Duration) bool {
+	p.statusMu.Lock()
+	defer p.statusMu.Unlock()
+	if sent != p.dataSent {
+		p.dataSent, p.fedAt = sent, now
+	}
+	return !p.fedAt.IsZero() && now.Sub(p.fedAt) < d
 }

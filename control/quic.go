@@ -245,6 +245,7 @@ type QUICTransport struct {
 	// stream.
 	dialConf *quic.Config
 	pc       net.PacketConn
+	qpc      net.PacketConn // pc as quic-go has it (quietPacketConn), closed instead of pc
 	tr       *quic.Transport
 	ln       *quic.Listener
 
@@ -334,12 +335,13 @@ func NewQUIC(cfg QUICConfig) (*QUICTransport, error) {
 	}
 	t.dialConf = t.qconf.Clone()
 	t.dialConf.MaxIncomingStreams = -1
-	t.tr = &quic.Transport{Conn: quietPacketConn(pc), StatelessResetKey: &resetKey, ConnContext: t.admit}
+	t.qpc = quietPacketConn(pc)
+	t.tr = &quic.Transport{Conn: t.qpc, StatelessResetKey: &resetKey, ConnContext: t.admit}
 	t.ln, err = t.tr.Listen(t.serverTLS(), t.qconf)
 	if err != nil {
 		cancel()
 		t.tr.Close()
-		pc.Close()
+		t.qpc.Close()
 		return nil, fmt.Errorf("control: listen: %w", err)
 	}
 	t.wg.Go(t.acceptLoop)
@@ -717,8 +719,10 @@ func (t *QUICTransport) Close() error {
 		t.ln.Close()
 		// Transport.Close sends no CONNECTION_CLOSE: the connections were
 		// closed above. It does not close a PacketConn it did not create.
+		// Closing qpc sends what it still queues (those CONNECTION_CLOSEs)
+		// and closes the socket.
 		t.tr.Close()
-		t.pc.Close()
+		t.qpc.Close()
 		t.wg.Wait()
 		t.log.Debug("quic transport closed", "addr", t.Addr())
 	})

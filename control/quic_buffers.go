@@ -119,10 +119,12 @@ func (b *budget) wait(n int64, done <-chan struct{}, deadline *time.Time) bool {
 
 // quietPacketConn prepares the socket for quic-go so that quic-go's buffer
 // warning (printed through the standard logger) does not fire; see NewQUIC.
+// A UDP socket whose buffers could be sized goes to quic-go as a batchConn,
+// which the transport closes instead of the socket.
 func quietPacketConn(pc net.PacketConn) net.PacketConn {
 	if udp, ok := pc.(*net.UDPConn); ok {
 		if socketBuffersOK(udp) {
-			return udp
+			return newBatchConn(udp)
 		}
 		return bufferlessConn{udp}
 	}

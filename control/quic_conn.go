@@ -182,6 +182,10 @@ func (c *QUICConn) RemoteKey() ed25519.PublicKey { return c.remoteKey }
 // RTT returns quic-go's smoothed round-trip time estimate.
 func (c *QUICConn) RTT() time.Duration { return c.qc.ConnectionStats().SmoothedRTT }
 
+// PacketsReceived counts the packets received on the connection, of any
+// kind (acknowledgements too): a sign of the peer's life (packetCounter).
+func (c *QUICConn) PacketsReceived() uint64 { return c.qc.ConnectionStats().PacketsReceived }
+
 // Done is closed when the connection has closed.
 func (c *QUICConn) Done() <-chan struct{} { return c.qc.Context().Done() }
 

@@ -7,9 +7,23 @@ import (
 	"time"
 )
 
-// registerEvery is how often a node registers with the rendezvous when
-// nothing changed.
-const registerEvery = 2 * time.Second
+// How often a node registers with the rendezvous when nothing calls for it
+// at once (see maybeRegister). Each registration costs the station, whose
+// rendezvous hears from every node of the swarm.
+const (
+	// registerEvery is the interval while the node is settling: its
+	// registration changed within registerSettle.
+	registerEvery  = 2 * time.Second
+	registerSettle = 10 * time.Second
+	// registerQuiet is the interval once settled for a node that takes
+	// children: the rendezvous offers a node only while it registered
+	// within the last 5 s (offerFor).
+	registerQuiet = 3 * time.Second
+	// registerLeafQuiet is the interval once settled for a leaf, which is
+	// never offered as a parent; the rendezvous forgets a node silent for
+	// its Expiry (10 s by default).
+	registerLeafQuiet = 6 * time.Second
+)
 
 // rendezvous is a node's session with the station's tracker: the client
 // side of the protocol that Tracker serves.
@@ -27,7 +41,9 @@ type rendezvous struct {
 	regDepth int // the depth last registered
 	regFree  int // the free slots last registered
 
-	regMapped string // the port mapping last registered
+	regMapped string    // the port mapping last registered
+	regLast   regKey    // what the last registration said
+	regMoved  time.Time // when a registration last differed from the one before
 }
 
 func newRendezvous(o *Overlay) *rendezvous { return &rendezvous{o: o} }
@@ -145,6 +161,9 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	got := r.got
 	r.lastReg = time.Now()
 	r.regDepth, r.regFree, r.regMapped = reg.Depth, reg.FreeSlots, reg.Mapped
+	if k := keyOf(reg); k != r.regLast {
+		r.regLast, r.regMoved = k, r.lastReg
+	}
 	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, answerTimeout)
 	defer cancel()
@@ -154,20 +173,50 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	return got
 }
 
-// maybeRegister registers when due: every registerEvery, and at once when
-// the depth changed, the free slots ran out or came back, or the port
-// mapping changed.
+// regKey is what a registration says of the node (not what it asks).
+type regKey struct {
+	listen, mapped string
+	upload, depth  int
+	free           int
+	parent         NodeID
+	leaf           bool
+	nat            NATBehaviour
+}
+
+func keyOf(r *Register) regKey {
+	return regKey{listen: r.ListenAddr, mapped: r.Mapped, upload: r.UploadKbps, depth: r.Depth, free: r.FreeSlots, parent: r.Parent, leaf: r.Leaf, nat: r.NAT}
+}
+
+// maybeRegister registers when due: at once when the depth changed, the
+// free slots ran out or came back, or the port mapping changed; else after
+// registerInterval.
 func (r *rendezvous) maybeRegister(ctx context.Context) {
 	o := r.o
 	o.mu.Lock()
 	depth, free := o.depth, o.freeSlots()
 	o.mu.Unlock()
+	now := time.Now()
 	r.mu.Lock()
-	due := time.Since(r.lastReg) > registerEvery || depth != r.regDepth || (free == 0) != (r.regFree == 0) || o.mappedAddr() != r.regMapped
+	every := registerInterval(now.Sub(r.regMoved), o.maxChildren() == 0)
+	due := now.Sub(r.lastReg) > every || depth != r.regDepth || (free == 0) != (r.regFree == 0) || o.mappedAddr() != r.regMapped
 	r.mu.Unlock()
 	if due {
 		r.register(ctx, false)
 	}
+}
+
+// registerInterval is how long a node waits between registrations when
+// nothing calls for one at once: registerEvery while its registration
+// changed within registerSettle (settled is how long ago it last did),
+// then registerQuiet, or registerLeafQuiet for a leaf.
+func registerInterval(settled time.Duration, leaf bool) time.Duration {
+	switch {
+	case settled < registerSettle:
+		return registerEvery
+	case leaf:
+		return registerLeafQuiet
+	}
+	return registerQuiet
 }
 
 // candidates registers and waits briefly for a fresh candidate list; it

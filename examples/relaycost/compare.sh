@@ -9,6 +9,9 @@
 #   SKIP_ICECAST=1 examples/relaycost/compare.sh               # the station alone
 #   STATION=/tmp/broadcast-old examples/relaycost/compare.sh   # another build of examples/broadcast
 #   SIMULTANEOUS=1 examples/relaycost/compare.sh               # both at once, over the same window
+#   STATION=/tmp/a/broadcast LISTENERS=/tmp/a/relaycost \
+#   STATION_B=/tmp/b/broadcast LISTENERS_B=/tmp/b/relaycost \
+#   SIMULTANEOUS=1 examples/relaycost/compare.sh               # two builds side by side, and Icecast
 #
 # 1. Icecast on loopback, fed by ffmpeg (a 128 kbit/s MP3 encoded in real
 #    time), N curl listeners; Icecast's CPU over WINDOW seconds after WARMUP.
@@ -35,6 +38,9 @@ WINDOW=${WINDOW:-30}
 PROFILE=${PROFILE:-}
 SKIP_ICECAST=${SKIP_ICECAST:-} # set to measure the station alone
 STATION=${STATION:-}           # a prebuilt examples/broadcast to measure instead of this tree's
+LISTENERS=${LISTENERS:-}       # a prebuilt examples/relaycost to run the listeners with
+STATION_B=${STATION_B:-}       # a second build, measured beside the first over the same window
+LISTENERS_B=${LISTENERS_B:-}   # its listeners (default: the same as the first's)
 SIMULTANEOUS=${SIMULTANEOUS:-} # set to run and measure both servers at once
 
 need=()
@@ -67,24 +73,20 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-# measure PID: prints "ms_cpu window_s" over WINDOW seconds.
-measure() {
-  local pid=$1 c0 c1 t0 t1
-  c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+# measure_all PID...: prints the ms of CPU each used over one window of
+# WINDOW seconds, then the window's length in seconds.
+measure_all() {
+  local c0=() c1=() t0 t1 p
+  for p in "$@"; do c0+=("$(cpu_ticks "$p")"); done
+  t0=$(date +%s.%N)
   sleep "$WINDOW"
-  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
-  awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" \
-    'BEGIN { printf "%.1f %.3f\n", (c1 - c0) * 1000 / hz, t1 - t0 }'
-}
-
-# measure2 PID1 PID2: prints "ms_cpu1 ms_cpu2 window_s" over one window.
-measure2() {
-  local a0 a1 b0 b1 t0 t1
-  a0=$(cpu_ticks "$1"); b0=$(cpu_ticks "$2"); t0=$(date +%s.%N)
-  sleep "$WINDOW"
-  a1=$(cpu_ticks "$1"); b1=$(cpu_ticks "$2"); t1=$(date +%s.%N)
-  awk -v a0="$a0" -v a1="$a1" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" -v hz="$HZ" \
-    'BEGIN { printf "%.1f %.1f %.3f\n", (a1 - a0) * 1000 / hz, (b1 - b0) * 1000 / hz, t1 - t0 }'
+  for p in "$@"; do c1+=("$(cpu_ticks "$p")"); done
+  t1=$(date +%s.%N)
+  awk -v c0="${c0[*]}" -v c1="${c1[*]}" -v t0="$t0" -v t1="$t1" -v hz="$HZ" 'BEGIN {
+    n = split(c0, a, " "); split(c1, b, " ")
+    for (i = 1; i <= n; i++) printf "%.1f ", (b[i] - a[i]) * 1000 / hz
+    printf "%.3f\n", t1 - t0
+  }'
 }
 
 free_port() {
@@ -106,7 +108,15 @@ if [ -n "$STATION" ]; then
 else
   go build -o "$tmp/broadcast" ./examples/broadcast
 fi
-go build -o "$tmp/relaycost" ./examples/relaycost
+if [ -n "$LISTENERS" ]; then
+  cp "$LISTENERS" "$tmp/relaycost"
+else
+  go build -o "$tmp/relaycost" ./examples/relaycost
+fi
+if [ -n "$STATION_B" ]; then
+  cp "$STATION_B" "$tmp/broadcast.b"
+  cp "${LISTENERS_B:-$tmp/relaycost}" "$tmp/relaycost.b"
+fi
 
 # ---------------------------------------------------------------- Icecast
 # run_icecast sets ice_ms and ice_s: Icecast's CPU (ms) over the window (s).
@@ -177,7 +187,7 @@ EOF
   sleep "$WARMUP"
   ice_listeners
   echo "icecast: $listeners listeners connected; measuring ${WINDOW}s ..." >&2
-  read -r ice_ms ice_s < <(measure "$ice")
+  read -r ice_ms ice_s < <(measure_all "$ice")
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
@@ -199,54 +209,85 @@ ice_ms=0 ice_s=1
 [ -n "$SKIP_ICECAST" ] || run_icecast
 
 # ---------------------------------------------------------------- p2pradio
-args=(-in - -upload $((N * 256 + 512)))
-if [ -n "$PROFILE" ]; then
-  pport=$(free_port)
-  args+=(-pprof "127.0.0.1:$pport")
+# start_station NAME BROADCAST RELAYCOST: a station fed by ffmpeg and N
+# listeners of it in one process; sets station (its pid) and waits until
+# every listener plays as its direct child.
+start_station() {
+  local name=$1 bin=$2 lbin=$3 args=(-in - -upload $((N * 256 + 512)))
+  if [ -n "$PROFILE" ] && [ "$name" = a ]; then
+    pport=$(free_port)
+    args+=(-pprof "127.0.0.1:$pport")
+  fi
+  encode -f mp3 - | "$bin" "${args[@]}" >"$tmp/addr.$name" 2>"$tmp/broadcast.$name.err" &
+  station=$!
+  pids+=("$station")
+  for _ in $(seq 100); do
+    [ -s "$tmp/addr.$name" ] && break
+    sleep 0.1
+  done
+  local addr
+  addr=$(head -n 1 "$tmp/addr.$name")
+  [ -n "$addr" ] || { cat "$tmp/broadcast.$name.err" >&2; echo "station $name did not start" >&2; exit 1; }
+  "$lbin" -n "$N" "$addr" >"$tmp/listeners.$name.out" 2>&1 &
+  local lp=$!
+  pids+=("$lp")
+  lpids+=("$lp")
+  for _ in $(seq 600); do
+    grep -q '^ready' "$tmp/listeners.$name.out" && break
+    kill -0 "$lp" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q '^ready' "$tmp/listeners.$name.out" || { cat "$tmp/listeners.$name.out" >&2; echo "the listeners of station $name did not all join" >&2; exit 1; }
+  echo "p2pradio $name: $N listeners $(head -n 1 "$tmp/listeners.$name.out")" >&2
+}
+
+lpids=()
+start_station a "$tmp/broadcast" "$tmp/relaycost"
+station_a=$station
+if [ -n "$STATION_B" ]; then
+  start_station b "$tmp/broadcast.b" "$tmp/relaycost.b"
+  station_b=$station
 fi
-encode -f mp3 - | "$tmp/broadcast" "${args[@]}" >"$tmp/addr" 2>"$tmp/broadcast.err" &
-station=$!
-pids+=("$station")
-for _ in $(seq 100); do
-  [ -s "$tmp/addr" ] && break
-  sleep 0.1
-done
-addr=$(head -n 1 "$tmp/addr")
-[ -n "$addr" ] || { cat "$tmp/broadcast.err" >&2; echo "the station did not start" >&2; exit 1; }
-"$tmp/relaycost" -n "$N" "$addr" >"$tmp/listeners.out" 2>&1 &
-pids+=("$!")
-for _ in $(seq 600); do
-  grep -q '^ready' "$tmp/listeners.out" && break
-  kill -0 "${pids[-1]}" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q '^ready' "$tmp/listeners.out" || { cat "$tmp/listeners.out" >&2; echo "the listeners did not all join" >&2; exit 1; }
-echo "p2pradio: $N listeners $(head -n 1 "$tmp/listeners.out"); warming up ${WARMUP}s, measuring ${WINDOW}s ..." >&2
+echo "warming up ${WARMUP}s ..." >&2
 sleep "$WARMUP"
 if [ -n "$PROFILE" ]; then
   curl -s -o "$PROFILE" "http://127.0.0.1:$pport/debug/pprof/profile?seconds=$WINDOW" &
   prof=$!
 fi
+ice_pid=""
 if [ -n "$SIMULTANEOUS" ] && [ -z "$SKIP_ICECAST" ]; then
   ice_listeners
-  echo "icecast: $listeners listeners connected; measuring both over the same ${WINDOW}s ..." >&2
-  read -r ice_ms our_ms our_s < <(measure2 "$ice" "$station")
-  ice_s=$our_s
-  warn_listeners
-else
-  read -r our_ms our_s < <(measure "$station")
+  echo "icecast: $listeners listeners connected" >&2
+  ice_pid=$ice
 fi
-kill -INT "${pids[-1]}" 2>/dev/null || true
-wait "${pids[-1]}" 2>/dev/null || true
-tail -n 1 "$tmp/listeners.out" >&2
+echo "load before the window: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "measuring over the same ${WINDOW}s: ${ice_pid:+icecast }station a${STATION_B:+ and station b} ..." >&2
+read -r -a got < <(measure_all $ice_pid "$station_a" ${STATION_B:+"$station_b"})
+echo "load after the window: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+if [ -n "$ice_pid" ]; then
+  ice_ms=${got[0]}
+  got=("${got[@]:1}")
+  warn_listeners
+fi
+our_ms=${got[0]} our_s=${got[-1]}
+b_ms=${got[1]:-0}
+[ -z "$ice_pid" ] || ice_s=$our_s
+for lp in "${lpids[@]}"; do kill -INT "$lp" 2>/dev/null || true; done
+for lp in "${lpids[@]}"; do wait "$lp" 2>/dev/null || true; done
+for name in a ${STATION_B:+b}; do echo "listeners $name: $(tail -n 1 "$tmp/listeners.$name.out")" >&2; done
 if [ -n "$PROFILE" ]; then
   wait "$prof" || true
   echo "station CPU profile of the window: $PROFILE (go tool pprof -top $PROFILE)" >&2
 fi
 
-awk -v n="$N" -v im="$ice_ms" -v is="$ice_s" -v om="$our_ms" -v os="$our_s" 'BEGIN {
-  ice = im / (n * is); our = om / (n * os)
+awk -v n="$N" -v im="$ice_ms" -v is="$ice_s" -v om="$our_ms" -v os="$our_s" -v bm="$b_ms" -v b="${STATION_B:+1}" 'BEGIN {
+  ice = im / (n * is); our = om / (n * os); ob = bm / (n * os)
   printf "icecast2   %d listeners: %7.1f ms CPU in %.1f s = %.3f ms per listener-second\n", n, im, is, ice
   printf "p2pradio   %d children:  %7.1f ms CPU in %.1f s = %.3f ms per child-second\n", n, om, os, our
   printf "ratio p2pradio/icecast: %.1f\n", (ice > 0 ? our / ice : 0)
+  if (b) {
+    printf "p2pradio b %d children:  %7.1f ms CPU in %.1f s = %.3f ms per child-second\n", n, bm, os, ob
+    printf "ratio p2pradio b/icecast: %.1f\n", (ice > 0 ? ob / ice : 0)
+    printf "station b/a: %.2f\n", (our > 0 ? ob / our : 0)
+  }
 }'

@@ -44,6 +44,8 @@ func main() {
 }
 
 func run(station string, n int, duration, readyTimeout time.Duration) error {
+	// ctx ends the run; the nodes run on until the summary is taken, so
+	// that none has left its parent yet.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if duration > 0 {
@@ -51,6 +53,8 @@ func run(station string, n int, duration, readyTimeout time.Duration) error {
 		ctx, cancel = context.WithTimeout(ctx, duration)
 		defer cancel()
 	}
+	nodesCtx, stopNodes := context.WithCancel(context.Background())
+	defer stopNodes()
 	// One signature check per chunk for the whole process, and no
 	// decoding: this process's CPU is not what is measured, but it shares
 	// the machine with the station.
@@ -70,7 +74,7 @@ func run(station string, n int, duration, readyTimeout time.Duration) error {
 		}
 		defer nd.Close()
 		nodes[i] = nd
-		go func() { errs <- nd.Run(ctx) }()
+		go func() { errs <- nd.Run(nodesCtx) }()
 	}
 	start := time.Now()
 	for {

@@ -32,7 +32,7 @@ func OpenInput(ctx context.Context, arg string, loop bool) (input.Source, error)
 		}
 		return input.OpenFile(path, input.FileConfig{Loop: loop})
 	case arg == "-":
-		return input.NewReader(os.Stdin), nil
+		return input.NewReader(Stdin()), nil
 	case strings.HasPrefix(arg, "http://") || strings.HasPrefix(arg, "https://"):
 		return input.OpenURL(ctx, arg, input.HTTPConfig{})
 	default:

@@ -1,0 +1,114 @@
+package control
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pradio/p2pradio/mux"
+	"github.com/p2pradio/p2pradio/output"
+	"github.com/stretchr/testify/require"
+)
+
+func TestAQuietLinkHearsOurStatusWhenItChangedOrIsDue(t *testing.T) {
+	p := &peer{}
+	t0 := time.Unix(1000, 0)
+	st := &Status{Depth: 1, FreeSlots: 3, UploadKbps: 500, Path: []NodeID{{1}}, Newest: 10}
+	require.True(t, p.statusDue(st, t0, childQuiet), "the first is always sent")
+	same := *st
+	same.Newest = 20 // the chunks say that
+	for s := 1; s < 5; s++ {
+		require.False(t, p.statusDue(&same, t0.Add(time.Duration(s)*time.Second), childQuiet), "second %d", s)
+	}
+	require.True(t, p.statusDue(&same, t0.Add(5*time.Second), childQuiet), "due after childQuiet")
+	moved := same
+	moved.FreeSlots = 2
+	require.True(t, p.statusDue(&moved, t0.Add(6*time.Second), childQuiet), "changed")
+	require.True(t, p.statusDue(&moved, t0.Add(7*time.Second), 0), "not quiet: every time")
+
+	// parentQuiet is every second tick, even a tick a little early.
+	q := &peer{}
+	require.True(t, q.statusDue(st, t0, parentQuiet))
+	require.False(t, q.statusDue(st, t0.Add(time.Second), parentQuiet))
+	require.True(t, q.statusDue(st, t0.Add(2*time.Second-10*time.Millisecond), parentQuiet))
+}
+
+func TestAChildIsQuietOnlyWhileWeFeedIt(t *testing.T) {
+	p := &peer{}
+	t0 := time.Unix(1000, 0)
+	const lately = 1500 * time.Millisecond
+	require.False(t, p.fedWithin(0, t0, lately), "nothing sent yet")
+	require.True(t, p.fedWithin(5, t0, lately))
+	require.True(t, p.fedWithin(5, t0.Add(time.Second), lately))
+	require.False(t, p.fedWithin(5, t0.Add(2*time.Second), lately), "no chunk since")
+	require.True(t, p.fedWithin(6, t0.Add(3*time.Second), lately))
+}
+
+func TestASettledNodeRegistersLessOften(t *testing.T) {
+	for _, tc := range []struct {
+		settled time.Duration
+		leaf    bool
+		want    time.Duration
+	}{
+		{0, false, registerEvery},
+		{5 * time.Second, true, registerEvery},
+		{registerSettle, false, registerQuiet},
+		{time.Minute, true, registerLeafQuiet},
+	} {
+		require.Equal(t, tc.want, registerInterval(tc.settled, tc.leaf), "%+v", tc)
+	}
+	// The rendezvous offers a node registered within offerFor and forgets
+	// one silent for its Expiry (10 s by default).
+	require.Less(t, registerQuiet, offerFor)
+	require.Less(t, registerLeafQuiet, 10*time.Second)
+}
+
+// countingConn is a Conn whose packet count the test sets (packetCounter).
+type countingConn struct {
+	Conn
+	packets atomic.Uint64
+}
+
+func (c *countingConn) PacketsReceived() uint64 { return c.packets.Load() }
+
+type noHost struct{}
+
+func (noHost) Accept(*mux.Chunk, time.Time)        {}
+func (noHost) Attach(output.Peer, uint64, int) int { return 0 }
+func (noHost) Detach(output.Peer)                  {}
+func (noHost) Children() int                       { return 0 }
+
+func TestAPeerWhosePacketsKeepComingIsAlive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	net := NewMemNetwork(MemConfig{})
+	defer net.Close()
+	a, err := net.NewTransport(nil)
+	require.NoError(t, err)
+	b, err := net.NewTransport(nil)
+	require.NoError(t, err)
+	go func() {
+		if c, err := b.Accept(ctx); err == nil {
+			<-c.Done()
+		}
+	}()
+	mc, err := a.Dial(ctx, b.Addr(), nil)
+	require.NoError(t, err)
+	conn := &countingConn{Conn: mc}
+	o := &Overlay{log: slog.New(slog.DiscardHandler), host: noHost{}, peers: make(map[*peer]struct{}), failed: make(map[NodeID]time.Time)}
+	p := newPeer(o, conn, false)
+	p.child.Store(true)
+	o.peers[p] = struct{}{}
+
+	now := time.Now()
+	p.lastHeard.Store(now.Add(-10 * time.Second).UnixNano()) // no message for 10 s
+	conn.packets.Store(7)
+	o.dropIdle(now)
+	require.Len(t, o.peers, 1, "its acknowledgements arrive: alive")
+	o.dropIdle(now.Add(2 * time.Second))
+	require.Len(t, o.peers, 1, "within silentAfter of its last packet")
+	o.dropIdle(now.Add(silentAfter + time.Second))
+	require.Empty(t, o.peers, "nothing for longer than silentAfter: gone")
+}
