@@ -380,6 +380,9 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	case inPath:
 		return o.send(ctx, p, &Refuse{Reason: "loop: you are my ancestor"})
 	}
+	if o.freeSlots() == 0 && o.overloaded() {
+		return o.send(ctx, p, &Refuse{Reason: "overloaded"})
+	}
 	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
 		// place of a child that cannot, which is moved away once the
@@ -406,6 +409,7 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	// The burst: recent chunks so the child starts at once, with its bit
 	// reservoir; then everything live.
 	n := o.host.Attach(p.conn, m.From, o.cfg.Burst)
+	p.childSince.Store(time.Now().UnixNano())
 	p.child.Store(true)
 	o.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", n)
 	return nil

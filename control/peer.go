@@ -32,11 +32,12 @@ type peer struct {
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
-	child     atomic.Bool  // it subscribed to us: the host feeds it
-	leaving   atomic.Bool  // a child displaced, fed until its replacement joined
-	lastNew   atomic.Int64 // unix nanos of the last chunk it sent that we did not have
-	lastHeard atomic.Int64 // unix nanos of the last message of any kind
-	lastUse   atomic.Int64 // unix nanos of the last chunk either way or request
+	child      atomic.Bool  // it subscribed to us: the host feeds it
+	childSince atomic.Int64 // unix nanos when it last became our child
+	leaving    atomic.Bool  // a child displaced, fed until its replacement joined
+	lastNew    atomic.Int64 // unix nanos of the last chunk it sent that we did not have
+	lastHeard  atomic.Int64 // unix nanos of the last message of any kind
+	lastUse    atomic.Int64 // unix nanos of the last chunk either way or request
 }
 
 // answer is a peer's reply to a Subscribe.

@@ -1,0 +1,298 @@
+package control
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Overload: a node that cannot keep up sheds children before its own
+// playout suffers. Each loadTick the overlay takes a snapshot of what it
+// and its host see (loadInput), asks judgeLoad whether the node is
+// falling behind, and if so closes the links of a few children
+// (pickShed: the cheapest to move first) with CodeOverloaded, so that
+// they switch to a backup or rejoin elsewhere at once, and lowers the
+// free slots it advertises (slotCap), which come back one at a time while
+// it stays healthy.
+
+// CodeOverloaded is the close code of a child shed by a parent that cannot
+// keep up: it moves to another parent.
+const CodeOverloaded uint64 = 23
+
+// Load is what the host sees of its own health, for the overload policy
+// (OverlayConfig.Load). p2pradio.Node fills it in.
+type Load struct {
+	// Late is the longest a chunk waited, since the last call, between its
+	// arrival and its hand-over to the children (the host resets it).
+	Late time.Duration
+	// Playing, Buffered and Target describe local playout: the audio
+	// received and not yet played, and the buffer the player aims for.
+	// All zero without playout.
+	Playing          bool
+	Buffered, Target time.Duration
+}
+
+// Thresholds of the overload policy.
+const (
+	loadTick = 500 * time.Millisecond
+	// lateLimit: a chunk that waits this long between its arrival and its
+	// send to the children means the node's own data path is behind.
+	lateLimit = 400 * time.Millisecond
+	// schedLimit: the node's timer fired this late (its goroutines wait
+	// for a CPU).
+	schedLimit = 150 * time.Millisecond
+	// shedCooldown is how long after shedding the node waits to see the
+	// effect before it sheds again.
+	shedCooldown = 2 * time.Second
+	// capRecover is how long the node stays healthy before it advertises
+	// one more free slot.
+	capRecover = 10 * time.Second
+)
+
+// loadInput is one loadTick's snapshot for judgeLoad.
+type loadInput struct {
+	children int
+	// failing is how many children lost chunks on the way this tick
+	// (their send queue was full or a chunk missed its deadline);
+	// failed counts those chunks, sent the chunks that went out.
+	failing      int
+	failed, sent uint64
+	late         time.Duration // the longest arrival-to-send wait (Load.Late)
+	sched        time.Duration // how late the overlay's own tick fired
+	// fed: chunks arrived this tick (the parent feeds us), so a draining
+	// playout buffer is not the parent's silence.
+	fed              bool
+	playing          bool
+	buffered, target time.Duration
+	sinceShed        time.Duration // since the node last shed (large: never)
+}
+
+// loadVerdict is judgeLoad's answer.
+type loadVerdict struct {
+	overloaded bool   // advertise no more free slots than the children left
+	shed       int    // children to close now
+	why        string // for the log
+}
+
+// judgeLoad tells a node that cannot keep up from one whose parent or
+// children are slow. The node is behind when at least half of its
+// children (each on its own link) lost chunks at once, when a chunk
+// waited lateLimit between arrival and fan-out, or when its playout
+// buffer runs below half its target while chunks do arrive and its own
+// timers fire schedLimit late (its goroutines wait for a CPU: the audio is
+// here but not handled in time). One child losing chunks is that child's
+// link (output.Fanout cuts it if it lasts); a lagging timer alone, with
+// playout well fed and nothing lost, is a busy machine that copes. It
+// then sheds half of the failing children (at least one) or one, at most
+// every shedCooldown, and advertises no free slot.
+func judgeLoad(in loadInput) loadVerdict {
+	var v loadVerdict
+	switch {
+	case in.children > 0 && in.failing > 0 && 2*in.failing >= in.children:
+		v = loadVerdict{overloaded: true, shed: max(in.failing/2, 1), why: "sends to children falling behind"}
+	case in.late >= lateLimit:
+		v = loadVerdict{overloaded: true, shed: 1, why: "chunks handed on late"}
+	case in.playing && in.fed && in.target > 0 && in.buffered < in.target/2 && in.sched >= schedLimit:
+		v = loadVerdict{overloaded: true, shed: 1, why: "playout draining while the process waits for a CPU"}
+	default:
+		return loadVerdict{}
+	}
+	if in.sinceShed < shedCooldown {
+		v.shed = 0
+	}
+	v.shed = min(v.shed, in.children)
+	return v
+}
+
+// slotCap bounds the free slots a node advertises after an overload: at
+// the children it kept, then one more for each capRecover it stays
+// healthy, until its budget's slots are free again. The zero value
+// bounds nothing.
+type slotCap struct {
+	on    bool
+	limit int       // children allowed while on
+	since time.Time // the last overload or step up
+}
+
+// overloaded caps the children at those kept.
+func (c *slotCap) overloaded(now time.Time, kept int) {
+	c.on, c.limit, c.since = true, kept, now
+}
+
+// healthy lets one more child in after capRecover without an overload;
+// slots is what the budget allows.
+func (c *slotCap) healthy(now time.Time, slots int) {
+	if !c.on || now.Sub(c.since) < capRecover {
+		return
+	}
+	c.limit++
+	c.since = now
+	if c.limit >= slots {
+		c.on = false
+	}
+}
+
+// apply bounds the slots the budget allows.
+func (c *slotCap) apply(slots int) int {
+	if !c.on {
+		return slots
+	}
+	return min(slots, c.limit)
+}
+
+// shedView is a child as pickShed sees it.
+type shedView struct {
+	subtree bool      // it feeds children of its own (they would move with it)
+	since   time.Time // when it became our child
+}
+
+// pickShed returns the indexes of the n children to shed: first those
+// that feed no one (nothing moves but them), newest first (the least
+// settled: the others' backups are warm).
+func pickShed(children []shedView, n int) []int {
+	idx := make([]int, len(children))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int {
+		ca, cb := children[a], children[b]
+		sub := func(s bool) int {
+			if s {
+				return 1
+			}
+			return 0
+		}
+		return cmp.Or(cmp.Compare(sub(ca.subtree), sub(cb.subtree)), cb.since.Compare(ca.since))
+	})
+	return idx[:min(n, len(idx))]
+}
+
+// loadState is the overload loop's memory, guarded by its own lock: the
+// cap is read by freeSlots from any goroutine.
+type loadState struct {
+	mu       sync.Mutex
+	cap      slotCap
+	lastShed time.Time
+	sent     map[*peer][2]uint64 // each child's DataSent and failures at the last tick
+	shed     int64               // children shed so far
+}
+
+// statser is a Conn that counts its data messages: both transports'
+// connections (QUICConn, MemConn).
+type statser interface{ Stats() ConnStats }
+
+// loadLoop watches the node's load every loadTick and sheds children when
+// judgeLoad says so.
+func (o *Overlay) loadLoop(ctx context.Context) {
+	t := time.NewTicker(loadTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// The ticker's own time is when it was due: how much later this
+		// goroutine runs is how long the node waits for a CPU.
+		now := time.Now()
+		sched := max(now.Sub(last)-loadTick, 0)
+		fed := o.lastChunk.Load() > last.UnixNano()
+		last = now
+		o.checkLoad(now, sched, fed)
+	}
+}
+
+// checkLoad takes the snapshot, judges it and applies the verdict.
+func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
+	in := loadInput{sched: sched, fed: fed}
+	if o.cfg.Load != nil {
+		l := o.cfg.Load()
+		in.late, in.playing, in.buffered, in.target = l.Late, l.Playing, l.Buffered, l.Target
+	}
+	var children []*peer
+	for _, p := range o.peerList() {
+		if p.child.Load() && !p.leaving.Load() {
+			children = append(children, p)
+		}
+	}
+	in.children = len(children)
+	ls := &o.load
+	ls.mu.Lock()
+	prev := ls.sent
+	ls.sent = make(map[*peer][2]uint64, len(children))
+	for _, p := range children {
+		s, ok := p.conn.(statser)
+		if !ok {
+			continue
+		}
+		st := s.Stats()
+		cur := [2]uint64{st.DataSent, st.SendDropped + st.DataFailed}
+		ls.sent[p] = cur
+		was, seen := prev[p]
+		if !seen {
+			continue // its burst and first tick are not the node's load
+		}
+		in.sent += cur[0] - was[0]
+		if f := cur[1] - was[1]; f > 0 {
+			in.failing++
+			in.failed += f
+		}
+	}
+	in.sinceShed = time.Duration(1<<62 - 1)
+	if !ls.lastShed.IsZero() {
+		in.sinceShed = now.Sub(ls.lastShed)
+	}
+	v := judgeLoad(in)
+	slots := o.maxChildren()
+	if !v.overloaded {
+		ls.cap.healthy(now, slots)
+		ls.mu.Unlock()
+		return
+	}
+	was := ls.cap.on
+	ls.cap.overloaded(now, in.children-v.shed)
+	var victims []*peer
+	if v.shed > 0 {
+		ls.lastShed = now
+		views := make([]shedView, len(children))
+		for i, p := range children {
+			v := p.snapshot()
+			views[i] = shedView{subtree: v.free < slotBudget{v.upload}.slots(o.bitrate()), since: time.Unix(0, p.childSince.Load())}
+		}
+		for _, i := range pickShed(views, v.shed) {
+			victims = append(victims, children[i])
+		}
+		ls.shed += int64(len(victims))
+	}
+	ls.mu.Unlock()
+	level := slog.LevelDebug
+	if !was || len(victims) > 0 {
+		level = slog.LevelInfo
+	}
+	o.log.Log(context.Background(), level, "overloaded", "why", v.why, "children", in.children, "failing", in.failing, "late", in.late, "sched", sched,
+		"buffered", in.buffered, "shedding", len(victims))
+	for _, p := range victims {
+		o.host.Detach(p.conn)
+		p.child.Store(false)
+		p.conn.Close(CodeOverloaded, "overloaded: find another parent")
+	}
+}
+
+// capSlots bounds slots by the overload cap.
+func (o *Overlay) capSlots(slots int) int {
+	o.load.mu.Lock()
+	defer o.load.mu.Unlock()
+	return o.load.cap.apply(slots)
+}
+
+// overloaded reports whether the node advertises fewer slots than its
+// budget allows because it could not keep up lately.
+func (o *Overlay) overloaded() bool {
+	o.load.mu.Lock()
+	defer o.load.mu.Unlock()
+	return o.load.cap.on
+}
