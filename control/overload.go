@@ -41,9 +41,6 @@ const (
 	// lateLimit: a chunk that waits this long between its arrival and its
 	// send to the children means the node's own data path is behind.
 	lateLimit = 400 * time.Millisecond
-	// schedLimit: the node's timer fired this late (its goroutines wait
-	// for a CPU).
-	schedLimit = 150 * time.Millisecond
 	// shedCooldown is how long after shedding the node waits to see the
 	// effect before it sheds again.
 	shedCooldown = 2 * time.Second
@@ -61,7 +58,7 @@ type loadInput struct {
 	failing      int
 	failed, sent uint64
 	late         time.Duration // the longest arrival-to-send wait (Load.Late)
-	sched        time.Duration // how late the overlay's own tick fired
+	sched        time.Duration // how late the overlay's own tick fired (logged)
 	// fed: chunks arrived this tick (the parent feeds us), so a draining
 	// playout buffer is not the parent's silence.
 	fed              bool
@@ -78,25 +75,29 @@ type loadVerdict struct {
 }
 
 // judgeLoad tells a node that cannot keep up from one whose parent or
-// children are slow. The node is behind when at least half of its
-// children (each on its own link) lost chunks at once, when a chunk
-// waited lateLimit between arrival and fan-out, or when its playout
-// buffer runs below half its target while chunks do arrive and its own
-// timers fire schedLimit late (its goroutines wait for a CPU: the audio is
-// here but not handled in time). One child losing chunks is that child's
-// link (output.Fanout cuts it if it lasts); a lagging timer alone, with
-// playout well fed and nothing lost, is a busy machine that copes. It
-// then sheds half of the failing children (at least one) or one, at most
-// every shedCooldown, and advertises no free slot.
+// children are slow, or whose machine is merely busy. The node is behind
+// when at least half of its children (each on its own link) lost chunks
+// at once: it sheds half of the failing ones (at least one). It is behind
+// too when a chunk waited lateLimit between its arrival and its hand-over
+// to the children while its own playout buffer ran below half its target
+// although chunks do arrive: it sheds one, before its playout suffers.
+// Either way it advertises no free slot (see slotCap), and sheds again
+// only after shedCooldown. One child losing chunks is that child's link
+// (output.Fanout cuts it if it lasts). A late hand-over or a timer that
+// fires late with playout well fed is a busy machine that copes; a
+// draining buffer with a prompt hand-over is the parent's lateness (the
+// stall policy's business). Neither sheds nor takes slots away: on a
+// machine where every node is starved at once (many nodes in one
+// process), that would only move children from one starved node to
+// another and block joiners.
 func judgeLoad(in loadInput) loadVerdict {
 	var v loadVerdict
+	atRisk := in.playing && in.fed && in.target > 0 && in.buffered < in.target/2
 	switch {
 	case in.children > 0 && in.failing > 0 && 2*in.failing >= in.children:
 		v = loadVerdict{overloaded: true, shed: max(in.failing/2, 1), why: "sends to children falling behind"}
-	case in.late >= lateLimit:
-		v = loadVerdict{overloaded: true, shed: 1, why: "chunks handed on late"}
-	case in.playing && in.fed && in.target > 0 && in.buffered < in.target/2 && in.sched >= schedLimit:
-		v = loadVerdict{overloaded: true, shed: 1, why: "playout draining while the process waits for a CPU"}
+	case in.children > 0 && in.late >= lateLimit && atRisk:
+		v = loadVerdict{overloaded: true, shed: 1, why: "playout draining while chunks are handed on late"}
 	default:
 		return loadVerdict{}
 	}

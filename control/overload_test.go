@@ -29,18 +29,16 @@ func TestJudgeLoad(t *testing.T) {
 			loadVerdict{overloaded: true, shed: 2, why: sendsBehind.why}},
 		{"not again within the cooldown, but still no slots", with(func(in *loadInput) { in.failing, in.sinceShed = 2, time.Second }),
 			loadVerdict{overloaded: true, why: sendsBehind.why}},
-		{"chunks handed on late", with(func(in *loadInput) { in.late = 500 * time.Millisecond }),
-			loadVerdict{overloaded: true, shed: 1, why: "chunks handed on late"}},
-		{"late without children: no slots, nothing to shed", with(func(in *loadInput) { in.children, in.late = 0, 500*time.Millisecond }),
-			loadVerdict{overloaded: true, why: "chunks handed on late"}},
-		{"playout draining while fed and the timer lags", with(func(in *loadInput) { in.buffered, in.sched = 300*time.Millisecond, 200*time.Millisecond }),
-			loadVerdict{overloaded: true, shed: 1, why: "playout draining while the process waits for a CPU"}},
-		{"a lagging timer alone copes", with(func(in *loadInput) { in.sched = 300 * time.Millisecond }), loadVerdict{}},
+		{"playout draining while chunks are handed on late", with(func(in *loadInput) { in.buffered, in.late = 300*time.Millisecond, 500*time.Millisecond }),
+			loadVerdict{overloaded: true, shed: 1, why: "playout draining while chunks are handed on late"}},
+		{"handed on late with playout well fed copes", with(func(in *loadInput) { in.late = 500 * time.Millisecond }), loadVerdict{}},
+		{"late without children: nothing to shed", with(func(in *loadInput) { in.children, in.buffered, in.late = 0, 300*time.Millisecond, time.Second }), loadVerdict{}},
+		{"a lagging timer alone copes", with(func(in *loadInput) { in.buffered, in.sched = 300*time.Millisecond, 300*time.Millisecond }), loadVerdict{}},
 		{"a draining buffer without chunks is the parent's silence", with(func(in *loadInput) {
-			in.buffered, in.sched, in.fed = 300*time.Millisecond, 200*time.Millisecond, false
+			in.buffered, in.late, in.fed = 300*time.Millisecond, time.Second, false
 		}), loadVerdict{}},
-		{"a draining buffer with a prompt timer is the parent's lateness", with(func(in *loadInput) { in.buffered = 300 * time.Millisecond }), loadVerdict{}},
-		{"not playing yet", with(func(in *loadInput) { in.playing, in.buffered, in.sched = false, 0, time.Second }), loadVerdict{}},
+		{"a draining buffer with a prompt hand-over is the parent's lateness", with(func(in *loadInput) { in.buffered = 300 * time.Millisecond }), loadVerdict{}},
+		{"not playing yet", with(func(in *loadInput) { in.playing, in.buffered, in.late = false, 0, time.Second }), loadVerdict{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, judgeLoad(tc.in)) })
 	}
