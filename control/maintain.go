@@ -53,26 +53,23 @@ func (m *maintainer) run(ctx context.Context) {
 	defer m.rv.close()
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var last, done time.Time // the last step's start and end
+	var due, done time.Time // the tick's due time, the last step's end
 	for {
 		now := time.Now()
-		if !last.IsZero() {
-			// Due a tick after the last one began, or at once when
-			// it outlasted the tick: any later is time spent waiting
-			// for a CPU.
-			due := last.Add(tick)
+		if !due.IsZero() {
+			// A tick carries the time it was due (or the step ran
+			// past it): any later is time spent waiting for a CPU.
 			if done.After(due) {
 				due = done
 			}
 			m.starved = max(now.Sub(due), m.starved*9/10)
 		}
-		last = now
 		m.step(ctx, now)
 		done = time.Now()
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case due = <-t.C:
 		}
 	}
 }

@@ -44,6 +44,13 @@ const (
 	// shedCooldown is how long after shedding the node waits to see the
 	// effect before it sheds again.
 	shedCooldown = 2 * time.Second
+	// schedLimit: the node's timer fired this late lately: it waits for
+	// a CPU.
+	schedLimit = 150 * time.Millisecond
+	// queueLimit: a child's round trip this much above the least seen on
+	// its link means the packets to it wait in a queue: our uplink
+	// carries less than we send.
+	queueLimit = 300 * time.Millisecond
 	// capRecover is how long the node stays healthy before it advertises
 	// one more free slot.
 	capRecover = 10 * time.Second
@@ -53,12 +60,16 @@ const (
 type loadInput struct {
 	children int
 	// failing is how many children lost chunks on the way this tick
-	// (their send queue was full or a chunk missed its deadline);
-	// failed counts those chunks, sent the chunks that went out.
+	// (their send queue was full or a chunk missed its deadline), or
+	// whose round trip grew by queueLimit over the least seen on their
+	// link (our uplink's queue is growing); failed counts the chunks
+	// lost, sent the chunks that went out.
 	failing      int
 	failed, sent uint64
 	late         time.Duration // the longest arrival-to-send wait (Load.Late)
-	sched        time.Duration // how late the overlay's own tick fired (logged)
+	// sched is how late the overlay's own tick fired lately (decaying):
+	// how long its goroutines wait for a CPU.
+	sched time.Duration
 	// fed: chunks arrived this tick (the parent feeds us), so a draining
 	// playout buffer is not the parent's silence.
 	fed              bool
@@ -83,17 +94,23 @@ type loadVerdict struct {
 // although chunks do arrive: it sheds one, before its playout suffers.
 // Either way it advertises no free slot (see slotCap), and sheds again
 // only after shedCooldown. One child losing chunks is that child's link
-// (output.Fanout cuts it if it lasts). A late hand-over or a timer that
-// fires late with playout well fed is a busy machine that copes; a
-// draining buffer with a prompt hand-over is the parent's lateness (the
-// stall policy's business). Neither sheds nor takes slots away: on a
-// machine where every node is starved at once (many nodes in one
-// process), that would only move children from one starved node to
-// another and block joiners.
+// (output.Fanout cuts it if it lasts). A late hand-over with playout well
+// fed is a busy machine that copes; a draining buffer with a prompt
+// hand-over is the parent's lateness (the stall policy's business).
+//
+// While the node's own timers fire schedLimit late, it judges nothing:
+// its goroutines wait for a CPU, which makes every send look late and
+// every round trip long. A child costs its parent little CPU (about
+// 1.5 ms per second over QUIC), and where many nodes share a starved
+// process (a simulation, a test), shedding would only move children from
+// one starved node to another, and capping slots would block every
+// joiner; the stall policy waits longer for the same reason.
 func judgeLoad(in loadInput) loadVerdict {
 	var v loadVerdict
 	atRisk := in.playing && in.fed && in.target > 0 && in.buffered < in.target/2
 	switch {
+	case in.sched >= schedLimit:
+		return loadVerdict{}
 	case in.children > 0 && in.failing > 0 && 2*in.failing >= in.children:
 		v = loadVerdict{overloaded: true, shed: max(in.failing/2, 1), why: "sends to children falling behind"}
 	case in.children > 0 && in.late >= lateLimit && atRisk:
@@ -178,7 +195,8 @@ type loadState struct {
 	cap      slotCap
 	lastShed time.Time
 	sent     map[*peer][2]uint64 // each child's DataSent and failures at the last tick
-	shed     int64               // children shed so far
+	minRTT   map[*peer]time.Duration
+	shed     int64 // children shed so far
 }
 
 // statser is a Conn that counts its data messages: both transports'
@@ -191,16 +209,18 @@ func (o *Overlay) loadLoop(ctx context.Context) {
 	t := time.NewTicker(loadTick)
 	defer t.Stop()
 	last := time.Now()
+	var sched time.Duration
 	for {
+		var due time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case due = <-t.C:
 		}
-		// The ticker's own time is when it was due: how much later this
+		// A tick carries the time it was due: how much later this
 		// goroutine runs is how long the node waits for a CPU.
 		now := time.Now()
-		sched := max(now.Sub(last)-loadTick, 0)
+		sched = max(now.Sub(due), sched*4/5)
 		fed := o.lastChunk.Load() > last.UnixNano()
 		last = now
 		o.checkLoad(now, sched, fed)
@@ -223,24 +243,30 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 	in.children = len(children)
 	ls := &o.load
 	ls.mu.Lock()
-	prev := ls.sent
+	prev, prevRTT := ls.sent, ls.minRTT
 	ls.sent = make(map[*peer][2]uint64, len(children))
+	ls.minRTT = make(map[*peer]time.Duration, len(children))
 	for _, p := range children {
-		s, ok := p.conn.(statser)
-		if !ok {
-			continue
+		rtt := p.conn.RTT()
+		least, seen := prevRTT[p]
+		if !seen || rtt < least {
+			least = rtt
 		}
-		st := s.Stats()
-		cur := [2]uint64{st.DataSent, st.SendDropped + st.DataFailed}
-		ls.sent[p] = cur
-		was, seen := prev[p]
-		if !seen {
-			continue // its burst and first tick are not the node's load
+		ls.minRTT[p] = least
+		queued := seen && rtt > 0 && rtt-least > queueLimit
+		var lost uint64
+		if s, ok := p.conn.(statser); ok {
+			st := s.Stats()
+			cur := [2]uint64{st.DataSent, st.SendDropped + st.DataFailed}
+			ls.sent[p] = cur
+			if was, ok := prev[p]; ok { // its burst and first tick are not the node's load
+				in.sent += cur[0] - was[0]
+				lost = cur[1] - was[1]
+			}
 		}
-		in.sent += cur[0] - was[0]
-		if f := cur[1] - was[1]; f > 0 {
+		if lost > 0 || queued {
 			in.failing++
-			in.failed += f
+			in.failed += lost
 		}
 	}
 	in.sinceShed = time.Duration(1<<62 - 1)

@@ -33,6 +33,10 @@ func TestJudgeLoad(t *testing.T) {
 			loadVerdict{overloaded: true, shed: 1, why: "playout draining while chunks are handed on late"}},
 		{"handed on late with playout well fed copes", with(func(in *loadInput) { in.late = 500 * time.Millisecond }), loadVerdict{}},
 		{"late without children: nothing to shed", with(func(in *loadInput) { in.children, in.buffered, in.late = 0, 300*time.Millisecond, time.Second }), loadVerdict{}},
+		{"a starved process sheds nothing", with(func(in *loadInput) { in.children, in.failing, in.failed, in.sched = 3, 3, 9, 200*time.Millisecond }), loadVerdict{}},
+		{"nor when its playout drains", with(func(in *loadInput) {
+			in.buffered, in.late, in.sched = 300*time.Millisecond, time.Second, 200*time.Millisecond
+		}), loadVerdict{}},
 		{"a lagging timer alone copes", with(func(in *loadInput) { in.buffered, in.sched = 300*time.Millisecond, 300*time.Millisecond }), loadVerdict{}},
 		{"a draining buffer without chunks is the parent's silence", with(func(in *loadInput) {
 			in.buffered, in.late, in.fed = 300*time.Millisecond, time.Second, false
