@@ -1,7 +1,6 @@
 package control
 
 import (
-	"cmp"
 	"context"
 	"log/slog"
 	"slices"
@@ -45,8 +44,8 @@ const (
 	// effect before it sheds again.
 	shedCooldown = 2 * time.Second
 	// schedLimit: the node's timer fired this late lately: it waits for
-	// a CPU.
-	schedLimit = 150 * time.Millisecond
+	// a CPU (on an idle machine a timer is late by well under 5 ms).
+	schedLimit = 50 * time.Millisecond
 	// queueLimit: a child's round trip this much above the least seen on
 	// its link means the packets to it wait in a queue: our uplink
 	// carries less than we send.
@@ -167,24 +166,20 @@ type shedView struct {
 	since   time.Time // when it became our child
 }
 
-// pickShed returns the indexes of the n children to shed: first those
-// that feed no one (nothing moves but them), newest first (the least
-// settled: the others' backups are warm).
+// pickShed returns the indexes of up to n children to shed, newest first
+// (the least settled: the others' backups are warm), among those that
+// feed no one: a child with children of its own is never shed, since its
+// whole subtree would go without audio while it rejoins, which costs more
+// playout than its stream saves us (the cap on our slots still stops us
+// taking more).
 func pickShed(children []shedView, n int) []int {
-	idx := make([]int, len(children))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortStableFunc(idx, func(a, b int) int {
-		ca, cb := children[a], children[b]
-		sub := func(s bool) int {
-			if s {
-				return 1
-			}
-			return 0
+	var idx []int
+	for i, c := range children {
+		if !c.subtree {
+			idx = append(idx, i)
 		}
-		return cmp.Or(cmp.Compare(sub(ca.subtree), sub(cb.subtree)), cb.since.Compare(ca.since))
-	})
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return children[b].since.Compare(children[a].since) })
 	return idx[:min(n, len(idx))]
 }
 
@@ -281,7 +276,6 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 		return
 	}
 	was := ls.cap.on
-	ls.cap.overloaded(now, in.children-v.shed)
 	var victims []*peer
 	if v.shed > 0 {
 		ls.lastShed = now
@@ -295,12 +289,13 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 		}
 		ls.shed += int64(len(victims))
 	}
+	ls.cap.overloaded(now, in.children-len(victims))
 	ls.mu.Unlock()
 	level := slog.LevelDebug
 	if !was || len(victims) > 0 {
 		level = slog.LevelInfo
 	}
-	o.log.Log(context.Background(), level, "overloaded", "why", v.why, "children", in.children, "failing", in.failing, "late", in.late, "sched", sched,
+	o.log.Log(context.Background(), level, "overloaded", "why", v.why, "children", in.children, "failing", in.failing, "lost", in.failed, "late", in.late, "sched", sched,
 		"buffered", in.buffered, "shedding", len(victims))
 	for _, p := range victims {
 		o.host.Detach(p.conn)
