@@ -180,6 +180,7 @@ type Overlay struct {
 	pullsRefused                 atomic.Int64
 	recovery                     stats.Histogram
 	load                         loadState
+	starved                      atomic.Int64 // how late the load loop ran lately, ns (see patience)
 	parentSince                  atomic.Int64 // unix nanos of the last parent loss
 	lastChunk                    atomic.Int64 // unix nanos of the last chunk accepted
 

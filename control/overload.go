@@ -216,6 +216,7 @@ func (o *Overlay) loadLoop(ctx context.Context) {
 		// goroutine runs is how long the node waits for a CPU.
 		now := time.Now()
 		sched = max(now.Sub(due), sched*4/5)
+		o.starved.Store(int64(sched))
 		fed := o.lastChunk.Load() > last.UnixNano()
 		last = now
 		o.checkLoad(now, sched, fed)
@@ -317,4 +318,42 @@ func (o *Overlay) overloaded() bool {
 	o.load.mu.Lock()
 	defer o.load.mu.Unlock()
 	return o.load.cap.on
+}
+
+// starvedLimit: a node whose loop runs this late lately is starved of CPU:
+// a peer's slow answer may be its own slowness.
+const starvedLimit = 50 * time.Millisecond
+
+// starvedFor is how late the node's load loop has run lately.
+func (o *Overlay) starvedFor() time.Duration { return time.Duration(o.starved.Load()) }
+
+// patience is context.WithTimeout(ctx, d) for a node that may be starved
+// of CPU: when d has passed while the node is starved (see starvedFor), it
+// waits on, up to three times d. A handshake or an answer that takes long
+// may be the node's own slowness, and one given up wastes the work both
+// ends did, which a starved process can least afford, and blames a peer
+// that did nothing wrong. (Checked when the time is up, not at the start:
+// starvation comes in bursts.) The context's error is then Canceled.
+func (o *Overlay) patience(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	limit := time.Now().Add(3 * d)
+	var mu sync.Mutex
+	var t *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(d, func() {
+		if left := time.Until(limit); left > 0 && o.starvedFor() >= starvedLimit {
+			mu.Lock()
+			t.Reset(min(d/4, left))
+			mu.Unlock()
+			return
+		}
+		cancel()
+	})
+	return ctx, func() {
+		mu.Lock()
+		t.Stop()
+		mu.Unlock()
+		cancel()
+	}
 }

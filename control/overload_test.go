@@ -139,3 +139,30 @@ func TestAnOverloadedRelayShedsItsChildren(t *testing.T) {
 		require.False(t, a.ov.Stats().Overloaded)
 	})
 }
+
+func TestPatienceWaitsLongerWhileStarved(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		o := &Overlay{}
+		ctx, cancel := o.patience(t.Context(), time.Second)
+		defer cancel()
+		time.Sleep(time.Second + time.Millisecond)
+		require.Error(t, ctx.Err(), "a node not starved gives up on time")
+
+		o.starved.Store(int64(starvedLimit))
+		ctx, cancel = o.patience(t.Context(), time.Second)
+		defer cancel()
+		time.Sleep(2 * time.Second)
+		require.NoError(t, ctx.Err(), "a starved node waits on")
+		o.starved.Store(0)
+		time.Sleep(300 * time.Millisecond)
+		require.Error(t, ctx.Err(), "until it is no longer starved")
+
+		o.starved.Store(int64(time.Second))
+		ctx, cancel = o.patience(t.Context(), time.Second)
+		defer cancel()
+		time.Sleep(3*time.Second - time.Millisecond)
+		require.NoError(t, ctx.Err())
+		time.Sleep(2 * time.Millisecond)
+		require.Error(t, ctx.Err(), "three times the timeout at most")
+	})
+}
