@@ -301,7 +301,7 @@ func (o *Overlay) probe(ctx context.Context, cands []PeerInfo, needSlot bool, mo
 			defer func() { results <- struct{}{} }()
 			p, rtt := o.dialPeer(ctx, c)
 			if p == nil {
-				if o.starvedFor() < starvedLimit {
+				if o.starvedFor() < schedLimit {
 					o.markFailed(c.ID) // else the slow one may be us
 				}
 				return

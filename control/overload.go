@@ -12,10 +12,14 @@ import (
 // playout suffers. Each loadTick the overlay takes a snapshot of what it
 // and its host see (loadInput), asks judgeLoad whether the node is
 // falling behind, and if so closes the links of a few children
-// (pickShed: the cheapest to move first) with CodeOverloaded, so that
-// they switch to a backup or rejoin elsewhere at once, and lowers the
-// free slots it advertises (slotCap), which come back one at a time while
-// it stays healthy.
+// (pickShed: those that feed no one, newest first) with CodeOverloaded,
+// so that they switch to a backup or rejoin elsewhere at once, and lowers
+// the free slots it advertises (slotCap), which come back one at a time
+// while it stays healthy.
+//
+// The same loop measures how late its own timer fires: a node starved of
+// CPU judges no overload (see judgeLoad), is patient with dials (see
+// patience), and its stall policy waits longer (judgeStall).
 
 // CodeOverloaded is the close code of a child shed by a parent that cannot
 // keep up: it moves to another parent.
@@ -320,10 +324,6 @@ func (o *Overlay) overloaded() bool {
 	return o.load.cap.on
 }
 
-// starvedLimit: a node whose loop runs this late lately is starved of CPU:
-// a peer's slow answer may be its own slowness.
-const starvedLimit = 50 * time.Millisecond
-
 // starvedFor is how late the node's load loop has run lately.
 func (o *Overlay) starvedFor() time.Duration { return time.Duration(o.starved.Load()) }
 
@@ -342,7 +342,7 @@ func (o *Overlay) patience(ctx context.Context, d time.Duration) (context.Contex
 	mu.Lock()
 	defer mu.Unlock()
 	t = time.AfterFunc(d, func() {
-		if left := time.Until(limit); left > 0 && o.starvedFor() >= starvedLimit {
+		if left := time.Until(limit); left > 0 && o.starvedFor() >= schedLimit {
 			mu.Lock()
 			t.Reset(min(d/4, left))
 			mu.Unlock()

@@ -148,7 +148,7 @@ func TestPatienceWaitsLongerWhileStarved(t *testing.T) {
 		time.Sleep(time.Second + time.Millisecond)
 		require.Error(t, ctx.Err(), "a node not starved gives up on time")
 
-		o.starved.Store(int64(starvedLimit))
+		o.starved.Store(int64(schedLimit))
 		ctx, cancel = o.patience(t.Context(), time.Second)
 		defer cancel()
 		time.Sleep(2 * time.Second)
