@@ -120,9 +120,10 @@ type stallVerdict struct {
 // stalled after the timeout. (Judging sooner, from a quarter of the
 // timeout, made parents switch in join storms on a loaded machine, where
 // a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
-// A node whose own loop runs late waits twice as long again (up to three
-// times the timeout): a starved process that switches parents pays
-// handshakes it cannot afford, and every orphan it makes does the same.
+// A node whose own loop ran late lately adds twice that lateness to the
+// timeout (at most twice the timeout): a starved process that switches
+// parents pays handshakes it cannot afford, and so does every orphan it
+// makes.
 func judgeStall(in stallInput) stallVerdict {
 	in.timeout += min(2*in.starved, 2*in.timeout)
 	switch {
