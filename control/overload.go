@@ -90,14 +90,16 @@ type loadVerdict struct {
 
 // judgeLoad tells a node that cannot keep up from one whose parent or
 // children are slow, or whose machine is merely busy. The node is behind
-// when at least half of its children (each on its own link) lost chunks
-// at once: it sheds half of the failing ones (at least one). It is behind
+// when at least half of its children, and two or more (each on its own
+// link), lost chunks at once: it sheds half of the failing ones. It is behind
 // too when a chunk waited lateLimit between its arrival and its hand-over
 // to the children while its own playout buffer ran below half its target
 // although chunks do arrive: it sheds one, before its playout suffers.
 // Either way it advertises no free slot (see slotCap), and sheds again
-// only after shedCooldown. One child losing chunks is that child's link
-// (output.Fanout cuts it if it lasts). A late hand-over with playout well
+// only after shedCooldown. One child losing chunks is that child's link,
+// even when it is one of two (a child whose own uplink is saturated
+// delays its acknowledgements, and its round trip grows): output.Fanout
+// cuts it if it lasts. A late hand-over with playout well
 // fed is a busy machine that copes; a draining buffer with a prompt
 // hand-over is the parent's lateness (the stall policy's business).
 //
@@ -114,7 +116,7 @@ func judgeLoad(in loadInput) loadVerdict {
 	switch {
 	case in.sched >= schedLimit:
 		return loadVerdict{}
-	case in.children > 0 && in.failing > 0 && 2*in.failing >= in.children:
+	case in.failing >= 2 && 2*in.failing >= in.children:
 		v = loadVerdict{overloaded: true, shed: max(in.failing/2, 1), why: "sends to children falling behind"}
 	case in.children > 0 && in.late >= lateLimit && atRisk:
 		v = loadVerdict{overloaded: true, shed: 1, why: "playout draining while chunks are handed on late"}
