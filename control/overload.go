@@ -231,6 +231,19 @@ func (o *Overlay) loadLoop(ctx context.Context) {
 
 // checkLoad takes the snapshot, judges it and applies the verdict.
 func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
+	if o.host.Children() == 0 {
+		// Nothing to shed (judgeLoad says so without children): the
+		// cheap path, which most nodes of a large swarm take.
+		ls := &o.load
+		ls.mu.Lock()
+		ls.cap.healthy(now, o.maxChildren())
+		ls.sent, ls.minRTT = nil, nil
+		ls.mu.Unlock()
+		if o.cfg.Load != nil {
+			o.cfg.Load() // resets Late
+		}
+		return
+	}
 	in := loadInput{sched: sched, fed: fed}
 	if o.cfg.Load != nil {
 		l := o.cfg.Load()
