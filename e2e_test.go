@@ -88,6 +88,16 @@ type playedReport struct {
 	matched int // frames equal to the reference (within 1 LSB)
 	silent  int // frames within the reference's span that were silent
 	tail    int // frames after the reference's end (all silent)
+	skipped int // skips ahead found (checkPlayedSkips)
+}
+
+// maxDiff is the largest difference between two equally long sample runs.
+func maxDiff(a, b []int16) int {
+	worst := 0
+	for j := range a {
+		worst = max(worst, abs(int(a[j])-int(b[j])))
+	}
+	return worst
 }
 
 // checkPlayed checks a listener's PCM against the reference decode. got
@@ -97,6 +107,17 @@ type playedReport struct {
 // forged audio); after the reference's end, where the stream had ended,
 // everything must be silent.
 func checkPlayed(t *testing.T, name string, got, ref []int16, first int64) playedReport {
+	t.Helper()
+	return checkPlayedSkips(t, name, got, ref, first, 0)
+}
+
+// checkPlayedSkips is checkPlayed for a listener whose playback skipped
+// ahead to the live edge up to skips times (Stats.Playout.Resyncs): where
+// a frame differs, the reference's later frames are searched for it, and
+// from the first equal one on, the PCM is checked against the reference
+// from there. Any frame that is neither silent nor equal to a reference
+// frame at or after the last one matched still fails.
+func checkPlayedSkips(t *testing.T, name string, got, ref []int16, first int64, skips int) playedReport {
 	t.Helper()
 	var r playedReport
 	off := int(2 * first)
@@ -113,6 +134,15 @@ func checkPlayed(t *testing.T, name string, got, ref []int16, first int64) playe
 		worst := 0
 		for j := range w {
 			worst = max(worst, abs(int(g[j])-int(w[j])))
+		}
+		if worst > 1 && peak(g) != 0 && r.skipped < skips && len(g) == frameSamples {
+			for k := off + i + frameSamples; k+frameSamples <= len(ref); k += frameSamples {
+				if maxDiff(g, ref[k:k+frameSamples]) <= 1 {
+					off, worst = k-i, 0
+					r.skipped++
+					break
+				}
+			}
 		}
 		switch {
 		case worst <= 1:
@@ -185,10 +215,11 @@ func newQUICTransport(t *testing.T, key ...ed25519.PrivateKey) *control.QUICTran
 	return tr
 }
 
-// TestEndToEndQUIC runs a broadcaster and 30 listeners, each with its own
-// QUIC transport on loopback, for 12 s: testdata/cbr128.mp3 played one and a
-// half times. The listeners start in the first 2 s (an idle machine has them
-// all playing by 3 s, under -race too; a busy one may take a few more).
+// TestEndToEndQUIC runs a broadcaster and 30 listeners (12 under -race),
+// each with its own QUIC transport on loopback, for 12 s: testdata/cbr128.mp3
+// played one and a half times. The listeners start in the first 2 s (an
+// idle machine has them all playing by 3 s, under -race too; a busy one
+// may take a few more).
 // Every listener plays exactly the reference decode from its first clean
 // frame, with no gap, until the stream ends, and silence after; the tree
 // respects the broadcaster's slots and has no loop; the broadcaster sends
@@ -196,15 +227,19 @@ func newQUICTransport(t *testing.T, key ...ed25519.PrivateKey) *control.QUICTran
 //
 // Decoding costs about 5 ms of CPU per frame under -race (0.3 ms without),
 // so 30 decoding listeners cannot keep up in real time on two cores: with
-// -race three listeners decode (the first, the 16th and the last to start),
+// -race three listeners decode (the first, the 7th and the last to start),
 // the others play with NoDecode into a Discard. Every listener, decoding or
 // not, is checked to have accepted exactly the broadcaster's chunks, byte
 // for byte, from its first on, and nothing else.
 func TestEndToEndQUIC(t *testing.T) {
-	const listeners = 30
-	decodeEvery := 1
+	listeners, decodeEvery := 30, 1
 	if raceEnabled() {
-		decodeEvery = 15
+		// Under -race a QUIC handshake and every chunk's path cost
+		// several times more CPU: thirty listeners joining in 2 s need
+		// about a core for the whole run, and when another process
+		// takes one of two cores they join for 4-10 s, past the 7 s
+		// below. Twelve still make a tree three relays deep.
+		listeners, decodeEvery = 12, 6
 	}
 	src, ref := loopedFor(t, "cbr128.mp3", 462)
 
@@ -405,7 +440,9 @@ func TestEndToEndQUIC(t *testing.T) {
 			continue
 		}
 		decoded++
-		r := checkPlayed(t, name, samples(l.sink.PCM()), ref, s.Playout.FirstTimestamp)
+		// A listener starved long enough skips ahead to the live edge
+		// (Resyncs); what it plays before and after is checked the same.
+		r := checkPlayedSkips(t, name, samples(l.sink.PCM()), ref, s.Playout.FirstTimestamp, int(s.Playout.Resyncs))
 		require.Zero(t, r.silent, "%s: no silent frame while the stream ran", name)
 		require.Positive(t, r.tail, "%s: silence after the stream's end", name)
 		require.Equal(t, int(s.Playout.FramesPlayed), r.matched, "%s: every frame played from received audio equals the reference", name)

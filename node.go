@@ -52,6 +52,7 @@ type Node struct {
 	acceptMu sync.Mutex // one chunk at a time into the outputs; guards outputs
 	outputs  []output.Output
 	hop      stats.Histogram
+	late     atomic.Int64 // the longest arrival-to-fan-out wait since the overlay last asked, ns
 	burst    atomic.Int64 // bytes sent to new children outside the fan-out
 
 	chunksIn, bytesIn atomic.Int64
@@ -144,6 +145,7 @@ func New(cfg Config) (*Node, error) {
 		StallTimeout:   cfg.StallTimeout,
 		Backups:        cfg.Backups,
 		SignatureCache: cfg.SignatureCache,
+		Load:           n.load,
 		Logger:         cfg.Logger,
 	}
 	if oc.Root {
@@ -405,8 +407,13 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 	for _, o := range n.outputs {
 		o.WriteChunk(c)
 	}
-	if !arrived.IsZero() && n.fanout.Len() > 0 {
-		n.hop.Record(time.Since(arrived))
+	if !arrived.IsZero() {
+		d := time.Since(arrived)
+		if n.fanout.Len() > 0 {
+			n.hop.Record(d)
+		}
+		for l := n.late.Load(); int64(d) > l && !n.late.CompareAndSwap(l, int64(d)); l = n.late.Load() {
+		}
 	}
 	n.acceptMu.Unlock()
 	n.chunksIn.Add(1)
@@ -414,6 +421,19 @@ func (n *Node) accept(c *mux.Chunk, arrived time.Time) {
 	if n.player != nil {
 		n.reasm.Push(c)
 	}
+}
+
+// load is what the node sees of its own health, for the overlay's
+// overload policy: how late chunks went on to the children, and how full
+// the playout buffer is.
+func (n *Node) load() control.Load {
+	l := control.Load{Late: time.Duration(n.late.Swap(0))}
+	if n.player != nil {
+		ps := n.player.Stats()
+		l.Playing, l.Buffered = ps.Playing, ps.Buffered
+		l.Target = cmp.Or(n.cfg.Playout.Target, playout.DefaultTarget)
+	}
+	return l
 }
 
 // addOutput makes o receive every chunk from now on, once.

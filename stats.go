@@ -31,6 +31,11 @@ type Stats struct {
 	BytesSent       int64 // chunk bytes sent to other nodes
 	BadChunks       int64 // malformed or forged; their senders were cut off
 	Repairs         int64 // chunks requested from neighbours to fill gaps
+	// Shed counts children this node closed because it could not keep up
+	// (control.CodeOverloaded); Overloaded is true while it advertises
+	// fewer free slots than its budget allows for that reason.
+	Shed       int64
+	Overloaded bool
 
 	Playout playout.Stats
 	// Continuity is frames played from received audio / frames due since
@@ -92,6 +97,7 @@ func (n *Node) stats() (Stats, control.OverlayStats) {
 	s.ChunksReceived, s.BytesReceived = n.chunksIn.Load(), n.bytesIn.Load()
 	s.BytesSent = fs.SentBytes + o.BytesSent + n.burst.Load()
 	s.BadChunks, s.Repairs = o.BadChunks, o.Repairs
+	s.Shed, s.Overloaded = o.Shed, o.Overloaded
 	if n.player != nil {
 		s.Playout = n.player.Stats()
 		s.Continuity = s.Playout.Continuity()

@@ -242,11 +242,12 @@ func (o *Overlay) adoptPath(parent *peer) {
 
 // dialPeer connects to a candidate and exchanges Hellos.
 func (o *Overlay) dialPeer(runCtx context.Context, info PeerInfo) (*peer, time.Duration) {
-	ctx, cancel := context.WithTimeout(runCtx, dialTimeout)
+	ctx, cancel := o.patience(runCtx, dialTimeout)
 	defer cancel()
 	start := time.Now()
 	c, err := o.cfg.Transport.Dial(ctx, info.Addr, info.ID.Key())
 	if err != nil {
+		o.log.Debug("dial failed", "addr", info.Addr, "after", time.Since(start), "starved", o.starvedFor(), "err", err)
 		return nil, 0
 	}
 	p := newPeer(o, c, true)
@@ -260,6 +261,7 @@ func (o *Overlay) dialPeer(runCtx context.Context, info PeerInfo) (*peer, time.D
 	select {
 	case <-p.helloed:
 	case <-ctx.Done():
+		o.log.Debug("no hello", "addr", info.Addr, "after", time.Since(start), "starved", o.starvedFor())
 		c.Close(CodeGoodbye, "no hello")
 		return nil, 0
 	}
@@ -299,7 +301,9 @@ func (o *Overlay) probe(ctx context.Context, cands []PeerInfo, needSlot bool, mo
 			defer func() { results <- struct{}{} }()
 			p, rtt := o.dialPeer(ctx, c)
 			if p == nil {
-				o.markFailed(c.ID)
+				if o.starvedFor() < schedLimit {
+					o.markFailed(c.ID) // else the slow one may be us
+				}
 				return
 			}
 			r := ranked{p: p, rtt: rtt, peerView: p.snapshot()}
@@ -380,6 +384,9 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	case inPath:
 		return o.send(ctx, p, &Refuse{Reason: "loop: you are my ancestor"})
 	}
+	if o.freeSlots() == 0 && o.overloaded() {
+		return o.send(ctx, p, &Refuse{Reason: "overloaded"})
+	}
 	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
 		// place of a child that cannot, which is moved away once the
@@ -406,6 +413,7 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 	// The burst: recent chunks so the child starts at once, with its bit
 	// reservoir; then everything live.
 	n := o.host.Attach(p.conn, m.From, o.burst())
+	p.childSince.Store(time.Now().UnixNano())
 	p.child.Store(true)
 	o.log.Debug("new child", "addr", p.conn.RemoteAddr(), "burst", n)
 	return nil

@@ -26,6 +26,7 @@ type maintainer struct {
 	orphaned   bool                  // no parent since the last tick
 	parentAt   time.Time             // when the current parent came
 	asked      map[uint64]*repairTry // repair requests in flight
+	starved    time.Duration         // how late step ran lately, decaying
 
 	// Searches (a rendezvous round trip, dials, a subscription) run beside
 	// the loop, one at a time, so that they never delay the detection of
@@ -52,12 +53,23 @@ func (m *maintainer) run(ctx context.Context) {
 	defer m.rv.close()
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var due, done time.Time // the tick's due time, the last step's end
 	for {
-		m.step(ctx, time.Now())
+		now := time.Now()
+		if !due.IsZero() {
+			// A tick carries the time it was due (or the step ran
+			// past it): any later is time spent waiting for a CPU.
+			if done.After(due) {
+				due = done
+			}
+			m.starved = max(now.Sub(due), m.starved*9/10)
+		}
+		m.step(ctx, now)
+		done = time.Now()
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case due = <-t.C:
 		}
 	}
 }
@@ -122,7 +134,7 @@ func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) st
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
 	last := parent.lastNew.Load()
-	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout}
+	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved}
 	select {
 	case <-parent.conn.Done():
 		in.gone = true

@@ -96,6 +96,11 @@ type OverlayConfig struct {
 	// Backups is how many warm backups to keep besides the parent. Zero
 	// means 2; negative means none.
 	Backups int
+	// Load, when set, is called every half second from one goroutine
+	// for what the host sees of its own health (see Load): with it, the
+	// overload policy also judges the host's data path and playout, not
+	// only the sends to children. It must not block.
+	Load func() Load
 	// SignatureCache, when set, is shared by the overlays of one process
 	// (a simulation) so that each chunk's signature is checked once.
 	SignatureCache *mux.SignatureCache
@@ -172,6 +177,8 @@ type Overlay struct {
 	pulls                        tokenBucket // what the upload budget leaves for repair and bridge answers
 	pullsRefused                 atomic.Int64
 	recovery                     stats.Histogram
+	load                         loadState
+	starved                      atomic.Int64 // how late the load loop ran lately, ns (see patience)
 	parentSince                  atomic.Int64 // unix nanos of the last parent loss
 	lastChunk                    atomic.Int64 // unix nanos of the last chunk accepted
 
@@ -226,6 +233,7 @@ func (o *Overlay) Run(ctx context.Context) error {
 
 	o.goFunc(func() { o.acceptLoop(ctx) })
 	o.goFunc(func() { o.statusLoop(ctx) })
+	o.goFunc(func() { o.loadLoop(ctx) })
 	if o.cfg.Root {
 		o.goFunc(func() { o.rootLoop(ctx) })
 		if t := o.cfg.Tracker; t != nil && t.cfg.Echo != nil {
@@ -504,9 +512,10 @@ func (o *Overlay) burst() int {
 	return max(1, int((burstAudio+d-1)/d))
 }
 
-// freeSlots is how many more children the upload budget allows.
+// freeSlots is how many more children the upload budget allows, fewer
+// after an overload (see slotCap).
 func (o *Overlay) freeSlots() int {
-	return max(o.maxChildren()-o.host.Children(), 0)
+	return max(o.capSlots(o.maxChildren())-o.host.Children(), 0)
 }
 
 // maxChildren is how many children the node takes: what its budget allows,
@@ -591,7 +600,12 @@ type OverlayStats struct {
 	// had nothing left beside the children's stream.
 	PullsRefused int64
 	BadChunks    int64 // malformed or forged; their senders were cut off
-	Repairs      int64 // chunks requested from neighbours to fill gaps
+	// Shed counts children closed with CodeOverloaded because this node
+	// could not keep up; Overloaded is true while it advertises fewer
+	// free slots than its budget allows for that reason.
+	Shed       int64
+	Overloaded bool
+	Repairs    int64 // chunks requested from neighbours to fill gaps
 	// Recoveries counts parent losses that were followed by audio;
 	// RecoveryP50 and RecoveryMax are of the gap between the last chunk
 	// before and the first after.
@@ -612,7 +626,11 @@ func (o *Overlay) Stats() OverlayStats {
 		Recoveries:   o.recovery.Count(),
 		RecoveryP50:  o.recovery.Quantile(0.5),
 		RecoveryMax:  o.recovery.Quantile(1),
+		Overloaded:   o.overloaded(),
 	}
+	o.load.mu.Lock()
+	s.Shed = o.load.shed
+	o.load.mu.Unlock()
 	if a := o.observed.Load(); a != nil {
 		s.Observed = *a
 	}

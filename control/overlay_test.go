@@ -414,6 +414,10 @@ func TestJudgeStall(t *testing.T) {
 		{"the source is late: everyone silent but the backups answer", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true}},
 		{"every backup silent too", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{dead}}, stallVerdict{ask: true, stalled: true}},
 		{"half as long again", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true, stalled: true}},
+		{"a starved node waits longer", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true}},
+		{"a starved node: past the timeout and twice the starvation", stallInput{silent: 1900 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true, stalled: true}},
+		{"a starved node still drops a closed link at once", stallInput{gone: true, timeout: to, starved: time.Second}, stallVerdict{stalled: true}},
+		{"at most three times the timeout", stallInput{silent: 3100 * time.Millisecond, timeout: to, starved: 10 * time.Second}, stallVerdict{stalled: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, judgeStall(tc.in)) })
 	}

@@ -91,6 +91,10 @@ type stallInput struct {
 	gone    bool          // the parent's link has closed
 	timeout time.Duration // the stall timeout
 	backups []backupView
+	// starved is how late our own loop has run lately: a silence we may
+	// have caused ourselves, the chunks waiting in our socket while our
+	// goroutines wait for a CPU.
+	starved time.Duration
 }
 
 // backupView is a backup as the stall policy sees it.
@@ -116,7 +120,12 @@ type stallVerdict struct {
 // stalled after the timeout. (Judging sooner, from a quarter of the
 // timeout, made parents switch in join storms on a loaded machine, where
 // a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
+// A node whose own loop ran late lately adds twice that lateness to the
+// timeout (at most twice the timeout): a starved process that switches
+// parents pays handshakes it cannot afford, and so does every orphan it
+// makes.
 func judgeStall(in stallInput) stallVerdict {
+	in.timeout += min(2*in.starved, 2*in.timeout)
 	switch {
 	case in.gone:
 		return stallVerdict{stalled: true}

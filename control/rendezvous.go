@@ -71,7 +71,7 @@ func (r *rendezvous) connect(ctx context.Context) Conn {
 		}
 	}
 	o := r.o
-	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	dctx, cancel := o.patience(ctx, dialTimeout)
 	defer cancel()
 	c, err := o.cfg.Transport.Dial(dctx, o.cfg.Rendezvous, nil)
 	if err != nil {

@@ -18,9 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// statser is implemented by both transports' connections.
-type statser interface{ Stats() ConnStats }
-
 // testTransport is the contract every Transport passes. newPair returns two
 // fresh transports and closes them when the test ends.
 func testTransport(t *testing.T, newPair func(t *testing.T) (a, b Transport)) {

@@ -60,6 +60,8 @@ type options struct {
 	cpuprof   string
 	batch     time.Duration
 	leaves    float64
+	slow      float64 // fraction of listeners whose uplink carries only slowKbps
+	slowKbps  int
 	// natPreserving and natRandom: fractions of listeners behind NATs.
 	natPreserving, natRandom float64
 	worst                    int  // print the worst listeners by continuity to stderr
@@ -98,6 +100,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
+	fs.Float64Var(&o.slow, "slow", 0, "with -net quic: fraction of listeners whose uplink carries only -slow-kbps though they claim -upload (nodes that cannot keep up with their children)")
+	fs.IntVar(&o.slowKbps, "slow-kbps", 160, "the uplink of a -slow listener, kbit/s")
 	fs.Float64Var(&o.leaves, "leaves", 0, "fraction of listeners with no upload budget (leaves: they take no children)")
 	fs.Float64Var(&o.natPreserving, "nat", 0, "with -net mem: fraction of listeners each behind its own port-preserving NAT (Linux MASQUERADE's behaviour)")
 	fs.IntVar(&o.worst, "worst", 0, "print the N counted listeners with the lowest continuity to stderr (their NAT, depth, recoveries, why waiting)")
@@ -114,6 +118,7 @@ type member struct {
 	born   time.Time
 	died   time.Time
 	leaf   bool           // no upload budget
+	slow   bool           // its uplink carries less than its budget claims
 	nat    string         // "": public; else its NAT's kind
 	final  p2pradio.Stats // taken when it died or at the end
 }
@@ -143,6 +148,9 @@ type swarm struct {
 func run(ctx context.Context, o options) (*Summary, error) {
 	if o.net != "quic" && o.net != "mem" {
 		return nil, fmt.Errorf("-net must be quic or mem, not %q", o.net)
+	}
+	if o.slow < 0 || o.slow > 1 || (o.slow > 0 && (o.net != "quic" || o.slowKbps <= 0)) {
+		return nil, fmt.Errorf("-slow must be in 0..1, with -net quic and a positive -slow-kbps")
 	}
 	if o.leaves < 0 || o.leaves > 1 {
 		return nil, fmt.Errorf("-leaves must be in 0..1, not %v", o.leaves)
@@ -320,6 +328,12 @@ func parseKill(s string) (float64, time.Duration, error) {
 // transport gives a node its transport: QUIC on loopback (through the
 // loss/delay emulator when asked) or a node of the in-memory network.
 func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
+	return s.transportUp(cfg, link, 0)
+}
+
+// transportUp is transport with the node's uplink limited to upBps bytes
+// per second (0: unlimited).
+func (s *swarm) transportUp(cfg *p2pradio.Config, link control.LinkConfig, upBps int64) error {
 	if cfg.Key == nil {
 		// The node's identity, its transport's: a broadcaster's is the
 		// station's key.
@@ -342,7 +356,8 @@ func (s *swarm) transport(cfg *p2pradio.Config, link control.LinkConfig) error {
 		return err
 	}
 	var pc net.PacketConn = udp
-	if link.Delay > 0 || link.Loss > 0 {
+	link.Bandwidth = upBps
+	if link.Delay > 0 || link.Loss > 0 || link.Bandwidth > 0 {
 		pc = control.NewLossyPacketConn(udp, link)
 	}
 	k := &killable{PacketConn: pc}
@@ -384,6 +399,7 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 	s.spawned++
 	s.mu.Unlock()
 	leaf := math.Floor((i+1)*s.o.leaves) > math.Floor(i*s.o.leaves)
+	slow := math.Floor((i+1)*s.o.slow) > math.Floor(i*s.o.slow)
 	// The NATs: each listener behind one is in its own home. Each turn
 	// goes to the kind furthest behind its share, so that every prefix of
 	// the listeners has the fractions asked for.
@@ -420,15 +436,21 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 			return err
 		}
 		cfg.Transport = tr
-	} else if err := s.transport(&cfg, link); err != nil {
-		return err
+	} else {
+		var up int64
+		if slow {
+			up = int64(s.o.slowKbps) * 1000 / 8
+		}
+		if err := s.transportUp(&cfg, link, up); err != nil {
+			return err
+		}
 	}
 	if s.memNet != nil {
 		// One process simulating many machines: check each chunk's
 		// signature once, not once per node.
 		cfg.SignatureCache = s.sigs
 	}
-	m := &member{born: time.Now(), done: make(chan struct{}), leaf: leaf}
+	m := &member{born: time.Now(), done: make(chan struct{}), leaf: leaf, slow: slow}
 	if nat != nil {
 		m.nat = nat.Config().Kind.String()
 	}
@@ -569,6 +591,8 @@ type Summary struct {
 	HopDelayMs        HopDelay    `json:"hop_delay_ms"`
 	RecoveryMs        Quantiles   `json:"recovery_ms"`
 	Stopped           int         `json:"stopped"`
+	Shed              int64       `json:"shed"`
+	Slow              *Slow       `json:"slow,omitempty"`
 	Frames            Frames      `json:"frames"`
 	CPUs              float64     `json:"cpu_s"`
 	HeapMB            float64     `json:"heap_mb"`
@@ -589,6 +613,15 @@ type Leaves struct {
 	RelayDepthP50  float64 `json:"relay_depth_p50"`
 	RelayDepthMax  int     `json:"relay_depth_max"`
 	RelaysBelowMin int     `json:"relays_below_shallowest_leaf"`
+}
+
+// Slow compares the listeners fed by a -slow node (at the end) with the
+// rest, and says how many children the slow ones shed.
+type Slow struct {
+	Nodes         int        `json:"nodes"`
+	Shed          int64      `json:"shed"`
+	ChildrenAtEnd int        `json:"children_at_end"`
+	Continuity    Continuity `json:"continuity"` // of the slow nodes themselves
 }
 
 // Frames adds up the counted listeners' frames by what became of them.
@@ -640,7 +673,9 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		Loss: s.o.loss, RTTms: ms(s.o.rtt), Churn: s.o.churn, Kill: s.o.kill,
 		DepthLimit: int(math.Ceil(math.Log2(float64(max(s.o.listeners, 2))))) + 2,
 	}
-	var conts, leafDepths, relayDepths []float64
+	var conts, leafDepths, relayDepths, slowConts []float64
+	var slowShed int64
+	var slowChildren int
 	var startups, lagP50, lagP95, lagMax, hopP50, hopP99, recov []time.Duration
 	var received int64
 	type counted struct {
@@ -679,6 +714,12 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		sum.Frames.Underruns += st.Playout.Underruns
 		sum.Frames.Rebuffers += st.Playout.Rebuffers
 		sum.Frames.Repairs += st.Repairs
+		sum.Shed += st.Shed
+		if m.slow {
+			slowConts = append(slowConts, st.Continuity)
+			slowShed += st.Shed
+			slowChildren += st.Children
+		}
 		if s.o.verbose && st.Continuity < 1 {
 			s.log.Info("listener below 1", "node", i, "continuity", st.Continuity, "depth", st.Depth, "concealed", st.Playout.FramesConcealed,
 				"muted", st.Playout.FramesMuted, "underruns", st.Playout.Underruns, "repairs", st.Repairs, "recoveries", st.Recoveries, "startup", st.Startup)
@@ -749,6 +790,11 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 			st.Playout.Rebuffers, st.Repairs, st.Recoveries, st.RecoveryMax, st.Startup, st.Waiting)
 	}
 	sum.Continuity = Continuity{Min: minOf(conts), P50: stats.Quantile(conts, 0.5), Mean: stats.Mean(conts)}
+	if s.o.slow > 0 {
+		sort.Float64s(slowConts)
+		sum.Slow = &Slow{Nodes: len(slowConts), Shed: slowShed, ChildrenAtEnd: slowChildren,
+			Continuity: Continuity{Min: minOf(slowConts), P50: stats.Quantile(slowConts, 0.5), Mean: stats.Mean(slowConts)}}
+	}
 	sum.StartupMs = Quantiles{ms(stats.Quantile(startups, 0.5)), ms(stats.Quantile(startups, 0.95)), ms(stats.Quantile(startups, 1))}
 	sum.LagMs = Quantiles{ms(stats.Quantile(lagP50, 0.5)), ms(stats.Quantile(lagP95, 0.95)), ms(stats.Quantile(lagMax, 1))}
 	sum.HopDelayMs = HopDelay{ms(stats.Quantile(hopP50, 0.5)), ms(stats.Quantile(hopP99, 0.99))}
