@@ -166,28 +166,76 @@ func pickSource(sources []*peer, seq uint64, try int) *peer {
 	return best[try%len(best)]
 }
 
+// joinWay is a way to find a parent: dialing one with a free slot,
+// taking a child's place at a full one, or reaching one behind a NAT by a
+// punch.
+type joinWay int
+
+const (
+	wayDirect joinWay = iota
+	wayDisplace
+	wayPunch
+)
+
+// joinOrder is the order in which a joiner tries the ways to a parent:
+// the shallowest place first, whichever way leads there (a punch costs a
+// round trip through the rendezvous, a level more costs every node below
+// for as long as it stays); a child's place never before a free slot we
+// can dial, however deep (it moves another node); at equal depth,
+// dialing, then a child's place, then a punch, as they cost.
+func joinOrder(direct, displace, punch []PeerInfo) []joinWay {
+	dd, dx := shallowest(direct, true), shallowest(displace, false)
+	if dd <= MaxDepth {
+		dx = max(dx, dd)
+	}
+	key := map[joinWay]int{wayDirect: dd, wayDisplace: dx, wayPunch: shallowest(punch, true)}
+	ways := []joinWay{wayDirect, wayDisplace, wayPunch}
+	slices.SortStableFunc(ways, func(a, b joinWay) int { return cmp.Compare(key[a], key[b]) })
+	return ways
+}
+
+// shallowest is the depth of the shallowest of ps (with a free slot when
+// free), MaxDepth+1 when none.
+func shallowest(ps []PeerInfo, free bool) int {
+	d := MaxDepth + 1
+	for _, p := range ps {
+		if p.Depth >= 0 && (!free || p.FreeSlots > 0) {
+			d = min(d, p.Depth)
+		}
+	}
+	return d
+}
+
 // climbPlan is where a node at depth may move to keep the tree shallow.
 type climbPlan struct {
 	targets  []PeerInfo
-	needSlot bool // subscribing needs a free slot (false: a leaf's place)
-	most     int  // the deepest acceptable parent
+	punch    []PeerInfo // targets reached by a punch, tried after the others
+	needSlot bool       // subscribing needs a free slot (false: a leaf's place)
+	most     int        // the deepest acceptable parent
 }
 
 // planClimb: a node at depth d moves to a parent with a free slot at depth
-// d-3 or less; failing that, a node that can relay takes the place of a
-// leaf under a parent at depth d-2 or less (capable uploaders move up,
-// with their subtrees; a leaf never displaces, so nothing swings back).
-func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
+// d-3 or less, one it can dial or one behind a NAT that a punch opens;
+// failing that, a node that can relay takes the place of a leaf under a
+// parent at depth d-2 or less (capable uploaders move up, with their
+// subtrees; a leaf never displaces, so nothing swings back).
+func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) climbPlan {
 	if depth < 2 {
 		return climbPlan{}
 	}
 	plan := climbPlan{needSlot: true, most: depth - 3}
+	fits := func(c PeerInfo) bool { return c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 }
 	for _, c := range cands {
-		if c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 {
+		if fits(c) {
 			plan.targets = append(plan.targets, c)
 		}
 	}
-	if len(plan.targets) > 0 || !canRelay {
+	for _, c := range punch {
+		if fits(c) {
+			plan.punch = append(plan.punch, c)
+		}
+	}
+	if len(plan.targets)+len(plan.punch) > 0 || !canRelay {
 		return plan
 	}
 	plan = climbPlan{most: depth - 2}

@@ -99,3 +99,24 @@ func TestMappedApart(t *testing.T) {
 		require.Equal(t, tc.want, mappedApart(tc.listen, tc.remote), "%s from %s", tc.listen, tc.remote)
 	}
 }
+
+func TestJoinOrder(t *testing.T) {
+	at := func(d, free int) []PeerInfo { return []PeerInfo{{ID: testID(byte(d)), Depth: d, FreeSlots: free}} }
+	for _, tc := range []struct {
+		name                    string
+		direct, displace, punch []PeerInfo
+		want                    []joinWay
+	}{
+		{"nothing known: as they cost", nil, nil, nil, []joinWay{wayDirect, wayDisplace, wayPunch}},
+		{"a free slot as shallow as a punched one: dialed first", at(3, 1), nil, at(3, 1), []joinWay{wayDirect, wayPunch, wayDisplace}},
+		{"a punched slot shallower: punched first", at(7, 1), nil, at(3, 2), []joinWay{wayPunch, wayDirect, wayDisplace}},
+		{"a direct candidate that is full counts for nothing", append(at(1, 0), at(6, 1)...), nil, at(3, 1), []joinWay{wayPunch, wayDirect, wayDisplace}},
+		{"a leaf's place shallower than a punched slot", nil, at(2, 0), at(4, 1), []joinWay{wayDisplace, wayPunch, wayDirect}},
+		{"a leaf's place never before a free slot", at(5, 1), at(2, 0), nil, []joinWay{wayDirect, wayDisplace, wayPunch}},
+		{"a punched slot shallower than a leaf's place", at(8, 1), at(6, 0), at(3, 1), []joinWay{wayPunch, wayDirect, wayDisplace}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, joinOrder(tc.direct, tc.displace, tc.punch))
+		})
+	}
+}
