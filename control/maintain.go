@@ -11,6 +11,7 @@ const (
 	backupInterval = time.Second     // between attempts to find a backup
 	backupAfter    = 2 * time.Second // settle before looking for a backup
 	climbInterval  = 5 * time.Second // between looks for a shallower parent
+	climbSoon      = time.Second     // to the next look once the node sits deeper than at the last
 )
 
 // maintainer keeps a listener joined: a pushing parent, warm backups and a
@@ -34,6 +35,7 @@ type maintainer struct {
 	searched      chan bool // a search ended (true: we climbed)
 	lastBackupTry time.Time
 	lastClimb     time.Time
+	lookedDepth   int // the depth at the last look for a shallower parent
 	bridging      bool
 	bridged       chan struct{}
 }
@@ -223,6 +225,9 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 	if parent == nil || m.searching {
 		return
 	}
+	o.mu.Lock()
+	depth := o.depth
+	o.mu.Unlock()
 	switch {
 	case o.needBackups() > 0 && now.Sub(m.lastBackupTry) > backupInterval && now.Sub(m.parentAt) > backupAfter:
 		m.lastBackupTry, m.searching = now, true
@@ -230,8 +235,8 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 			o.findBackups(ctx, m.rv)
 			m.searched <- false
 		})
-	case now.Sub(m.lastClimb) > climbInterval && now.Sub(m.parentAt) > climbInterval:
-		m.lastClimb, m.searching = now, true
+	case climbDue(now.Sub(m.lastClimb), now.Sub(m.parentAt), depth, m.lookedDepth):
+		m.lastClimb, m.searching, m.lookedDepth = now, true, depth
 		o.goFunc(func() { m.searched <- o.climb(ctx, m.rv, parent) })
 	}
 }

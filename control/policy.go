@@ -25,6 +25,10 @@ type peerView struct {
 	// only public nodes can feed it. A claim like the others: a liar
 	// gains a slot of ours, as one that claims a large upload does.
 	restricted bool
+	// public: it reached us from the address it listens on, so no NAT
+	// between maps its port (or its router forwards that port to it):
+	// anyone can dial it there.
+	public bool
 }
 
 // fedThrough reports whether v is one of ids or is fed through one.
@@ -206,6 +210,20 @@ func shallowest(ps []PeerInfo, free bool) int {
 	return d
 }
 
+// climbDue reports whether a node at depth looks for a shallower parent
+// now, sinceLook after its last look (at depth looked) and sinceParent
+// after its parent came: every climbInterval once settled, and climbSoon
+// after it came to sit deeper than at its last look (it rejoined, or an
+// ancestor did: churn leaves nodes deep, and a deep node's whole subtree
+// is deep with it until it moves).
+func climbDue(sinceLook, sinceParent time.Duration, depth, looked int) bool {
+	wait := climbInterval
+	if depth > looked {
+		wait = climbSoon
+	}
+	return sinceLook > wait && sinceParent > wait
+}
+
 // climbPlan is where a node at depth may move to keep the tree shallow.
 type climbPlan struct {
 	targets  []PeerInfo
@@ -249,17 +267,23 @@ func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) clim
 
 // pickChildToDisplace returns the index of the child that a newcomer may
 // replace when we are full, or -1. A newcomer that can take children
-// replaces a leaf (capable uploaders move up), a restricted one last (the
-// rendezvous sends only public nodes for those, which can then feed it);
-// a restricted newcomer, whom only a public node can feed, replaces a
-// child that could take children but has none (no subtree moves), which
-// others can feed, never another restricted one.
+// replaces a leaf (capable uploaders move up), a restricted one last and
+// only when the newcomer is public (the rendezvous sends only public
+// nodes for those, and only a public node can feed it after; one behind
+// a NAT that came for a slot that was taken meanwhile would leave it
+// looking for another public slot, which takes seconds); a restricted
+// newcomer, whom only a public node can feed, replaces a child that could
+// take children but has none (no subtree moves), which others can feed,
+// never another restricted one.
 func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
 	other := func(c peerView) bool { return c.id != newcomer.id && !c.restricted }
 	switch {
 	case slots(newcomer.upload) > 0 && !newcomer.restricted:
 		if i := slices.IndexFunc(children, func(c peerView) bool { return other(c) && slots(c.upload) == 0 }); i >= 0 {
 			return i
+		}
+		if !newcomer.public {
+			return -1
 		}
 		return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
 	case newcomer.restricted:

@@ -2,6 +2,7 @@ package control
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -55,7 +56,8 @@ func TestPickSourceFollowsBufferMaps(t *testing.T) {
 
 func TestPickChildToDisplace(t *testing.T) {
 	slots := func(kbps int) int { return slotBudget{kbps}.slots(128) }
-	relay := peerView{id: testID(1), upload: 1000}
+	relay := peerView{id: testID(1), upload: 1000, public: true}
+	natted := peerView{id: testID(8), upload: 1000} // behind a NAT: it cannot feed a restricted leaf
 	leaf := peerView{id: testID(2), upload: 0}
 	other := peerView{id: testID(3), upload: 400, free: 1}             // one child
 	childless := peerView{id: testID(5), upload: 400, free: 2}         // none
@@ -72,6 +74,8 @@ func TestPickChildToDisplace(t *testing.T) {
 		{"a leaf by choice never displaces", voluntary, []peerView{leaf, other}, -1},
 		{"a relay displaces a restricted leaf last", relay, []peerView{restricted, leaf}, 1},
 		{"a relay displaces a restricted leaf (it is public: the rendezvous sent it)", relay, []peerView{other, restricted}, 1},
+		{"a relay behind a NAT displaces a leaf by choice", natted, []peerView{restricted, leaf}, 1},
+		{"never a restricted one (it could not feed it)", natted, []peerView{other, restricted}, -1},
 		{"a restricted newcomer takes the place of a relay without children", restricted, []peerView{leaf, other, childless}, 2},
 		{"never of one with children (its subtree would move)", restricted, []peerView{leaf, other}, -1},
 		{"a restricted newcomer never displaces a leaf", restricted, []peerView{leaf}, -1},
@@ -117,6 +121,28 @@ func TestJoinOrder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, joinOrder(tc.direct, tc.displace, tc.punch))
+		})
+	}
+}
+
+func TestClimbDue(t *testing.T) {
+	const s = time.Second
+	for _, tc := range []struct {
+		name                   string
+		sinceLook, sinceParent time.Duration
+		depth, looked          int
+		want                   bool
+	}{
+		{"settled: every climbInterval", 6 * s, 20 * s, 7, 7, true},
+		{"settled, looked lately", 3 * s, 20 * s, 7, 7, false},
+		{"shallower than at the last look: no hurry", 3 * s, 20 * s, 4, 7, false},
+		{"deeper than at the last look: soon", 1500 * time.Millisecond, 20 * s, 9, 7, true},
+		{"just joined deep: soon, not at once", 20 * s, 1500 * time.Millisecond, 9, 0, true},
+		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 9, 0, false},
+		{"a new parent, no deeper: climbInterval", 20 * s, 3 * s, 7, 7, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.depth, tc.looked))
 		})
 	}
 }
