@@ -67,6 +67,11 @@ func (o *Overlay) punch(ctx context.Context, m *Punch) {
 	if !ok {
 		return
 	}
+	if a := o.observed.Load(); a != nil && *a == o.cfg.Transport.Addr() {
+		// Seen from the address we listen on: no NAT of ours to open, and
+		// our packets would reach the joiner's NAT (see punchTTL).
+		return
+	}
 	for range 3 {
 		if err := pu.Punch(ctx, m.Peer.Addr, punchTTL); err != nil {
 			o.log.Debug("punch failed", "addr", m.Peer.Addr, "err", err)

@@ -25,6 +25,9 @@ type peerView struct {
 	// only public nodes can feed it. A claim like the others: a liar
 	// gains a slot of ours, as one that claims a large upload does.
 	restricted bool
+	// apart: the port it reaches us from is not the one it listens on
+	// (a NAT that maps each destination apart, or a port taken).
+	apart bool
 	// public: it reached us from the address it listens on, so no NAT
 	// between maps its port (or its router forwards that port to it):
 	// anyone can dial it there.
@@ -287,8 +290,11 @@ func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uplo
 		}
 		return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
 	case newcomer.restricted:
+		// Not one that reaches us from another port than it listens on:
+		// it may be restricted too and not know it yet (its claim of
+		// slots comes before its dial-back fails).
 		return slices.IndexFunc(children, func(c peerView) bool {
-			return other(c) && slots(c.upload) > 0 && c.free >= slots(c.upload)
+			return other(c) && !c.apart && slots(c.upload) > 0 && c.free >= slots(c.upload)
 		})
 	}
 	return -1

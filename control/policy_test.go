@@ -78,6 +78,7 @@ func TestPickChildToDisplace(t *testing.T) {
 		{"never a restricted one (it could not feed it)", natted, []peerView{other, restricted}, -1},
 		{"a restricted newcomer takes the place of a relay without children", restricted, []peerView{leaf, other, childless}, 2},
 		{"never of one with children (its subtree would move)", restricted, []peerView{leaf, other}, -1},
+		{"nor of one that reaches us from another port (restricted too, perhaps, and not told yet)", restricted, []peerView{{id: testID(9), upload: 400, free: 2, apart: true}}, -1},
 		{"a restricted newcomer never displaces a leaf", restricted, []peerView{leaf}, -1},
 		{"nor another restricted node", restricted, []peerView{{id: testID(7), upload: 0, restricted: true}}, -1},
 	} {

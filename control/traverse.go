@@ -16,9 +16,13 @@ import (
 // opens: one mapping for every destination, and not (yet) known to be
 // reachable without a punch. (A punch towards a public node does no harm,
 // and a node behind a NAT is offered this way as soon as it has checked
-// its NAT, without waiting for the dial-back to time out.)
+// its NAT, without waiting for the dial-back to time out. A node seen from
+// the very address it listens on has no NAT to open: it waits for its
+// dial-back, for its punch would reach the joiner's NAT and leave there
+// the trace of a dropped packet, which maps the joiner's next flow
+// towards it to another port.)
 func (n *tracked) punchable() bool {
-	return n.reach != ReachPublic && n.nat == NATPreserves
+	return n.reach != ReachPublic && n.nat == NATPreserves && n.listen != n.info.Addr
 }
 
 // maxPunch is how many punchable parents one answer lists; punchHold is
