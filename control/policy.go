@@ -213,15 +213,17 @@ func shallowest(ps []PeerInfo, free bool) int {
 	return d
 }
 
-// climbDue reports whether a node at depth looks for a shallower parent
-// now, sinceLook after its last look (at depth looked) and sinceParent
-// after its parent came: every climbInterval once settled, and climbSoon
-// after it came to sit deeper than at its last look (it rejoined, or an
-// ancestor did: churn leaves nodes deep, and a deep node's whole subtree
-// is deep with it until it moves).
-func climbDue(sinceLook, sinceParent time.Duration, depth, looked int) bool {
+// climbDue reports whether a node looks for a shallower parent now,
+// sinceLook after its last look, sinceParent after its parent came and
+// sinceDeeper after it last came to sit deeper (it joined or rejoined, or
+// an ancestor did): every climbInterval once settled, and every climbSoon
+// for climbHurry after it came to sit deeper. Churn leaves whole subtrees
+// deep, the free slots higher up show only once the parents there see
+// that a child died (seconds), and a deep node's subtree is deep with it
+// until it moves.
+func climbDue(sinceLook, sinceParent, sinceDeeper time.Duration) bool {
 	wait := climbInterval
-	if depth > looked {
+	if sinceDeeper < climbHurry {
 		wait = climbSoon
 	}
 	return sinceLook > wait && sinceParent > wait

@@ -129,21 +129,19 @@ func TestJoinOrder(t *testing.T) {
 func TestClimbDue(t *testing.T) {
 	const s = time.Second
 	for _, tc := range []struct {
-		name                   string
-		sinceLook, sinceParent time.Duration
-		depth, looked          int
-		want                   bool
+		name                                string
+		sinceLook, sinceParent, sinceDeeper time.Duration
+		want                                bool
 	}{
-		{"settled: every climbInterval", 6 * s, 20 * s, 7, 7, true},
-		{"settled, looked lately", 3 * s, 20 * s, 7, 7, false},
-		{"shallower than at the last look: no hurry", 3 * s, 20 * s, 4, 7, false},
-		{"deeper than at the last look: soon", 1500 * time.Millisecond, 20 * s, 9, 7, true},
-		{"just joined deep: soon, not at once", 20 * s, 1500 * time.Millisecond, 9, 0, true},
-		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 9, 0, false},
-		{"a new parent, no deeper: climbInterval", 20 * s, 3 * s, 7, 7, false},
+		{"settled: every climbInterval", 6 * s, 20 * s, 30 * s, true},
+		{"settled, looked lately", 3 * s, 20 * s, 30 * s, false},
+		{"came to sit deeper lately: every climbSoon", 1500 * time.Millisecond, 20 * s, 3 * s, true},
+		{"just joined: soon, not at once", 20 * s, 1500 * time.Millisecond, 1500 * time.Millisecond, true},
+		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 500 * time.Millisecond, false},
+		{"deeper long ago: climbInterval again", 3 * s, 20 * s, 10 * s, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.depth, tc.looked))
+			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.sinceDeeper))
 		})
 	}
 }
