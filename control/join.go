@@ -51,7 +51,11 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 			o.waiting = why
 			o.mu.Unlock()
 		}
-		for _, way := range joinOrder(cands, displace, punch) {
+		// The ways are ordered by what the rendezvous offered just now:
+		// what neighbours told of their free slots may be seconds old,
+		// and dialing those first cost an orphan seconds when they were
+		// full.
+		for _, way := range joinOrder(rv.offered(), displace, punch) {
 			switch way {
 			case wayDirect:
 				found = o.probe(ctx, cands, true, maxCandidates, nil)
