@@ -41,8 +41,8 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	}
 	if len(found) == 0 {
 		cands = rv.candidates(ctx)
-		found = o.probe(ctx, cands, true, maxCandidates, nil)
-		if len(cands) == 0 && len(rv.punchable()) == 0 {
+		punch, displace := rv.punchable(), rv.displaceable()
+		if len(cands) == 0 && len(punch) == 0 {
 			why = "no reachable parent: every node the rendezvous knows that we can reach is full"
 			if Reach(o.reach.Load()) == ReachUnreachable && NATBehaviour(o.nat.Load()) != NATPreserves {
 				why += " (behind a NAT that maps each destination apart, we can be fed only by a public relay)"
@@ -51,16 +51,27 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 			o.waiting = why
 			o.mu.Unlock()
 		}
-	}
-	if len(found) == 0 {
-		// A full parent that gives us a child's place: a leaf's when we
-		// can relay, or, when only public nodes can feed us, a relay's
-		// (the rendezvous lists what fits us).
-		found = o.probe(ctx, rv.displaceable(), false, 2, nil)
-	}
-	if len(found) == 0 {
-		o.log.Debug("join: no direct parent; trying punches", "candidates", len(cands), "punchable", len(rv.punchable()))
-		found = o.joinPunched(ctx, rv)
+		// The ways are ordered by what the rendezvous offered just now:
+		// what neighbours told of their free slots may be seconds old,
+		// and dialing those first cost an orphan seconds when they were
+		// full.
+		for _, way := range joinOrder(rv.offered(), displace, punch) {
+			switch way {
+			case wayDirect:
+				found = o.probe(ctx, cands, true, maxCandidates, nil)
+			case wayDisplace:
+				// A full parent that gives us a child's place: a leaf's
+				// when we can relay, or, when only public nodes can feed
+				// us, a relay's (the rendezvous lists what fits us).
+				found = o.probe(ctx, displace, false, 2, nil)
+			case wayPunch:
+				o.log.Debug("join: trying punches", "candidates", len(cands), "punchable", len(punch))
+				found = o.joinPunched(ctx, rv, punch)
+			}
+			if len(found) > 0 {
+				break
+			}
+		}
 	}
 	var parent *peer
 	for _, r := range found {
@@ -122,11 +133,11 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 	if depth < 2 {
 		return false
 	}
-	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.displaceable())
-	if len(plan.targets) == 0 {
-		return false
-	}
+	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.punchable(), rv.displaceable())
 	found := o.probe(ctx, plan.targets, plan.needSlot, 2, nil)
+	if len(found) == 0 && len(plan.punch) > 0 {
+		found = o.joinPunched(ctx, rv, plan.punch)
+	}
 	for i, r := range found {
 		if i > 0 || r.depth > plan.most || !o.subscribeTo(ctx, r.p, uint64(o.newest()+1)) {
 			r.p.conn.Close(CodeGoodbye, "")

@@ -11,6 +11,8 @@ const (
 	backupInterval = time.Second     // between attempts to find a backup
 	backupAfter    = 2 * time.Second // settle before looking for a backup
 	climbInterval  = 5 * time.Second // between looks for a shallower parent
+	climbSoon      = time.Second     // between looks for climbHurry after the node came to sit deeper
+	climbHurry     = 6 * time.Second
 )
 
 // maintainer keeps a listener joined: a pushing parent, warm backups and a
@@ -35,6 +37,8 @@ type maintainer struct {
 	searched      chan bool // a search ended (true: we climbed)
 	lastBackupTry time.Time
 	lastClimb     time.Time
+	depth         int       // the depth at the last tick
+	deeperAt      time.Time // when the node last came to sit deeper
 	bridging      bool
 	bridged       chan struct{}
 }
@@ -235,6 +239,13 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 	if parent == nil || m.searching {
 		return
 	}
+	o.mu.Lock()
+	depth := o.depth
+	o.mu.Unlock()
+	if depth > m.depth {
+		m.deeperAt = now
+	}
+	m.depth = depth
 	switch {
 	case o.needBackups() > 0 && now.Sub(m.lastBackupTry) > backupInterval && now.Sub(m.parentAt) > backupAfter:
 		m.lastBackupTry, m.searching = now, true
@@ -242,7 +253,7 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 			o.findBackups(ctx, m.rv)
 			m.searched <- false
 		})
-	case now.Sub(m.lastClimb) > climbInterval && now.Sub(m.parentAt) > climbInterval:
+	case climbDue(now.Sub(m.lastClimb), now.Sub(m.parentAt), now.Sub(m.deeperAt)):
 		m.lastClimb, m.searching = now, true
 		o.goFunc(func() { m.searched <- o.climb(ctx, m.rv, parent) })
 	}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 )
@@ -66,6 +67,11 @@ func (o *Overlay) punch(ctx context.Context, m *Punch) {
 	if !ok {
 		return
 	}
+	if a := o.observed.Load(); a != nil && *a == o.cfg.Transport.Addr() {
+		// Seen from the address we listen on: no NAT of ours to open, and
+		// our packets would reach the joiner's NAT (see punchTTL).
+		return
+	}
 	for range 3 {
 		if err := pu.Punch(ctx, m.Peer.Addr, punchTTL); err != nil {
 			o.log.Debug("punch failed", "addr", m.Peer.Addr, "err", err)
@@ -79,29 +85,35 @@ func (o *Overlay) punch(ctx context.Context, m *Punch) {
 	}
 }
 
-// joinPunched tries the punchable parents: for each, the rendezvous has it
-// open its NAT to us, and we dial it a moment later.
-func (o *Overlay) joinPunched(ctx context.Context, rv *rendezvous) []ranked {
-	for _, c := range rv.punchable() {
-		if o.failedRecently(c.ID) {
-			continue
+// punchBatch is how many parents behind NATs a joiner reaches at once.
+const punchBatch = 2
+
+// joinPunched tries parents behind NATs, punchBatch at a time: for each,
+// the rendezvous has it open its NAT to us (and holds one of its slots for
+// us a moment), and we dial them all a moment later.
+func (o *Overlay) joinPunched(ctx context.Context, rv *rendezvous, targets []PeerInfo) []ranked {
+	targets = slices.DeleteFunc(slices.Clone(targets), func(c PeerInfo) bool { return o.failedRecently(c.ID) })
+	for len(targets) > 0 {
+		batch := targets[:min(punchBatch, len(targets))]
+		targets = targets[len(batch):]
+		for _, c := range batch {
+			if !rv.send(ctx, &Connect{Target: c.ID}) {
+				return nil
+			}
+			o.log.Debug("punch: asked the rendezvous", "target", c.Addr)
 		}
-		if !rv.send(ctx, &Connect{Target: c.ID}) {
-			return nil
-		}
-		o.log.Debug("punch: asked the rendezvous", "target", c.Addr)
-		// Let the Punch reach it and its packets go out first: a dial
-		// packet that reaches its NAT before them is dropped, and the NAT
+		// Let the Punch reach them and their packets go out first: a dial
+		// packet that reaches a NAT before them is dropped, and the NAT
 		// then maps its flow towards us to another port, which spoils the
 		// punch. The rendezvous is a round trip from us and, say, one from
-		// it; the dial retries its first packets anyway.
+		// them; the dial retries its first packets anyway.
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(max(3*rv.rtt(), 100*time.Millisecond)):
 		}
-		if found := o.probe(ctx, []PeerInfo{c}, true, 1, nil); len(found) > 0 {
-			o.log.Info("reached a parent behind a NAT", "addr", c.Addr)
+		if found := o.probe(ctx, batch, true, len(batch), nil); len(found) > 0 {
+			o.log.Info("reached a parent behind a NAT", "addr", found[0].p.conn.RemoteAddr())
 			return found
 		}
 	}

@@ -373,22 +373,26 @@ func TestPlanClimb(t *testing.T) {
 		return PeerInfo{ID: testID(byte(d*10 + slots)), Depth: d, FreeSlots: slots}
 	}
 	for _, tc := range []struct {
-		name            string
-		depth           int
-		relay           bool
-		cands, displace []PeerInfo
-		want            []PeerInfo
-		needSlot        bool
+		name                   string
+		depth                  int
+		relay                  bool
+		cands, punch, displace []PeerInfo
+		want, wantPunch        []PeerInfo
+		needSlot               bool
 	}{
-		{"shallow nodes never move", 1, true, []PeerInfo{free(0, 1)}, nil, nil, true},
-		{"a free slot three levels up", 5, false, []PeerInfo{free(1, 1), free(2, 1), free(3, 1), free(2, 0)}, nil, []PeerInfo{free(1, 1), free(2, 1)}, true},
-		{"a leaf does not displace", 5, false, nil, []PeerInfo{free(1, 0)}, nil, true},
-		{"a relay takes a leaf's place two levels up", 5, true, []PeerInfo{free(3, 1)}, []PeerInfo{free(2, 0), free(3, 0), free(4, 0)}, []PeerInfo{free(2, 0), free(3, 0)}, false},
+		{"shallow nodes never move", 1, true, []PeerInfo{free(0, 1)}, nil, nil, nil, nil, true},
+		{"a free slot three levels up", 5, false, []PeerInfo{free(1, 1), free(2, 1), free(3, 1), free(2, 0)}, nil, nil, []PeerInfo{free(1, 1), free(2, 1)}, nil, true},
+		{"a leaf does not displace", 5, false, nil, nil, []PeerInfo{free(1, 0)}, nil, nil, true},
+		{"a relay takes a leaf's place two levels up", 5, true, []PeerInfo{free(3, 1)}, nil, []PeerInfo{free(2, 0), free(3, 0), free(4, 0)}, []PeerInfo{free(2, 0), free(3, 0)}, nil, false},
+		{"a free slot behind a NAT three levels up", 6, true, []PeerInfo{free(4, 1)}, []PeerInfo{free(2, 1), free(3, 1), free(4, 1), free(1, 0)}, []PeerInfo{free(1, 0)},
+			nil, []PeerInfo{free(2, 1), free(3, 1)}, true},
+		{"a free slot behind a NAT before a leaf's place", 6, true, nil, []PeerInfo{free(3, 1)}, []PeerInfo{free(1, 0)}, nil, []PeerInfo{free(3, 1)}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := planClimb(tc.depth, tc.relay, tc.cands, tc.displace)
+			p := planClimb(tc.depth, tc.relay, tc.cands, tc.punch, tc.displace)
 			require.Equal(t, tc.want, p.targets)
-			if len(tc.want) > 0 {
+			require.Equal(t, tc.wantPunch, p.punch)
+			if len(tc.want)+len(tc.wantPunch) > 0 {
 				require.Equal(t, tc.needSlot, p.needSlot)
 			}
 		})

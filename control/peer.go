@@ -345,8 +345,9 @@ func (p *peer) info() PeerInfo {
 func (p *peer) snapshot() peerView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	apart := mappedApart(p.listen, p.conn.RemoteAddr())
 	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload,
-		restricted: p.upload <= 0 && mappedApart(p.listen, p.conn.RemoteAddr())}
+		restricted: p.upload <= 0 && apart, apart: apart, public: p.listen != "" && p.listen == p.conn.RemoteAddr()}
 }
 
 // statusDue reports whether p is to be sent st now, and if so records it

@@ -25,6 +25,13 @@ type peerView struct {
 	// only public nodes can feed it. A claim like the others: a liar
 	// gains a slot of ours, as one that claims a large upload does.
 	restricted bool
+	// apart: the port it reaches us from is not the one it listens on
+	// (a NAT that maps each destination apart, or a port taken).
+	apart bool
+	// public: it reached us from the address it listens on, so no NAT
+	// between maps its port (or its router forwards that port to it):
+	// anyone can dial it there.
+	public bool
 }
 
 // fedThrough reports whether v is one of ids or is fed through one.
@@ -175,28 +182,92 @@ func pickSource(sources []*peer, seq uint64, try int) *peer {
 	return best[try%len(best)]
 }
 
+// joinWay is a way to find a parent: dialing one with a free slot,
+// taking a child's place at a full one, or reaching one behind a NAT by a
+// punch.
+type joinWay int
+
+const (
+	wayDirect joinWay = iota
+	wayDisplace
+	wayPunch
+)
+
+// joinOrder is the order in which a joiner tries the ways to a parent:
+// the shallowest place first, whichever way leads there (a punch costs a
+// round trip through the rendezvous, a level more costs every node below
+// for as long as it stays); a child's place never before a free slot we
+// can dial, however deep (it moves another node); at equal depth,
+// dialing, then a child's place, then a punch, as they cost.
+func joinOrder(direct, displace, punch []PeerInfo) []joinWay {
+	dd, dx := shallowest(direct, true), shallowest(displace, false)
+	if dd <= MaxDepth {
+		dx = max(dx, dd)
+	}
+	key := map[joinWay]int{wayDirect: dd, wayDisplace: dx, wayPunch: shallowest(punch, true)}
+	ways := []joinWay{wayDirect, wayDisplace, wayPunch}
+	slices.SortStableFunc(ways, func(a, b joinWay) int { return cmp.Compare(key[a], key[b]) })
+	return ways
+}
+
+// shallowest is the depth of the shallowest of ps (with a free slot when
+// free), MaxDepth+1 when none.
+func shallowest(ps []PeerInfo, free bool) int {
+	d := MaxDepth + 1
+	for _, p := range ps {
+		if p.Depth >= 0 && (!free || p.FreeSlots > 0) {
+			d = min(d, p.Depth)
+		}
+	}
+	return d
+}
+
+// climbDue reports whether a node looks for a shallower parent now,
+// sinceLook after its last look, sinceParent after its parent came and
+// sinceDeeper after it last came to sit deeper (it joined or rejoined, or
+// an ancestor did): every climbInterval once settled, and every climbSoon
+// for climbHurry after it came to sit deeper. Churn leaves whole subtrees
+// deep, the free slots higher up show only once the parents there see
+// that a child died (seconds), and a deep node's subtree is deep with it
+// until it moves.
+func climbDue(sinceLook, sinceParent, sinceDeeper time.Duration) bool {
+	wait := climbInterval
+	if sinceDeeper < climbHurry {
+		wait = climbSoon
+	}
+	return sinceLook > wait && sinceParent > wait
+}
+
 // climbPlan is where a node at depth may move to keep the tree shallow.
 type climbPlan struct {
 	targets  []PeerInfo
-	needSlot bool // subscribing needs a free slot (false: a leaf's place)
-	most     int  // the deepest acceptable parent
+	punch    []PeerInfo // targets reached by a punch, tried after the others
+	needSlot bool       // subscribing needs a free slot (false: a leaf's place)
+	most     int        // the deepest acceptable parent
 }
 
 // planClimb: a node at depth d moves to a parent with a free slot at depth
-// d-3 or less; failing that, a node that can relay takes the place of a
-// leaf under a parent at depth d-2 or less (capable uploaders move up,
-// with their subtrees; a leaf never displaces, so nothing swings back).
-func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
+// d-3 or less, one it can dial or one behind a NAT that a punch opens;
+// failing that, a node that can relay takes the place of a leaf under a
+// parent at depth d-2 or less (capable uploaders move up, with their
+// subtrees; a leaf never displaces, so nothing swings back).
+func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) climbPlan {
 	if depth < 2 {
 		return climbPlan{}
 	}
 	plan := climbPlan{needSlot: true, most: depth - 3}
+	fits := func(c PeerInfo) bool { return c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 }
 	for _, c := range cands {
-		if c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 {
+		if fits(c) {
 			plan.targets = append(plan.targets, c)
 		}
 	}
-	if len(plan.targets) > 0 || !canRelay {
+	for _, c := range punch {
+		if fits(c) {
+			plan.punch = append(plan.punch, c)
+		}
+	}
+	if len(plan.targets)+len(plan.punch) > 0 || !canRelay {
 		return plan
 	}
 	plan = climbPlan{most: depth - 2}
@@ -210,11 +281,14 @@ func planClimb(depth int, canRelay bool, cands, displace []PeerInfo) climbPlan {
 
 // pickChildToDisplace returns the index of the child that a newcomer may
 // replace when we are full, or -1. A newcomer that can take children
-// replaces a leaf (capable uploaders move up), a restricted one last (the
-// rendezvous sends only public nodes for those, which can then feed it);
-// a restricted newcomer, whom only a public node can feed, replaces a
-// child that could take children but has none (no subtree moves), which
-// others can feed, never another restricted one.
+// replaces a leaf (capable uploaders move up), a restricted one last and
+// only when the newcomer is public (the rendezvous sends only public
+// nodes for those, and only a public node can feed it after; one behind
+// a NAT that came for a slot that was taken meanwhile would leave it
+// looking for another public slot, which takes seconds); a restricted
+// newcomer, whom only a public node can feed, replaces a child that could
+// take children but has none (no subtree moves), which others can feed,
+// never another restricted one.
 func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uploadKbps int) int) int {
 	other := func(c peerView) bool { return c.id != newcomer.id && !c.restricted }
 	switch {
@@ -222,10 +296,16 @@ func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uplo
 		if i := slices.IndexFunc(children, func(c peerView) bool { return other(c) && slots(c.upload) == 0 }); i >= 0 {
 			return i
 		}
+		if !newcomer.public {
+			return -1
+		}
 		return slices.IndexFunc(children, func(c peerView) bool { return c.id != newcomer.id && slots(c.upload) == 0 })
 	case newcomer.restricted:
+		// Not one that reaches us from another port than it listens on:
+		// it may be restricted too and not know it yet (its claim of
+		// slots comes before its dial-back fails).
 		return slices.IndexFunc(children, func(c peerView) bool {
-			return other(c) && slots(c.upload) > 0 && c.free >= slots(c.upload)
+			return other(c) && !c.apart && slots(c.upload) > 0 && c.free >= slots(c.upload)
 		})
 	}
 	return -1

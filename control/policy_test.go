@@ -2,6 +2,7 @@ package control
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -55,7 +56,8 @@ func TestPickSourceFollowsBufferMaps(t *testing.T) {
 
 func TestPickChildToDisplace(t *testing.T) {
 	slots := func(kbps int) int { return slotBudget{kbps}.slots(128) }
-	relay := peerView{id: testID(1), upload: 1000}
+	relay := peerView{id: testID(1), upload: 1000, public: true}
+	natted := peerView{id: testID(8), upload: 1000} // behind a NAT: it cannot feed a restricted leaf
 	leaf := peerView{id: testID(2), upload: 0}
 	other := peerView{id: testID(3), upload: 400, free: 1}             // one child
 	childless := peerView{id: testID(5), upload: 400, free: 2}         // none
@@ -72,8 +74,11 @@ func TestPickChildToDisplace(t *testing.T) {
 		{"a leaf by choice never displaces", voluntary, []peerView{leaf, other}, -1},
 		{"a relay displaces a restricted leaf last", relay, []peerView{restricted, leaf}, 1},
 		{"a relay displaces a restricted leaf (it is public: the rendezvous sent it)", relay, []peerView{other, restricted}, 1},
+		{"a relay behind a NAT displaces a leaf by choice", natted, []peerView{restricted, leaf}, 1},
+		{"never a restricted one (it could not feed it)", natted, []peerView{other, restricted}, -1},
 		{"a restricted newcomer takes the place of a relay without children", restricted, []peerView{leaf, other, childless}, 2},
 		{"never of one with children (its subtree would move)", restricted, []peerView{leaf, other}, -1},
+		{"nor of one that reaches us from another port (restricted too, perhaps, and not told yet)", restricted, []peerView{{id: testID(9), upload: 400, free: 2, apart: true}}, -1},
 		{"a restricted newcomer never displaces a leaf", restricted, []peerView{leaf}, -1},
 		{"nor another restricted node", restricted, []peerView{{id: testID(7), upload: 0, restricted: true}}, -1},
 	} {
@@ -97,5 +102,46 @@ func TestMappedApart(t *testing.T) {
 		{"", "192.0.2.7:61000", false}, // nothing said
 	} {
 		require.Equal(t, tc.want, mappedApart(tc.listen, tc.remote), "%s from %s", tc.listen, tc.remote)
+	}
+}
+
+func TestJoinOrder(t *testing.T) {
+	at := func(d, free int) []PeerInfo { return []PeerInfo{{ID: testID(byte(d)), Depth: d, FreeSlots: free}} }
+	for _, tc := range []struct {
+		name                    string
+		direct, displace, punch []PeerInfo
+		want                    []joinWay
+	}{
+		{"nothing known: as they cost", nil, nil, nil, []joinWay{wayDirect, wayDisplace, wayPunch}},
+		{"a free slot as shallow as a punched one: dialed first", at(3, 1), nil, at(3, 1), []joinWay{wayDirect, wayPunch, wayDisplace}},
+		{"a punched slot shallower: punched first", at(7, 1), nil, at(3, 2), []joinWay{wayPunch, wayDirect, wayDisplace}},
+		{"a direct candidate that is full counts for nothing", append(at(1, 0), at(6, 1)...), nil, at(3, 1), []joinWay{wayPunch, wayDirect, wayDisplace}},
+		{"a leaf's place shallower than a punched slot", nil, at(2, 0), at(4, 1), []joinWay{wayDisplace, wayPunch, wayDirect}},
+		{"a leaf's place never before a free slot", at(5, 1), at(2, 0), nil, []joinWay{wayDirect, wayDisplace, wayPunch}},
+		{"a punched slot shallower than a leaf's place", at(8, 1), at(6, 0), at(3, 1), []joinWay{wayPunch, wayDirect, wayDisplace}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, joinOrder(tc.direct, tc.displace, tc.punch))
+		})
+	}
+}
+
+func TestClimbDue(t *testing.T) {
+	const s = time.Second
+	for _, tc := range []struct {
+		name                                string
+		sinceLook, sinceParent, sinceDeeper time.Duration
+		want                                bool
+	}{
+		{"settled: every climbInterval", 6 * s, 20 * s, 30 * s, true},
+		{"settled, looked lately", 3 * s, 20 * s, 30 * s, false},
+		{"came to sit deeper lately: every climbSoon", 1500 * time.Millisecond, 20 * s, 3 * s, true},
+		{"just joined: soon, not at once", 20 * s, 1500 * time.Millisecond, 1500 * time.Millisecond, true},
+		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 500 * time.Millisecond, false},
+		{"deeper long ago: climbInterval again", 3 * s, 20 * s, 10 * s, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.sinceDeeper))
+		})
 	}
 }

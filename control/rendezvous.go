@@ -240,6 +240,14 @@ func (r *rendezvous) candidates(ctx context.Context) []PeerInfo {
 	return out
 }
 
+// offered is the rendezvous's last list of candidates, without the peers
+// heard of from neighbours (whose free slots may be long gone).
+func (r *rendezvous) offered() []PeerInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.cands)
+}
+
 // punchable is the last list of parents behind port-preserving NATs.
 func (r *rendezvous) punchable() []PeerInfo {
 	r.mu.Lock()

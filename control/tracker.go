@@ -625,7 +625,7 @@ func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo 
 			if n != t.self && now.Sub(n.seen) > offerFor {
 				continue // silent since: perhaps gone (its session may take the idle timeout to end)
 			}
-			if nid == id || t.isDescendant(n, id) || (now.Before(n.heldUntil) && n.held >= n.info.FreeSlots) || t.failedFor(id, nid) {
+			if nid == id || t.isDescendant(n, id) || n.heldFull(now) || t.failedFor(id, nid) {
 				continue
 			}
 			level = append(level, n.info)
@@ -639,14 +639,26 @@ func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo 
 	out = out[:min(len(out), t.cfg.MaxCandidates)]
 	if reserve && len(out) > 0 {
 		if n := t.nodes[out[0].ID]; n != nil {
-			if now.After(n.heldUntil) {
-				n.held = 0
-			}
-			n.held++
-			n.heldUntil = now.Add(holdFor)
+			n.hold(now, holdFor)
 		}
 	}
 	return out
+}
+
+// hold holds one more of n's slots for a joiner, for d from now.
+func (n *tracked) hold(now time.Time, d time.Duration) {
+	if now.After(n.heldUntil) {
+		n.held = 0
+	}
+	n.held++
+	if until := now.Add(d); until.After(n.heldUntil) {
+		n.heldUntil = until
+	}
+}
+
+// heldFull reports whether every free slot of n is held for joiners.
+func (n *tracked) heldFull(now time.Time) bool {
+	return now.Before(n.heldUntil) && n.held >= n.info.FreeSlots
 }
 
 // maxDisplace is how many parents of leaves one answer lists.

@@ -214,3 +214,59 @@ func TestTrackerKeepsPublicSlotsForRestrictedNodes(t *testing.T) {
 		require.Equal(t, []string{"a2"}, addrs(c.Peers))
 	})
 }
+
+func TestTrackerPunchOffers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := NewTracker(TrackerConfig{})
+		id := func(i byte) NodeID { return NodeID{i} }
+		tr.SetSelf(PeerInfo{ID: id(1), Addr: "root", Depth: 0, FreeSlots: 0})
+		// 3 is behind a port-preserving NAT with a slot; 4 says the same of
+		// its NAT but listens at the address it registers from: it has no
+		// NAT to open, and waits for its dial-back.
+		tr.register(id(3), "a3:1", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves, ListenAddr: "lan3:1"})
+		tr.register(id(4), "a4:1", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves, ListenAddr: "a4:1"})
+		tr.mu.Lock()
+		tr.nodes[id(3)].reach = ReachUnreachable // their dial-backs failed
+		tr.nodes[id(4)].reach = ReachUnreachable
+		tr.mu.Unlock()
+		tr.register(id(3), "a3:1", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves, ListenAddr: "lan3:1"})
+		tr.register(id(4), "a4:1", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves, ListenAddr: "a4:1"})
+		for _, tc := range []struct {
+			name string
+			nat  NATBehaviour
+			want []string
+		}{
+			{"a joiner behind a port-preserving NAT", NATPreserves, []string{"a3:1"}},
+			{"a joiner whose NAT is not known yet", NATUnknown, []string{"a3:1"}},
+			{"a joiner behind a port-randomising NAT: no punch opens its NAT", NATRandomises, nil},
+		} {
+			c := tr.register(id(9), "a9:1", &Register{Depth: -1, Want: true, NAT: tc.nat})
+			require.Equal(t, tc.want, addrs(c.Punch), tc.name)
+		}
+
+		// A Connect holds 3's slot for the asker: the next joiner is not
+		// sent there meanwhile.
+		net := NewMemNetwork(MemConfig{})
+		defer net.Close()
+		a, err := net.NewTransport(nil)
+		require.NoError(t, err)
+		b, err := net.NewTransport(nil)
+		require.NoError(t, err)
+		go func() {
+			if c, err := a.Accept(t.Context()); err == nil {
+				<-c.Done()
+			}
+		}()
+		session, err := b.Dial(t.Context(), a.Addr(), nil)
+		require.NoError(t, err)
+		defer session.Close(CodeNormal, "")
+		tr.setSession(id(3), session)
+		tr.connect(t.Context(), id(9), id(3))
+		c := tr.register(id(10), "a10:1", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Empty(t, c.Punch, "its one slot is held")
+		time.Sleep(punchHold)
+		tr.register(id(3), "a3:1", &Register{Depth: 1, Parent: id(1), FreeSlots: 1, NAT: NATPreserves, ListenAddr: "lan3:1"})
+		c = tr.register(id(10), "a10:1", &Register{Depth: -1, Want: true, NAT: NATPreserves})
+		require.Equal(t, []string{"a3:1"}, addrs(c.Punch), "offered again once the hold is over")
+	})
+}

@@ -16,21 +16,35 @@ import (
 // opens: one mapping for every destination, and not (yet) known to be
 // reachable without a punch. (A punch towards a public node does no harm,
 // and a node behind a NAT is offered this way as soon as it has checked
-// its NAT, without waiting for the dial-back to time out.)
+// its NAT, without waiting for the dial-back to time out. A node seen from
+// the very address it listens on has no NAT to open: it waits for its
+// dial-back, for its punch would reach the joiner's NAT and leave there
+// the trace of a dropped packet, which maps the joiner's next flow
+// towards it to another port.)
 func (n *tracked) punchable() bool {
-	return n.reach != ReachPublic && n.nat == NATPreserves
+	return n.reach != ReachPublic && n.nat == NATPreserves && n.listen != n.info.Addr
 }
 
-// maxPunch is how many punchable parents one answer lists.
-const maxPunch = 4
+// maxPunch is how many punchable parents one answer lists; punchHold is
+// how long a slot of one is held for a joiner that asked to reach it (a
+// Punch, a round trip, a dial and a subscription).
+const (
+	maxPunch  = 4
+	punchHold = time.Second
+)
 
 // traversal adds to c what a node behind a NAT needs: punchable parents,
 // parents behind its own public address (by their LAN address), and the
 // echo address. t.mu is held.
 func (t *Tracker) traversal(asker *tracked, c *Candidates, now time.Time) {
+	// A node behind a NAT that maps each destination apart cannot be
+	// punched to: its dial leaves from another port than the one the
+	// parent opened its NAT to (and leaves a trace there that spoils the
+	// parent's next punch). It gets only parents on its own LAN.
+	restricted := asker.restricted()
 	for d := 0; d <= t.maxDepth && len(c.Punch) < maxPunch; d++ {
 		for nid, n := range t.punchable[d] {
-			if nid == asker.info.ID || t.isDescendant(n, asker.info.ID) || t.failedFor(asker.info.ID, nid) || now.Sub(n.seen) > offerFor {
+			if nid == asker.info.ID || t.isDescendant(n, asker.info.ID) || t.failedFor(asker.info.ID, nid) || now.Sub(n.seen) > offerFor || n.heldFull(now) {
 				continue
 			}
 			info := n.info
@@ -39,6 +53,9 @@ func (t *Tracker) traversal(asker *tracked, c *Candidates, now time.Time) {
 				// (routers seldom hairpin).
 				info.Addr = n.listen
 				c.Peers = append(c.Peers, info)
+				continue
+			}
+			if restricted {
 				continue
 			}
 			c.Punch = append(c.Punch, info)
@@ -83,6 +100,10 @@ func (t *Tracker) connect(ctx context.Context, asker, target NodeID) {
 		return
 	}
 	c, peer := n.session, a.info
+	// The asker takes one of its slots: held for it while the punch and
+	// the subscription run, so that joiners that got the same list go
+	// elsewhere.
+	n.hold(time.Now(), punchHold)
 	t.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
