@@ -297,9 +297,24 @@ func FuzzFile(f *testing.F) {
 			return
 		}
 		defer fl.Close()
-		got, err := io.ReadAll(fl)
-		require.NoError(t, err)
-		require.True(t, bytes.Equal(data, got))
+		type result struct {
+			got []byte
+			err error
+		}
+		read := make(chan result, 1)
+		go func() {
+			got, err := io.ReadAll(fl)
+			read <- result{got, err}
+		}()
+		select {
+		case r := <-read:
+			require.NoError(t, r.err)
+			require.True(t, bytes.Equal(data, r.got))
+		case <-time.After(5 * time.Second):
+			// Without this the fuzzer reports a hang only as a worker that
+			// stopped answering, and saves no input.
+			t.Fatalf("reading %d bytes hangs: %x", len(data), data)
+		}
 	})
 }
 
