@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -81,21 +80,8 @@ func (noHost) Detach(output.Peer)                  {}
 func (noHost) Children() int                       { return 0 }
 
 func TestAPeerWhosePacketsKeepComingIsAlive(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	net := NewMemNetwork(MemConfig{})
-	defer net.Close()
-	a, err := net.NewTransport(nil)
-	require.NoError(t, err)
-	b, err := net.NewTransport(nil)
-	require.NoError(t, err)
-	go func() {
-		if c, err := b.Accept(ctx); err == nil {
-			<-c.Done()
-		}
-	}()
-	mc, err := a.Dial(ctx, b.Addr(), nil)
-	require.NoError(t, err)
+	a, b := newMemPair(t, MemConfig{})
+	mc, _ := connect(t, a, b)
 	conn := &countingConn{Conn: mc}
 	o := &Overlay{log: slog.New(slog.DiscardHandler), host: noHost{}, peers: make(map[*peer]struct{}), failed: make(map[NodeID]time.Time)}
 	p := newPeer(o, conn, false)

@@ -246,19 +246,8 @@ func TestTrackerPunchOffers(t *testing.T) {
 
 		// A Connect holds 3's slot for the asker: the next joiner is not
 		// sent there meanwhile.
-		net := NewMemNetwork(MemConfig{})
-		defer net.Close()
-		a, err := net.NewTransport(nil)
-		require.NoError(t, err)
-		b, err := net.NewTransport(nil)
-		require.NoError(t, err)
-		go func() {
-			if c, err := a.Accept(t.Context()); err == nil {
-				<-c.Done()
-			}
-		}()
-		session, err := b.Dial(t.Context(), a.Addr(), nil)
-		require.NoError(t, err)
+		a, b := newMemPair(t, MemConfig{})
+		session, _ := connect(t, a, b)
 		defer session.Close(CodeNormal, "")
 		tr.setSession(id(3), session)
 		tr.connect(t.Context(), id(9), id(3))
