@@ -39,6 +39,8 @@ type swarmLab struct {
 	pages    []*tab
 }
 
+// startSwarmLab starts the broadcast and listen examples and Chromium; when
+// the test fails, its state is logged (debug) before they are stopped.
 func startSwarmLab(t *testing.T, ctx context.Context, nodeKbps int) *swarmLab {
 	dir := t.TempDir()
 	bin := map[string]string{}
@@ -72,6 +74,11 @@ func startSwarmLab(t *testing.T, ctx context.Context, nodeKbps int) *swarmLab {
 		return err == nil && st.Depth == 1 && st.Playing != nil && *st.Playing
 	}, 20*time.Second, 100*time.Millisecond, "the Go listener plays")
 	l.c = startChromium(t, browserFlags...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			l.debug()
+		}
+	})
 	return l
 }
 
@@ -215,11 +222,6 @@ func TestPagesJoinAGoNode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	l := startSwarmLab(t, ctx, 300)
-	t.Cleanup(func() {
-		if t.Failed() {
-			l.debug()
-		}
-	})
 	addr, err := ParseAddress(l.station)
 	require.NoError(t, err)
 	hostile := startHostilePage(t, ctx, "http://"+l.node, addr.Station)
@@ -346,11 +348,6 @@ func TestBrowserPeersFigures(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	l := startSwarmLab(t, ctx, 300)
-	t.Cleanup(func() {
-		if t.Failed() {
-			l.debug()
-		}
-	})
 	var startups []float64
 	for range 6 {
 		l.open(300)
