@@ -111,3 +111,7 @@ type packetCounter interface {
 }
 
 var _ packetCounter = (*QUICConn)(nil)
+
+// statser is a Conn that counts its data messages: both transports'
+// connections (QUICConn, MemConn).
+type statser interface{ Stats() ConnStats }

@@ -84,8 +84,8 @@ type OverlayConfig struct {
 	// zero or negative means no children (a leaf).
 	UploadKbps int
 	// Burst is how many recent chunks a new child is sent at once. Zero
-	// means those of the last 1.2 s (burstAudio): 6 of the default 200 ms
-	// chunks, 12 of 100 ms.
+	// means those of the last 1.2 s (burstAudio): 12 of the default 100 ms
+	// chunks, 6 of 200 ms.
 	Burst int
 	// WindowSize is how many recent chunks Window holds: chunks older than
 	// that behind the newest are not accepted. Zero means 50.
@@ -431,7 +431,7 @@ func (o *Overlay) quietFor(p *peer, isParent bool, now time.Time) time.Duration 
 	const lately = statusEvery + statusEvery/2
 	switch {
 	case p.child.Load():
-		if sc, ok := p.conn.(interface{ Stats() ConnStats }); ok && p.fedWithin(sc.Stats().DataSent, now, lately) {
+		if sc, ok := p.conn.(statser); ok && p.fedWithin(sc.Stats().DataSent, now, lately) {
 			return childQuiet
 		}
 	case isParent:

@@ -200,10 +200,6 @@ type loadState struct {
 	shed     int64 // children shed so far
 }
 
-// statser is a Conn that counts its data messages: both transports'
-// connections (QUICConn, MemConn).
-type statser interface{ Stats() ConnStats }
-
 // loadLoop watches the node's load every loadTick and sheds children when
 // judgeLoad says so.
 func (o *Overlay) loadLoop(ctx context.Context) {
