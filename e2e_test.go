@@ -130,11 +130,7 @@ func checkPlayedSkips(t *testing.T, name string, got, ref []int16, first int64, 
 			r.tail++
 			continue
 		}
-		w := ref[off+i : min(off+i+len(g), len(ref))]
-		worst := 0
-		for j := range w {
-			worst = max(worst, abs(int(g[j])-int(w[j])))
-		}
+		worst := maxDiff(ref[off+i:min(off+i+len(g), len(ref))], g)
 		if worst > 1 && peak(g) != 0 && r.skipped < skips && len(g) == frameSamples {
 			for k := off + i + frameSamples; k+frameSamples <= len(ref); k += frameSamples {
 				if maxDiff(g, ref[k:k+frameSamples]) <= 1 {
