@@ -204,7 +204,7 @@ func joinOrder(direct, displace, punch []PeerInfo) []joinWay {
 	if dd <= MaxDepth {
 		dx = max(dx, dd)
 	}
-	key := map[joinWay]int{wayDirect: dd, wayDisplace: dx, wayPunch: shallowest(punch, true)}
+	key := [...]int{wayDirect: dd, wayDisplace: dx, wayPunch: shallowest(punch, true)}
 	ways := []joinWay{wayDirect, wayDisplace, wayPunch}
 	slices.SortStableFunc(ways, func(a, b joinWay) int { return cmp.Compare(key[a], key[b]) })
 	return ways

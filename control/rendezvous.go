@@ -38,12 +38,8 @@ type rendezvous struct {
 	echoing  bool       // a NAT check ran
 	got      chan struct{}
 	lastReg  time.Time
-	regDepth int // the depth last registered
-	regFree  int // the free slots last registered
-
-	regMapped string    // the port mapping last registered
-	regLast   regKey    // what the last registration said
-	regMoved  time.Time // when a registration last differed from the one before
+	regLast  regKey    // what the last registration said
+	regMoved time.Time // when a registration last differed from the one before
 }
 
 func newRendezvous(o *Overlay) *rendezvous { return &rendezvous{o: o} }
@@ -160,7 +156,6 @@ func (r *rendezvous) register(ctx context.Context, want bool) chan struct{} {
 	r.mu.Lock()
 	got := r.got
 	r.lastReg = time.Now()
-	r.regDepth, r.regFree, r.regMapped = reg.Depth, reg.FreeSlots, reg.Mapped
 	if k := keyOf(reg); k != r.regLast {
 		r.regLast, r.regMoved = k, r.lastReg
 	}
@@ -198,7 +193,7 @@ func (r *rendezvous) maybeRegister(ctx context.Context) {
 	now := time.Now()
 	r.mu.Lock()
 	every := registerInterval(now.Sub(r.regMoved), o.maxChildren() == 0)
-	due := now.Sub(r.lastReg) > every || depth != r.regDepth || (free == 0) != (r.regFree == 0) || o.mappedAddr() != r.regMapped
+	due := now.Sub(r.lastReg) > every || depth != r.regLast.depth || (free == 0) != (r.regLast.free == 0) || o.mappedAddr() != r.regLast.mapped
 	r.mu.Unlock()
 	if due {
 		r.register(ctx, false)
