@@ -135,6 +135,8 @@ func (h *Handler) Status() Status {
 		Depth:       s.Depth,
 		Slots:       s.Slots,
 		Peers:       s.Peers,
+		Shed:        s.Shed,
+		Overloaded:  s.Overloaded,
 		Parents:     web.Peers(o.Parents),
 		Children:    web.Peers(o.Children),
 	}

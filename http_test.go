@@ -289,6 +289,16 @@ func TestHandlerWithoutStream(t *testing.T) {
 	require.Empty(t, s.Stream)
 	require.Nil(t, s.HTTP)
 	require.Equal(t, "Quiet", s.Title)
+
+	// The overload figures are there for a node that never shed (the
+	// namespace lab's TestOverloadLab reads them from one that did).
+	resp, err = http.Get(srv.URL + "/status.json")
+	require.NoError(t, err)
+	var raw map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&raw))
+	resp.Body.Close()
+	require.Equal(t, 0.0, raw["shed"])
+	require.Equal(t, false, raw["overloaded"])
 }
 
 func TestSetTitleOnlyAtTheBroadcaster(t *testing.T) {

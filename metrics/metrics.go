@@ -92,6 +92,7 @@ func NewCollector(node Node, cfg Config) *Collector {
 	add("frames_muted_total", "Frames received but played as silence (bit reservoir missing or decode error).", counter, i64(func(s *p2pradio.Stats) int64 { return s.Playout.FramesMuted }))
 	add("underruns_total", "Frames handed to the sink after they were due.", counter, i64(func(s *p2pradio.Stats) int64 { return s.Playout.Underruns }))
 	add("rebuffers_total", "Times playback stopped to buffer again.", counter, i64(func(s *p2pradio.Stats) int64 { return s.Playout.Rebuffers }))
+	add("shed_children_total", "Children closed because this node could not keep up with them (its uplink carries less than it claims).", counter, i64(func(s *p2pradio.Stats) int64 { return s.Shed }))
 	add("recoveries_total", "Parent changes followed by audio.", counter, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.Recoveries) })
 
 	add("continuity_ratio", "Frames played from received audio / frames due since playback began.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.Continuity })
@@ -99,6 +100,7 @@ func NewCollector(node Node, cfg Config) *Collector {
 	add("parents", "Parents: the pushing one and the backup.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(len(s.Parents)) })
 	add("children", "Children this node relays to.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.Children) })
 	add("child_slots", "Children the upload budget allows.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.Slots) })
+	add("overloaded", "1 while this node offers fewer child slots than its budget allows because it could not keep up lately.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return b2f(s.Overloaded) })
 	add("peers", "Links to other nodes.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return float64(s.Peers) })
 	add("playing", "1 while playing, 0 while joining or buffering.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return b2f(s.Playout.Playing) })
 	add("buffer_seconds", "Audio received and not yet played.", gauge, func(s *p2pradio.Stats, _ *output.HTTPStats) float64 { return s.Playout.Buffered.Seconds() })

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -154,4 +155,23 @@ p2pradio_browser_pages_playing 2
 # TYPE p2pradio_browser_continuity_ratio gauge
 p2pradio_browser_continuity_ratio 0.95
 `), "p2pradio_browser_pages", "p2pradio_browser_pages_playing", "p2pradio_browser_continuity_ratio"))
+}
+
+func TestCollectorExportsOverload(t *testing.T) {
+	s := listenerStats()
+	n := &fakeNode{s: s}
+	c := NewCollector(n, Config{})
+	want := func(shed int, overloaded int) string {
+		return fmt.Sprintf(`
+# HELP p2pradio_shed_children_total Children closed because this node could not keep up with them (its uplink carries less than it claims).
+# TYPE p2pradio_shed_children_total counter
+p2pradio_shed_children_total %d
+# HELP p2pradio_overloaded 1 while this node offers fewer child slots than its budget allows because it could not keep up lately.
+# TYPE p2pradio_overloaded gauge
+p2pradio_overloaded %d
+`, shed, overloaded)
+	}
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want(0, 0)), "p2pradio_shed_children_total", "p2pradio_overloaded"))
+	n.s.Shed, n.s.Overloaded = 3, true
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want(3, 1)), "p2pradio_shed_children_total", "p2pradio_overloaded"))
 }

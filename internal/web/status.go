@@ -35,6 +35,12 @@ type Status struct {
 	Children []StatusPeer `json:"children"`
 	Slots    int          `json:"slots"`
 	Peers    int          `json:"peers"`
+	// Shed counts the children this node closed because it could not
+	// keep up with them (its uplink carries less than it claims);
+	// Overloaded is true while it therefore offers fewer child slots
+	// than its budget allows (one comes back per 10 s healthy).
+	Shed       int64 `json:"shed"`
+	Overloaded bool  `json:"overloaded"`
 
 	// Playback, when this node plays (null at a broadcaster without Sink;
 	// continuity and lag are null until they are known).
