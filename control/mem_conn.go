@@ -372,6 +372,16 @@ func (c *MemConn) SendData(msg []byte) error {
 	return nil
 }
 
+// SendWait is how long a data message sent now would wait for the link's
+// bandwidth before it departs (the queue ahead of it); 0 on a link
+// without a bandwidth limit.
+func (c *MemConn) SendWait() time.Duration {
+	p := c.out
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return max(0, time.Until(p.busyUntil))
+}
+
 // ReceiveData waits for the next data message; see Conn.
 func (c *MemConn) ReceiveData(ctx context.Context) ([]byte, error) {
 	return c.receive(ctx, true)

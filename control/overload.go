@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/p2pradio/p2pradio/internal/testhook"
 )
 
 // Overload: a node that cannot keep up sheds children before its own
@@ -54,19 +56,85 @@ const (
 	// its link means the packets to it wait in a queue: our uplink
 	// carries less than we send.
 	queueLimit = 300 * time.Millisecond
+	// waitLimit: a data message to a child that has waited this long
+	// since it was handed to the link (in the link's send queue, then
+	// while it is written) means the link carries less than the stream:
+	// with ours saturated, every child's does. A healthy link writes a
+	// chunk within milliseconds; a lost packet holds one lane for about
+	// a round trip.
+	waitLimit = 500 * time.Millisecond
+	// A link that lost minDropped packets and at least 1/dropShare of
+	// those it sent in one tick meets a full queue (a random loss of a
+	// few percent does not).
+	minDropped = 3
+	dropShare  = 10
 	// capRecover is how long the node stays healthy before it advertises
 	// one more free slot.
 	capRecover = 10 * time.Second
 )
 
+// sendWaiter is a Conn that knows how long its data messages wait to go
+// out: both transports'.
+type sendWaiter interface {
+	// SendWait is how long the data message at the head of the link's
+	// send queue has waited since SendData; 0 when none waits.
+	SendWait() time.Duration
+}
+
+var (
+	_ sendWaiter = (*QUICConn)(nil)
+	_ sendWaiter = (*MemConn)(nil)
+)
+
+// packetLoser is a Conn that counts the packets it sent and those the
+// network lost: QUIC's loss detection.
+type packetLoser interface {
+	// Packets returns the packets sent and declared lost so far.
+	Packets() (sent, lost uint64)
+}
+
+var _ packetLoser = (*QUICConn)(nil)
+
+// childLoad is what the overload loop saw of one child's link this tick.
+type childLoad struct {
+	lost       uint64        // data messages dropped or abandoned on the way
+	rtt, least time.Duration // its round trip now, and the least since the link's first tick
+	seen       bool          // the link was a child's at the last tick too (least is known)
+	wait       time.Duration // SendWait
+	// packets sent on the link this tick, and declared lost (0 on a
+	// transport that does not say).
+	packets, dropped uint64
+}
+
+// behind reports whether our sends to the child fall behind, and says
+// how: it lost chunks; a chunk has waited waitLimit to go out (the link
+// carries less than the stream: congestion control holds it back); the
+// network lost a tenth (1/dropShare) of the packets sent this tick (a full queue
+// on the way, ours when it is our uplink: a short queue drops before the
+// round trip grows); or the round trip grew by queueLimit over its least
+// (packets wait in a long queue on the way). "" when it keeps up. Any
+// one child's link may do each of these; judgeLoad blames our uplink
+// only when they happen to many children at once.
+func (c childLoad) behind() string {
+	switch {
+	case c.lost > 0:
+		return "lost"
+	case c.wait >= waitLimit:
+		return "waiting"
+	case c.dropped >= minDropped && c.dropped*dropShare >= c.packets:
+		return "dropped"
+	case c.seen && c.rtt > 0 && c.rtt-c.least > queueLimit:
+		return "queued"
+	}
+	return ""
+}
+
 // loadInput is one loadTick's snapshot for judgeLoad.
 type loadInput struct {
 	children int
-	// failing is how many children lost chunks on the way this tick
-	// (their send queue was full or a chunk missed its deadline), or
-	// whose round trip grew by queueLimit over the least seen on their
-	// link (our uplink's queue is growing); failed counts the chunks
-	// lost, sent the chunks that went out.
+	// failing is how many children our sends fall behind (see
+	// childLoad.behind); failed counts the chunks lost, sent the chunks
+	// that went out.
 	failing      int
 	failed, sent uint64
 	late         time.Duration // the longest arrival-to-send wait (Load.Late)
@@ -196,6 +264,7 @@ type loadState struct {
 	cap      slotCap
 	lastShed time.Time
 	sent     map[*peer][2]uint64 // each child's DataSent and failures at the last tick
+	packets  map[*peer][2]uint64 // each child's packets sent and lost at the last tick
 	minRTT   map[*peer]time.Duration
 	shed     int64 // children shed so far
 }
@@ -233,7 +302,7 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 		ls := &o.load
 		ls.mu.Lock()
 		ls.cap.healthy(now, o.maxChildren())
-		ls.sent, ls.minRTT = nil, nil
+		ls.sent, ls.minRTT, ls.packets = nil, nil, nil
 		ls.mu.Unlock()
 		if o.cfg.Load != nil {
 			o.cfg.Load() // resets Late
@@ -254,30 +323,45 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 	in.children = len(children)
 	ls := &o.load
 	ls.mu.Lock()
-	prev, prevRTT := ls.sent, ls.minRTT
+	prev, prevRTT, prevPackets := ls.sent, ls.minRTT, ls.packets
 	ls.sent = make(map[*peer][2]uint64, len(children))
+	ls.packets = make(map[*peer][2]uint64, len(children))
 	ls.minRTT = make(map[*peer]time.Duration, len(children))
+	var how []string // for the log
 	for _, p := range children {
-		rtt := p.conn.RTT()
-		least, seen := prevRTT[p]
-		if !seen || rtt < least {
-			least = rtt
+		var c childLoad
+		c.rtt = p.conn.RTT()
+		c.least, c.seen = prevRTT[p]
+		if !c.seen || c.rtt < c.least {
+			c.least = c.rtt
 		}
-		ls.minRTT[p] = least
-		queued := seen && rtt > 0 && rtt-least > queueLimit
-		var lost uint64
+		ls.minRTT[p] = c.least
 		if s, ok := p.conn.(statser); ok {
 			st := s.Stats()
 			cur := [2]uint64{st.DataSent, st.SendDropped + st.DataFailed}
 			ls.sent[p] = cur
 			if was, ok := prev[p]; ok { // its burst and first tick are not the node's load
 				in.sent += cur[0] - was[0]
-				lost = cur[1] - was[1]
+				c.lost = cur[1] - was[1]
+			} else {
+				c.seen = false
 			}
 		}
-		if lost > 0 || queued {
+		if w, ok := p.conn.(sendWaiter); ok && c.seen {
+			c.wait = w.SendWait()
+		}
+		if pl, ok := p.conn.(packetLoser); ok {
+			var cur [2]uint64
+			cur[0], cur[1] = pl.Packets()
+			ls.packets[p] = cur
+			if was, ok := prevPackets[p]; ok && cur[0] >= was[0] && cur[1] >= was[1] {
+				c.packets, c.dropped = cur[0]-was[0], cur[1]-was[1]
+			}
+		}
+		if b := c.behind(); b != "" {
 			in.failing++
-			in.failed += lost
+			in.failed += c.lost
+			how = append(how, b)
 		}
 	}
 	in.sinceShed = time.Duration(1<<62 - 1)
@@ -286,6 +370,11 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 	}
 	v := judgeLoad(in)
 	slots := o.maxChildren()
+	if v.overloaded && testhook.NoShed.Load() {
+		ls.mu.Unlock()
+		o.log.Info("overloaded, shedding disabled by a test", "why", v.why, "children", in.children, "failing", in.failing, "how", how)
+		return
+	}
 	if !v.overloaded {
 		ls.cap.healthy(now, slots)
 		ls.mu.Unlock()
@@ -311,7 +400,7 @@ func (o *Overlay) checkLoad(now time.Time, sched time.Duration, fed bool) {
 	if !was || len(victims) > 0 {
 		level = slog.LevelInfo
 	}
-	o.log.Log(context.Background(), level, "overloaded", "why", v.why, "children", in.children, "failing", in.failing, "lost", in.failed, "late", in.late, "sched", sched,
+	o.log.Log(context.Background(), level, "overloaded", "why", v.why, "children", in.children, "failing", in.failing, "how", how, "lost", in.failed, "late", in.late, "sched", sched,
 		"buffered", in.buffered, "shedding", len(victims))
 	for _, p := range victims {
 		o.host.Detach(p.conn)

@@ -50,6 +50,26 @@ func TestJudgeLoad(t *testing.T) {
 	}
 }
 
+func TestAChildIsBehindWhenItsChunksAreLostQueuedOrWaiting(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name string
+		in   childLoad
+		want string
+	}{
+		{"keeps up", childLoad{rtt: 40 * ms, least: 30 * ms, seen: true, wait: 2 * ms}, ""},
+		{"lost chunks", childLoad{lost: 1, rtt: 40 * ms, least: 30 * ms, seen: true}, "lost"},
+		{"a chunk waits to go out", childLoad{rtt: 40 * ms, least: 30 * ms, seen: true, wait: waitLimit}, "waiting"},
+		{"a short wait is a lost packet's retransmission", childLoad{rtt: 40 * ms, least: 30 * ms, seen: true, wait: waitLimit - ms}, ""},
+		{"the round trip grew: packets queue on the way", childLoad{rtt: 30*ms + queueLimit + ms, least: 30 * ms, seen: true}, "queued"},
+		{"a round trip that grew by less", childLoad{rtt: 30*ms + queueLimit, least: 30 * ms, seen: true}, ""},
+		{"a long round trip from the start is a far child", childLoad{rtt: time.Second, least: time.Second, seen: true}, ""},
+		{"no least before its second tick", childLoad{rtt: time.Second, least: 0}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, tc.in.behind()) })
+	}
+}
+
 func TestSlotCapRecoversOneSlotAtATime(t *testing.T) {
 	var c slotCap
 	t0 := time.Unix(1000, 0)

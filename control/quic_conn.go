@@ -228,6 +228,26 @@ func (c *QUICConn) Stats() ConnStats { return c.stats.snapshot() }
 // Receive.
 func (c *QUICConn) Buffered() (data, control int64) { return c.dataBuf.held(), c.ctrlBuf.held() }
 
+// Packets returns the packets sent on the connection and those quic-go
+// declared lost (a count that may fall when a packet declared lost
+// arrives after all).
+func (c *QUICConn) Packets() (sent, lost uint64) {
+	st := c.qc.ConnectionStats()
+	return st.PacketsSent, st.PacketsLost
+}
+
+// SendWait is how long the data message being written has waited since
+// SendData (in the send queue, then in Write, which blocks while
+// congestion control holds the data back); 0 between messages.
+func (c *QUICConn) SendWait() time.Duration {
+	c.writing.Lock()
+	defer c.writing.Unlock()
+	if c.writing.s == nil {
+		return 0
+	}
+	return time.Since(c.writing.deadline.Add(-c.t.cfg.DataTimeout))
+}
+
 // protocolError cuts off a peer that broke the framing rules.
 func (c *QUICConn) protocolError(reason string) {
 	c.t.log.Warn("protocol error", "remote", c.remoteAddr, "reason", reason)
