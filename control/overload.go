@@ -22,10 +22,6 @@ import (
 // The same loop measures how late its own timer fires: a node starved of
 // CPU judges no overload (see judgeLoad), is patient with dials (see
 // patience), and its stall policy waits longer (judgeStall).
-//
-// The rendezvous, for its part, offers last the nodes whose session
-// answers slowly (preferQuick): an uplink that queues shows there before
-// its node has judged itself overloaded.
 
 // CodeOverloaded is the close code of a child shed by a parent that cannot
 // keep up: it moves to another parent.
@@ -466,7 +462,7 @@ func (o *Overlay) patience(ctx context.Context, d time.Duration) (context.Contex
 // slowly than the quickest candidate's queues what it sends (an uplink
 // that carries less than it is asked to, behind a deep queue) or waits
 // for a CPU: it would feed a child late, and every probe of it adds to
-// its queue (a QUIC handshake answer is a few full-size packets). More than
+// its queue (a QUIC handshake answer is three full packets). More than
 // the round trips of one continent to another.
 const answerMargin = 500 * time.Millisecond
 
