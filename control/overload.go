@@ -457,36 +457,3 @@ func (o *Overlay) patience(ctx context.Context, d time.Duration) (context.Contex
 		cancel()
 	}
 }
-
-// answerMargin: a node whose rendezvous session answers this much more
-// slowly than the quickest candidate's queues what it sends (an uplink
-// that carries less than it is asked to, behind a deep queue) or waits
-// for a CPU: it would feed a child late, and every probe of it adds to
-// its queue (a QUIC handshake answer is three full packets). More than
-// the round trips of one continent to another.
-const answerMargin = 500 * time.Millisecond
-
-// preferQuick returns the first n of cands (listed best first) after
-// moving those whose round trip (rtt; 0 when unknown, which counts as
-// quick) exceeds the quickest known by answerMargin behind all the
-// others, each group in its order: the rendezvous offers a sluggish node
-// only when too few others have a free slot.
-func preferQuick(cands []PeerInfo, rtt func(NodeID) time.Duration, n int) []PeerInfo {
-	rtts := make([]time.Duration, len(cands))
-	var least time.Duration // of those known
-	for i, c := range cands {
-		rtts[i] = rtt(c.ID)
-		if rtts[i] > 0 && (least == 0 || rtts[i] < least) {
-			least = rtts[i]
-		}
-	}
-	out := make([]PeerInfo, 0, len(cands))
-	for pass := range 2 {
-		for i, c := range cands {
-			if sluggish := least > 0 && rtts[i] > least+answerMargin; sluggish == (pass == 1) {
-				out = append(out, c)
-			}
-		}
-	}
-	return out[:min(n, len(out))]
-}

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -191,43 +190,4 @@ func TestPatienceWaitsLongerWhileStarved(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 		require.Error(t, ctx.Err(), "three times the timeout at most")
 	})
-}
-
-func TestTheRendezvousOffersSluggishNodesLast(t *testing.T) {
-	ms := time.Millisecond
-	var ids []NodeID
-	cands := make([]PeerInfo, 5)
-	for i := range cands {
-		var id NodeID
-		id[0] = byte(i + 1)
-		ids = append(ids, id)
-		cands[i] = PeerInfo{ID: id, Depth: i / 2}
-	}
-	names := func(ps []PeerInfo) []int {
-		var out []int
-		for _, p := range ps {
-			out = append(out, int(p.ID[0]))
-		}
-		return out
-	}
-	for _, tc := range []struct {
-		name string
-		rtts []time.Duration // of candidates 1..5, listed shallow first
-		n    int
-		want []int
-	}{
-		{"all quick: the order as listed", []time.Duration{20 * ms, 5 * ms, 300 * ms, 40 * ms, 1 * ms}, 5, []int{1, 2, 3, 4, 5}},
-		{"a far one is not sluggish", []time.Duration{10 * ms, 10 * ms, 10*ms + answerMargin, 10 * ms, 10 * ms}, 5, []int{1, 2, 3, 4, 5}},
-		{"sluggish ones go last, in their order", []time.Duration{2 * time.Second, 10 * ms, 10 * ms, 3 * time.Second, 10 * ms}, 5, []int{2, 3, 5, 1, 4}},
-		{"and are left out when enough others are free", []time.Duration{2 * time.Second, 10 * ms, 10 * ms, 3 * time.Second, 10 * ms}, 3, []int{2, 3, 5}},
-		{"offered when too few others are", []time.Duration{2 * time.Second, 10 * ms, 10 * ms, 3 * time.Second, 10 * ms}, 4, []int{2, 3, 5, 1}},
-		{"unknown (the rendezvous's own node) counts as quick", []time.Duration{0, 2 * time.Second, 10 * ms, 10 * ms, 0}, 5, []int{1, 3, 4, 5, 2}},
-		{"none known", []time.Duration{0, 0, 0, 0, 0}, 2, []int{1, 2}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rtt := func(id NodeID) time.Duration { return tc.rtts[slices.Index(ids, id)] }
-			require.Equal(t, tc.want, names(preferQuick(cands, rtt, tc.n)))
-		})
-	}
-	require.Empty(t, preferQuick(nil, func(NodeID) time.Duration { return 0 }, 8))
 }

@@ -609,14 +609,13 @@ func (t *Tracker) isDescendant(c *tracked, id NodeID) bool {
 }
 
 // candidates lists up to MaxCandidates nodes with a free slot, shallow
-// first, none of them id's descendant, those whose session answers
-// slowly last (preferQuick). For a joiner (reserve), one slot of
+// first, none of them id's descendant. For a joiner (reserve), one slot of
 // the first is held for holdFor, so that when many join at once they do not
 // all race for it. (Nodes that ask only for backups or to climb do not
 // hold: they ask every second and would keep a slot hidden.)
 func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo {
 	var out []PeerInfo
-	for d := 0; d <= t.maxDepth && len(out) < 2*t.cfg.MaxCandidates; d++ { // twice: see preferQuick
+	for d := 0; d <= t.maxDepth && len(out) < t.cfg.MaxCandidates; d++ {
 		var level []PeerInfo
 		for nid, n := range t.free[d] { // map order: a random pick
 			if n != t.self && now.Sub(n.seen) > t.cfg.Expiry {
@@ -637,22 +636,13 @@ func (t *Tracker) candidates(id NodeID, now time.Time, reserve bool) []PeerInfo 
 		t.rnd.Shuffle(len(level), func(i, j int) { level[i], level[j] = level[j], level[i] })
 		out = append(out, level...)
 	}
-	out = preferQuick(out, t.sessionRTT, t.cfg.MaxCandidates)
+	out = out[:min(len(out), t.cfg.MaxCandidates)]
 	if reserve && len(out) > 0 {
 		if n := t.nodes[out[0].ID]; n != nil {
 			n.hold(now, holdFor)
 		}
 	}
 	return out
-}
-
-// sessionRTT is the round trip of id's rendezvous session (0: unknown,
-// or the tracker's own node).
-func (t *Tracker) sessionRTT(id NodeID) time.Duration {
-	if n := t.nodes[id]; n != nil && n.session != nil {
-		return n.session.RTT()
-	}
-	return 0
 }
 
 // hold holds one more of n's slots for a joiner, for d from now.
