@@ -159,7 +159,10 @@ type loadVerdict struct {
 // judgeLoad tells a node that cannot keep up from one whose parent or
 // children are slow, or whose machine is merely busy. The node is behind
 // when at least half of its children, and two or more (each on its own
-// link), lost chunks at once: it sheds half of the failing ones. It is behind
+// link), fall behind at once (childLoad.behind): it sheds half of the
+// failing ones, rounded up (the queue in its uplink must drain, or the
+// children it keeps starve meanwhile; those it sheds come back one slot
+// at a time). It is behind
 // too when a chunk waited lateLimit between its arrival and its hand-over
 // to the children while its own playout buffer ran below half its target
 // although chunks do arrive: it sheds one, before its playout suffers.
@@ -185,7 +188,7 @@ func judgeLoad(in loadInput) loadVerdict {
 	case in.sched >= schedLimit:
 		return loadVerdict{}
 	case in.failing >= 2 && 2*in.failing >= in.children:
-		v = loadVerdict{overloaded: true, shed: max(in.failing/2, 1), why: "sends to children falling behind"}
+		v = loadVerdict{overloaded: true, shed: (in.failing + 1) / 2, why: "sends to children falling behind"}
 	case in.children > 0 && in.late >= lateLimit && atRisk:
 		v = loadVerdict{overloaded: true, shed: 1, why: "playout draining while chunks are handed on late"}
 	default:

@@ -29,6 +29,8 @@ func TestJudgeLoad(t *testing.T) {
 		{"every child of four losing chunks: shed two", with(func(in *loadInput) { in.children, in.failing, in.failed = 4, 4, 9 }),
 			loadVerdict{overloaded: true, shed: 2, why: sendsBehind.why}},
 		{"two of four: shed one", with(func(in *loadInput) { in.children, in.failing, in.failed = 4, 2, 2 }), sendsBehind},
+		{"three of three: shed two, so that the queue drains for the one kept", with(func(in *loadInput) { in.children, in.failing = 3, 3 }),
+			loadVerdict{overloaded: true, shed: 2, why: sendsBehind.why}},
 		{"not again within the cooldown, but still no slots", with(func(in *loadInput) { in.failing, in.sinceShed = 2, time.Second }),
 			loadVerdict{overloaded: true, why: sendsBehind.why}},
 		{"playout draining while chunks are handed on late", with(func(in *loadInput) { in.buffered, in.late = 300*time.Millisecond, 500*time.Millisecond }),
