@@ -400,7 +400,9 @@ func (o *Overlay) addBackup(p *peer) bool {
 func (o *Overlay) ancestors() []NodeID {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := slices.Clone(o.path[min(1, len(o.path)):]) // the path ends with the parent
+	// The path ends with the parent. It is replaced whole, never changed
+	// in place: a clipped slice of it is a copy.
+	out := slices.Clip(o.path[min(1, len(o.path)):])
 	if o.parent != nil && len(o.path) == 0 {
 		out = append(out, o.parent.id) // not adopted yet
 	}
