@@ -67,6 +67,9 @@ type options struct {
 	natPreserving, natRandom float64
 	worst                    int  // print the worst listeners by continuity to stderr
 	fakeTime                 bool // run inside a testing/synctest bubble (see faketime_test.go)
+	// onSteady and onEnd, when set, are called as the steady state's CPU
+	// count begins and as the run ends (BenchmarkSwarmMem).
+	onSteady, onEnd func()
 }
 
 func main() {
@@ -201,7 +204,7 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable), sigs: mux.NewSignatureCache(256)}
 	link := control.LinkConfig{Delay: o.rtt / 2, Loss: o.loss}
 	if o.net == "mem" {
-		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16})
+		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16, ShareData: true})
 		defer s.memNet.Close()
 	}
 
@@ -298,6 +301,9 @@ loop:
 				s.killRandom(rng, n)
 			}
 			if !steadyAt.IsZero() && now.After(steadyAt) {
+				if o.onSteady != nil {
+					o.onSteady()
+				}
 				steadyAt, steadyCPU = time.Time{}, cpuTime()
 				s.steady = now
 			}
@@ -311,10 +317,14 @@ loop:
 		}
 	}
 	status.Done()
+	if o.onEnd != nil {
+		o.onEnd()
+	}
+	steadyEnd := cpuTime()
 	sum := s.summary(b, time.Since(start))
 	if !s.steady.IsZero() {
 		d := time.Since(s.steady)
-		sum.PerListener.SteadyCPUms = math.Round((cpuTime()-steadyCPU).Seconds()*1000/d.Seconds()/float64(max(sum.Alive, 1))*1000) / 1000
+		sum.PerListener.SteadyCPUms = math.Round((steadyEnd-steadyCPU).Seconds()*1000/d.Seconds()/float64(max(sum.Alive, 1))*1000) / 1000
 		sum.SteadyS = math.Round(d.Seconds()*10) / 10
 	}
 	if o.memprof != "" {
