@@ -352,6 +352,14 @@ func (p *peer) snapshot() peerView {
 		restricted: p.upload <= 0 && apart, apart: apart, public: p.listen != "" && p.listen == p.conn.RemoteAddr()}
 }
 
+// fedThrough is p.snapshot().fedThrough(ids) without the rest of the
+// snapshot: the maintainer asks it of every backup every tick.
+func (p *peer) fedThrough(ids []NodeID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return peerView{id: p.id, path: p.path}.fedThrough(ids)
+}
+
 // statusDue reports whether p is to be sent st now, and if so records it
 // as sent: always, unless the link is quiet (quiet > 0), the last Status
 // sent said the same (its newest chunk aside: the chunks say that) and it
