@@ -75,8 +75,9 @@ func fakeTimeOptions(t *testing.T, args []string) options {
 // command's -net mem in real time: 200 listeners (joining at 200/s) for
 // 30 s, NoDecode playout as the command's default. It reports the CPU time
 // and the allocations of the steady state (from 10 s after the last joiner
-// to the end) per listener-second, and the cores the process had over it
-// (on a shared machine, below what the swarm needs spoils the figure).
+// to the end) per listener-second, the cores the process used over it and
+// the lowest continuity (below 0.99: the machine, shared, did not give the
+// swarm the CPU it needed, and the figures are off).
 // P2PRADIO_BENCH_LISTENERS overrides the 200.
 //
 //	go test ./examples/swarm -run '^$' -bench SwarmMem -benchtime 1x
@@ -92,6 +93,7 @@ func BenchmarkSwarmMem(b *testing.B) {
 	o.register(fs)
 	require.NoError(b, fs.Parse([]string{"-net", "mem", "-listeners", strconv.Itoa(n), "-join-rate", "200", "-duration", "30s", "-json"}))
 	var cpu, allocs, bytes, listenerS, steadyS float64
+	contMin := 1.0
 	for b.Loop() {
 		var ms0, ms1 runtime.MemStats
 		var cpu0, cpu1 time.Duration
@@ -105,7 +107,10 @@ func BenchmarkSwarmMem(b *testing.B) {
 		os.Stdout = stdout
 		null.Close()
 		require.NoError(b, err)
-		require.GreaterOrEqual(b, sum.Continuity.Min, 0.99)
+		if sum.Continuity.Min < 0.99 {
+			b.Logf("continuity min %.4f: the swarm did not get the CPU it needed", sum.Continuity.Min)
+		}
+		contMin = min(contMin, sum.Continuity.Min)
 		ls := sum.SteadyS * float64(sum.Alive)
 		require.Positive(b, ls)
 		cpu += (cpu1 - cpu0).Seconds() * 1000
@@ -118,4 +123,5 @@ func BenchmarkSwarmMem(b *testing.B) {
 	b.ReportMetric(allocs/listenerS, "allocs/listener-s")
 	b.ReportMetric(bytes/listenerS, "B/listener-s")
 	b.ReportMetric(cpu/1000/steadyS, "cores")
+	b.ReportMetric(contMin, "continuity-min")
 }
