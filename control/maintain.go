@@ -41,6 +41,11 @@ type maintainer struct {
 	deeperAt      time.Time // when the node last came to sit deeper
 	bridging      bool
 	bridged       chan struct{}
+
+	// Buffers step reuses every tick: the backups, repair's sources and
+	// the stall policy's view of the backups.
+	backupBuf, sourceBuf []*peer
+	viewBuf              []backupView
 }
 
 func newMaintainer(o *Overlay) *maintainer {
@@ -81,7 +86,8 @@ func (m *maintainer) run(ctx context.Context) {
 // step is one tick of the loop.
 func (m *maintainer) step(ctx context.Context, now time.Time) {
 	o := m.o
-	parent, backups := o.links()
+	parent, backups := o.appendLinks(m.backupBuf[:0])
+	m.backupBuf = backups
 	// A backup silent this long is dead: its Status and Have come every
 	// second.
 	backupSilence := 3 * o.cfg.StallTimeout / 2
@@ -138,7 +144,7 @@ func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) st
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
 	last := parent.lastNew.Load()
-	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved}
+	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved, backups: m.viewBuf[:0]}
 	select {
 	case <-parent.conn.Done():
 		in.gone = true
@@ -150,6 +156,7 @@ func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) st
 			silent:   now.Sub(time.Unix(0, b.lastHeard.Load())),
 		})
 	}
+	m.viewBuf = in.backups
 	return in
 }
 
@@ -208,10 +215,13 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 // dropDependentBackups drops backups that moved under one of our
 // ancestors: they would be cut off with us.
 func (m *maintainer) dropDependentBackups(backups []*peer) {
+	if len(backups) == 0 {
+		return
+	}
 	o := m.o
 	ancestors := o.ancestors()
 	for _, b := range backups {
-		if b.snapshot().fedThrough(ancestors) {
+		if b.fedThrough(ancestors) {
 			o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
 			b.conn.Close(CodeGoodbye, "no longer independent")
 			o.dropPeer(b)
@@ -260,10 +270,13 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 }
 
 // links returns the parent and a copy of the backups.
-func (o *Overlay) links() (*peer, []*peer) {
+func (o *Overlay) links() (*peer, []*peer) { return o.appendLinks(nil) }
+
+// appendLinks returns the parent and the backups appended to dst.
+func (o *Overlay) appendLinks(dst []*peer) (*peer, []*peer) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.parent, slices.Clone(o.backups)
+	return o.parent, append(dst, o.backups...)
 }
 
 // bridgeFor bounds how long a parentless node pulls from its backups: it
@@ -333,7 +346,8 @@ func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, 
 		return
 	}
 	from := max(newest-repairSpan, o.recv.first.Load(), 0)
-	sources := append(slices.Clone(backups), parent)
+	m.sourceBuf = append(append(m.sourceBuf[:0], backups...), parent)
+	sources := m.sourceBuf
 	reqs := make(map[*peer]*Request)
 	for seq := uint64(from); int64(seq) < newest; seq++ {
 		if o.win.Get(seq) != nil {
@@ -400,7 +414,9 @@ func (o *Overlay) addBackup(p *peer) bool {
 func (o *Overlay) ancestors() []NodeID {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := slices.Clone(o.path[min(1, len(o.path)):]) // the path ends with the parent
+	// The path ends with the parent. It is replaced whole, never changed
+	// in place: a clipped slice of it is a copy.
+	out := slices.Clip(o.path[min(1, len(o.path)):])
 	if o.parent != nil && len(o.path) == 0 {
 		out = append(out, o.parent.id) // not adopted yet
 	}

@@ -35,6 +35,14 @@ type MemConfig struct {
 	ReceiveQueue int
 	// AcceptBacklog bounds the connections waiting for Accept; default 32.
 	AcceptBacklog int
+	// ShareData passes data messages by reference: SendData keeps the
+	// buffer it is given and the receiver gets that very buffer, so that
+	// neither end may modify it afterwards (Conn's contract says the
+	// opposite). A node's data messages are its chunks' bytes, which never
+	// change once signed: a simulation of many nodes in one process
+	// (examples/swarm) saves a copy per chunk per hop and holds each
+	// chunk's bytes once.
+	ShareData bool
 }
 
 func (cfg MemConfig) withDefaults() MemConfig {

@@ -367,7 +367,10 @@ func (c *MemConn) SendData(msg []byte) error {
 			p.departs = nil
 		}
 	}
-	p.sendLocked(memMsg{kind: memData, b: append(make([]byte, 0, len(msg)), msg...)})
+	if !c.t.net.cfg.ShareData {
+		msg = append(make([]byte, 0, len(msg)), msg...)
+	}
+	p.sendLocked(memMsg{kind: memData, b: msg})
 	c.stats.dataSent.Add(1)
 	return nil
 }

@@ -240,6 +240,24 @@ func TestMemReceiveQueueDrops(t *testing.T) {
 	})
 }
 
+func TestMemShareDataPassesTheSendersBuffer(t *testing.T) {
+	for _, share := range []bool{false, true} {
+		synctest.Test(t, func(t *testing.T) {
+			n := NewMemNetwork(MemConfig{ShareData: share})
+			defer n.Close()
+			a, _ := n.NewTransport(nil)
+			b, _ := n.NewTransport(nil)
+			ca, cb := memConnect(t, a, b)
+			sent := []byte("chunk")
+			require.NoError(t, ca.SendData(sent))
+			m, err := cb.ReceiveData(t.Context())
+			require.NoError(t, err)
+			require.Equal(t, sent, m)
+			require.Equal(t, share, &m[0] == &sent[0], "the receiver's buffer is the sender's")
+		})
+	}
+}
+
 func TestMemRefused(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := NewMemNetwork(MemConfig{MaxConns: 1})

@@ -709,9 +709,17 @@ func (r *received) seenAt(seq uint64, newest int64) time.Time {
 // (nil, nil) for a chunk that is honest but not wanted (duplicate, too
 // old, implausibly far ahead).
 func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
-	c, err := mux.ParseChunk(b)
-	if err != nil {
-		return nil, err
+	var c *mux.Chunk
+	if o.cfg.SignatureCache != nil {
+		// The very bytes another node of the process parsed and verified.
+		c = o.cfg.SignatureCache.Lookup(b, o.cfg.Station)
+	}
+	verified := c != nil
+	if c == nil {
+		var err error
+		if c, err = mux.ParseChunk(b); err != nil {
+			return nil, err
+		}
 	}
 	// Older than anything we keep, or than a window behind the live edge
 	// the rendezvous told us: late or stale, whoever sends it. (A chunk
@@ -723,9 +731,12 @@ func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
 	if o.win.Get(c.Seq) != nil {
 		return nil, nil // duplicate
 	}
-	if o.cfg.SignatureCache != nil {
+	var err error
+	switch {
+	case verified:
+	case o.cfg.SignatureCache != nil:
 		err = o.cfg.SignatureCache.Verify(c, o.cfg.Station)
-	} else {
+	default:
 		err = c.Verify(o.cfg.Station)
 	}
 	if err != nil {

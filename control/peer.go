@@ -341,13 +341,23 @@ func (p *peer) info() PeerInfo {
 	return PeerInfo{ID: p.id, Addr: p.conn.RemoteAddr(), Depth: p.depth, FreeSlots: p.freeSlots, UploadKbps: p.upload}
 }
 
-// snapshot is what a policy needs of p, read under its lock once.
+// snapshot is what a policy needs of p, read under its lock once. Its
+// path is p's own, clipped: a path is replaced whole (update), never
+// changed in place, and an append to the view's copies it.
 func (p *peer) snapshot() peerView {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	apart := mappedApart(p.listen, p.conn.RemoteAddr())
-	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clone(p.path), newest: p.newest, upload: p.upload,
+	return peerView{id: p.id, depth: p.depth, free: p.freeSlots, path: slices.Clip(p.path), newest: p.newest, upload: p.upload,
 		restricted: p.upload <= 0 && apart, apart: apart, public: p.listen != "" && p.listen == p.conn.RemoteAddr()}
+}
+
+// fedThrough is p.snapshot().fedThrough(ids) without the rest of the
+// snapshot: the maintainer asks it of every backup every tick.
+func (p *peer) fedThrough(ids []NodeID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return peerView{id: p.id, path: p.path}.fedThrough(ids)
 }
 
 // statusDue reports whether p is to be sent st now, and if so records it

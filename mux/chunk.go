@@ -221,6 +221,15 @@ func (c *Chunk) Bytes() []byte {
 	return c.raw
 }
 
+// parsedFrames is how many frames a parsed chunk holds in its own
+// allocation (parsedChunk): 100 ms of 44.1 kHz MPEG-1 is 4 frames, 200 ms 8.
+const parsedFrames = 8
+
+type parsedChunk struct {
+	c      Chunk
+	frames [parsedFrames]Frame
+}
+
 // ParseChunk decodes a chunk from b, checking every length, every frame and
 // that all frames share one format. The chunk's frames and Bytes refer to b:
 // the caller must not modify b afterwards. The signature is not checked:
@@ -235,12 +244,20 @@ func ParseChunk(b []byte) (*Chunk, error) {
 	if b[0] != chunkVersion {
 		return nil, fmt.Errorf("%w: version %d", ErrBadChunk, b[0])
 	}
-	c := &Chunk{
-		Flags:     Flags(b[1]),
-		Seq:       binary.BigEndian.Uint64(b[2:]),
-		Timestamp: int64(binary.BigEndian.Uint64(b[10:])),
-		Produced:  int64(binary.BigEndian.Uint64(b[18:])),
+	// A chunk of the usual few frames comes with its Frames in the same
+	// allocation: every node parses every chunk.
+	var c *Chunk
+	if n := int(binary.BigEndian.Uint16(b[28:])); n <= parsedFrames {
+		a := new(parsedChunk)
+		c = &a.c
+		c.Frames = a.frames[:n:n]
+	} else {
+		c = new(Chunk)
 	}
+	c.Flags = Flags(b[1])
+	c.Seq = binary.BigEndian.Uint64(b[2:])
+	c.Timestamp = int64(binary.BigEndian.Uint64(b[10:]))
+	c.Produced = int64(binary.BigEndian.Uint64(b[18:]))
 	if c.Flags&^(FlagDiscontinuity|FlagMetadata) != 0 {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrBadChunk, c.Flags)
 	}
@@ -261,7 +278,9 @@ func ParseChunk(b []byte) (*Chunk, error) {
 	p += 2 * n
 	c.Title = string(b[p : p+titleLen])
 	p += titleLen
-	c.Frames = make([]Frame, n)
+	if c.Frames == nil {
+		c.Frames = make([]Frame, n)
+	}
 	for i := range n {
 		l := int(binary.BigEndian.Uint16(lens[2*i:]))
 		if p+l > body {

@@ -258,3 +258,16 @@ func TestChunkSignRejects(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkParseChunk is what every node pays to parse a chunk of 100 ms
+// (4 frames at 128 kbit/s), the signature aside: one allocation.
+func BenchmarkParseChunk(b *testing.B) {
+	raw := testChunk(b, "cbr128.mp3", 10, 4, "").Bytes()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := ParseChunk(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"io"
 	"os"
@@ -376,6 +377,9 @@ func TestSignatureCache(t *testing.T) {
 	for _, c := range chunks {
 		require.NoError(t, cache.Verify(c, pub))
 		require.NoError(t, cache.Verify(c, pub), "a hit")
+		require.Same(t, c, cache.Lookup(c.Bytes(), pub), "the very bytes: the chunk that verified")
+		require.Nil(t, cache.Lookup(bytes.Clone(c.Bytes()), pub), "a copy is parsed and checked anew")
+		require.Nil(t, cache.Lookup(c.Bytes(), other))
 		require.ErrorIs(t, cache.Verify(c, other), ErrBadSignature, "another station's key never hits")
 		// The same signature over altered bytes is not a hit.
 		b := append([]byte(nil), c.Bytes()...)

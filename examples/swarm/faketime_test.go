@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -67,4 +69,59 @@ func fakeTimeOptions(t *testing.T, args []string) options {
 	require.NoError(t, fs.Parse(args))
 	o.net, o.fakeTime = "mem", true
 	return o
+}
+
+// BenchmarkSwarmMem is the in-memory swarm's cost per listener, the
+// command's -net mem in real time: 200 listeners (joining at 200/s) for
+// 30 s, NoDecode playout as the command's default. It reports the CPU time
+// and the allocations of the steady state (from 10 s after the last joiner
+// to the end) per listener-second, the cores the process used over it and
+// the lowest continuity (below 0.99: the machine, shared, did not give the
+// swarm the CPU it needed, and the figures are off).
+// P2PRADIO_BENCH_LISTENERS overrides the 200.
+//
+//	go test ./examples/swarm -run '^$' -bench SwarmMem -benchtime 1x
+func BenchmarkSwarmMem(b *testing.B) {
+	n := 200
+	if v := os.Getenv("P2PRADIO_BENCH_LISTENERS"); v != "" {
+		var err error
+		n, err = strconv.Atoi(v)
+		require.NoError(b, err)
+	}
+	var o options
+	fs := flag.NewFlagSet("swarm", flag.ContinueOnError)
+	o.register(fs)
+	require.NoError(b, fs.Parse([]string{"-net", "mem", "-listeners", strconv.Itoa(n), "-join-rate", "200", "-duration", "30s", "-json"}))
+	var cpu, allocs, bytes, listenerS, steadyS float64
+	contMin := 1.0
+	for b.Loop() {
+		var ms0, ms1 runtime.MemStats
+		var cpu0, cpu1 time.Duration
+		o.onSteady = func() { runtime.ReadMemStats(&ms0); cpu0 = cpuTime() }
+		o.onEnd = func() { runtime.ReadMemStats(&ms1); cpu1 = cpuTime() }
+		null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		require.NoError(b, err)
+		stdout := os.Stdout
+		os.Stdout = null // the JSON
+		sum, err := run(b.Context(), o)
+		os.Stdout = stdout
+		null.Close()
+		require.NoError(b, err)
+		if sum.Continuity.Min < 0.99 {
+			b.Logf("continuity min %.4f: the swarm did not get the CPU it needed", sum.Continuity.Min)
+		}
+		contMin = min(contMin, sum.Continuity.Min)
+		ls := sum.SteadyS * float64(sum.Alive)
+		require.Positive(b, ls)
+		cpu += (cpu1 - cpu0).Seconds() * 1000
+		allocs += float64(ms1.Mallocs - ms0.Mallocs)
+		bytes += float64(ms1.TotalAlloc - ms0.TotalAlloc)
+		listenerS += ls
+		steadyS += sum.SteadyS
+	}
+	b.ReportMetric(cpu/listenerS, "cpu-ms/listener-s")
+	b.ReportMetric(allocs/listenerS, "allocs/listener-s")
+	b.ReportMetric(bytes/listenerS, "B/listener-s")
+	b.ReportMetric(cpu/1000/steadyS, "cores")
+	b.ReportMetric(contMin, "continuity-min")
 }

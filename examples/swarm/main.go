@@ -58,6 +58,7 @@ type options struct {
 	minAlive  time.Duration
 	verbose   bool
 	cpuprof   string
+	memprof   string
 	batch     time.Duration
 	leaves    float64
 	slow      float64 // fraction of listeners whose uplink carries only slowKbps
@@ -66,6 +67,12 @@ type options struct {
 	natPreserving, natRandom float64
 	worst                    int  // print the worst listeners by continuity to stderr
 	fakeTime                 bool // run inside a testing/synctest bubble (see faketime_test.go)
+	// onSteady and onEnd, when set, are called as the steady state's CPU
+	// count begins and as the run ends (BenchmarkSwarmMem).
+	onSteady, onEnd func()
+	// verifyEach: every listener checks every chunk's signature itself,
+	// as on machines of their own (about 60 us a chunk).
+	verifyEach bool
 }
 
 func main() {
@@ -99,6 +106,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.minAlive, "min-alive", 30*time.Second, "with -churn, count continuity only for listeners alive at least this long")
 	fs.BoolVar(&o.verbose, "v", false, "log the nodes' events to stderr")
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
+	fs.BoolVar(&o.verifyEach, "verify-each", false, "every listener checks each chunk's signature itself, as on a machine of its own (default: each chunk once in the process)")
+	fs.StringVar(&o.memprof, "memprofile", "", "write an allocation profile of the run to this file (go tool pprof -sample_index=alloc_space)")
 	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
 	fs.Float64Var(&o.slow, "slow", 0, "with -net quic: fraction of listeners whose uplink carries only -slow-kbps though they claim -upload (nodes that cannot keep up with their children)")
 	fs.IntVar(&o.slowKbps, "slow-kbps", 160, "the uplink of a -slow listener, kbit/s")
@@ -141,6 +150,21 @@ type swarm struct {
 	killAt   time.Time // when -kill struck
 
 	lastConcealed int64
+	steady        time.Time // when the steady state's CPU count began
+}
+
+// steadyAfter is how long after the last joiner the steady state's CPU
+// figure (cpu_ms_per_s_steady) starts counting: joins and the first
+// climbs are over by then.
+const steadyAfter = 10 * time.Second
+
+// cpuTime is the CPU time the process used so far, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // run runs the swarm until the duration has passed or ctx is done, prints
@@ -184,7 +208,7 @@ func run(ctx context.Context, o options) (*Summary, error) {
 	s := &swarm{o: o, ctx: ctx, log: log, sockets: make(map[*control.QUICTransport]*killable), sigs: mux.NewSignatureCache(256)}
 	link := control.LinkConfig{Delay: o.rtt / 2, Loss: o.loss}
 	if o.net == "mem" {
-		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16})
+		s.memNet = control.NewMemNetwork(control.MemConfig{Link: link, MaxConns: 1 << 16, ShareData: true})
 		defer s.memNet.Close()
 	}
 
@@ -240,6 +264,8 @@ func run(ctx context.Context, o options) (*Summary, error) {
 		time.Sleep(gap)
 	}
 
+	// The steady state: from steadyAfter past the last joiner to the end.
+	steadyAt, steadyCPU := time.Now().Add(steadyAfter), time.Duration(0)
 	status := cli.NewStatus(os.Stderr, 5*time.Second)
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -278,6 +304,16 @@ loop:
 				s.mu.Unlock()
 				s.killRandom(rng, n)
 			}
+			if !steadyAt.IsZero() && now.After(steadyAt) {
+				if o.onSteady != nil {
+					o.onSteady()
+				}
+				steadyAt, steadyCPU = time.Time{}, cpuTime()
+				s.steady = now
+			}
+			if o.json && !o.verbose {
+				continue // nobody reads the line: it would cost every node's Stats twice a second
+			}
 			line := s.line(b, now.Sub(start))
 			if !o.json {
 				status.Print(line)
@@ -285,7 +321,21 @@ loop:
 		}
 	}
 	status.Done()
+	if o.onEnd != nil {
+		o.onEnd()
+	}
+	steadyEnd := cpuTime()
 	sum := s.summary(b, time.Since(start))
+	if !s.steady.IsZero() {
+		d := time.Since(s.steady)
+		sum.PerListener.SteadyCPUms = math.Round((steadyEnd-steadyCPU).Seconds()*1000/d.Seconds()/float64(max(sum.Alive, 1))*1000) / 1000
+		sum.SteadyS = math.Round(d.Seconds()*10) / 10
+	}
+	if o.memprof != "" {
+		if err := writeAllocs(o.memprof); err != nil {
+			return nil, err
+		}
+	}
 	if o.fakeTime {
 		sum.FakeTime = true
 		sum.WallS = math.Round((wallClock()-wallStart).Seconds()*10) / 10
@@ -300,6 +350,19 @@ loop:
 	out, _ := json.MarshalIndent(sum, "", "  ")
 	fmt.Fprintln(os.Stderr, string(out))
 	return &sum, nil
+}
+
+// writeAllocs writes the allocation profile of the run so far to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // wallClock reads the machine's clock with a system call: inside a
@@ -445,9 +508,10 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 			return err
 		}
 	}
-	if s.memNet != nil {
+	if !s.o.verifyEach {
 		// One process simulating many machines: check each chunk's
-		// signature once, not once per node.
+		// signature once, not once per node (over QUIC each node still
+		// compares the bytes it received with those checked).
 		cfg.SignatureCache = s.sigs
 	}
 	m := &member{born: time.Now(), done: make(chan struct{}), leaf: leaf, slow: slow}
@@ -597,6 +661,15 @@ type Summary struct {
 	CPUs              float64     `json:"cpu_s"`
 	HeapMB            float64     `json:"heap_mb"`
 	PerListener       PerListener `json:"per_listener"`
+	// CPUShare is cpu_s over duration_s: cores the process used on average
+	// (at most the machine's; below what the swarm needs when the machine
+	// is shared). Load1 is the machine's load average at the end.
+	CPUShare float64 `json:"cpu_share"`
+	Load1    float64 `json:"load1"`
+	// Alive is how many listeners were alive at the end; SteadyS how long
+	// the steady state's CPU figure (PerListener.SteadyCPUms) counted.
+	Alive   int     `json:"alive"`
+	SteadyS float64 `json:"steady_s,omitempty"`
 	// A fake-time run (faketime_test.go): durations are the bubble's; cpu_s
 	// and wall_s are the machine's.
 	FakeTime bool    `json:"fake_time,omitempty"`
@@ -652,8 +725,13 @@ type HopDelay struct {
 }
 
 type PerListener struct {
-	CPUms  float64 `json:"cpu_ms_per_s"`
-	HeapKB float64 `json:"heap_kb"`
+	// CPUms is the whole run's CPU (warmup, joins, the broadcaster, the
+	// harness) per listener per second of the run; SteadyCPUms that of the
+	// steady state (steadyAfter past the last joiner to the end) per live
+	// listener.
+	CPUms       float64 `json:"cpu_ms_per_s"`
+	SteadyCPUms float64 `json:"cpu_ms_per_s_steady,omitempty"`
+	HeapKB      float64 `json:"heap_kb"`
 }
 
 func ms(d time.Duration) float64 { return math.Round(float64(d)/1e4) / 100 }
@@ -690,6 +768,7 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		alive := m.died.IsZero()
 		if alive {
 			st = m.node.Stats()
+			sum.Alive++
 		}
 		received += st.BytesReceived
 		end := now
@@ -804,11 +883,15 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 	if received > 0 {
 		sum.SourceUploadRatio = math.Round(float64(bs.BytesSent)/float64(received)*10000) / 10000
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if cpu := cpuTime(); cpu > 0 {
 		sum.CPUs = math.Round(cpu.Seconds()*100) / 100
 		sum.PerListener.CPUms = math.Round(cpu.Seconds()*1000/elapsed.Seconds()/float64(max(len(ms_), 1))*100) / 100
+		sum.CPUShare = math.Round(cpu.Seconds()/elapsed.Seconds()*100) / 100
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			sum.Load1, _ = strconv.ParseFloat(f[0], 64)
+		}
 	}
 	runtime.GC()
 	var mstats runtime.MemStats
