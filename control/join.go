@@ -76,11 +76,8 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	var parent *peer
 	for _, r := range found {
 		switch {
-		case parent == nil && o.subscribeTo(ctx, r.p, 0):
+		case parent == nil && o.subscribeTo(ctx, r.p, 0) && o.takeParent(r.p):
 			parent = r.p
-			o.mu.Lock()
-			o.parent, o.waiting = parent, ""
-			o.mu.Unlock()
 			o.adoptPath(parent)
 			o.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
 		case parent != nil && !r.p.snapshot().fedThrough([]NodeID{parent.id, o.self}) && o.addBackup(r.p):
@@ -144,8 +141,22 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 			continue
 		}
 		o.mu.Lock()
-		if o.parent != parent {
+		if o.parent == nil && !r.p.unsubscribed.Load() {
+			// The old parent died while we climbed: the new one feeds
+			// us already (rejoining would cost the bridge seconds).
+			o.parent, o.waiting = r.p, ""
+			o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
 			o.mu.Unlock()
+			o.adoptPath(r.p)
+			o.log.Info("climbed", "from", depth, "to", r.p.snapshot().depth+1, "parent", r.p.conn.RemoteAddr(), "orphaned", true)
+			return true
+		}
+		if o.parent != parent || r.p.unsubscribed.Load() {
+			// We found another parent meanwhile, or the new one
+			// displaced us as soon as it welcomed us (the old one feeds
+			// us still).
+			o.mu.Unlock()
+			o.log.Debug("climb undone", "addr", r.p.conn.RemoteAddr(), "displaced", r.p.unsubscribed.Load())
 			r.p.conn.Close(CodeGoodbye, "")
 			return false
 		}
@@ -188,12 +199,38 @@ func (o *Overlay) promote(ctx context.Context, b *peer) bool {
 		// source to pull from.
 		return false
 	}
+	if !o.takeParent(b) {
+		if !b.unsubscribed.Load() {
+			o.send(ctx, b, &Unsubscribe{}) // it stays a backup
+		}
+		return false
+	}
 	o.mu.Lock()
 	o.backups = slices.DeleteFunc(o.backups, func(p *peer) bool { return p == b })
-	o.parent, o.waiting = b, ""
 	o.mu.Unlock()
 	o.adoptPath(b)
 	o.log.Info("backup promoted", "addr", b.conn.RemoteAddr())
+	return true
+}
+
+// takeParent makes p, which welcomed our Subscribe, our parent, unless it
+// has displaced us since (its Unsubscribe came before we took it: see
+// unsubscribed) or we have another parent already; it reports whether it
+// did. A parent that no longer feeds
+// us would be judged stalled only after the stall timeout, with no
+// backup yet after a join.
+func (o *Overlay) takeParent(p *peer) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case p.unsubscribed.Load():
+		o.log.Debug("displaced as we subscribed", "addr", p.conn.RemoteAddr())
+		return false
+	case o.parent != nil && o.parent != p:
+		// A climb that started before we lost our parent landed first.
+		return false
+	}
+	o.parent, o.waiting = p, ""
 	return true
 }
 
@@ -203,6 +240,9 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 	case <-p.welcome:
 	default:
 	}
+	o.mu.Lock()
+	p.unsubscribed.Store(false)
+	o.mu.Unlock()
 	if o.send(ctx, p, &Subscribe{From: from}) != nil {
 		return false
 	}
@@ -218,6 +258,7 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 		o.mu.Lock()
 		o.waiting = a.reason
 		o.mu.Unlock()
+		o.markRefused(p.id)
 		o.log.Debug("subscription refused", "addr", p.conn.RemoteAddr(), "reason", a.reason)
 	case <-t.C:
 	case <-ctx.Done():
@@ -537,6 +578,26 @@ func (o *Overlay) markFailed(id NodeID) {
 			}
 		}
 	}
+}
+
+// refusedFor is how long a peer that refused our Subscribe is not dialed
+// again to be our parent: the rendezvous may offer it for seconds yet
+// (its free slots, or a child's place, as last registered), and one full
+// parent offered so was dialed by hundreds of joiners, some of them
+// again and again while their buffer ran dry.
+const refusedFor = 3 * time.Second
+
+// markRefused notes a peer that refused to feed us; unlike markFailed,
+// the rendezvous does not hear of it: it is alive.
+func (o *Overlay) markRefused(id NodeID) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if at, ok := o.failed[id]; ok && now.Sub(at) < failedFor-refusedFor {
+		return // failed lately: that lasts longer
+	}
+	// failedRecently counts failedFor from the time kept.
+	o.failed[id] = now.Add(refusedFor - failedFor)
 }
 
 // takeFailed returns the failures to report to the rendezvous since the

@@ -743,6 +743,7 @@ func (o *Overlay) accept(c *mux.Chunk, arrived time.Time) {
 		if since := o.parentSince.Load(); since > prev {
 			// The first chunk after a parent loss: the gap is the recovery.
 			o.recovery.Record(arrived.Sub(time.Unix(0, prev)))
+			o.log.Debug("recovered", "gap", arrived.Sub(time.Unix(0, prev)), "orphaned", arrived.Sub(time.Unix(0, since)))
 			o.parentSince.Store(0)
 		}
 	}
@@ -758,6 +759,7 @@ func (o *Overlay) sendChunk(p *peer, c *mux.Chunk) bool {
 	ok := o.pulls.take(n, rate, time.Now())
 	o.pullMu.Unlock()
 	if !ok {
+		o.log.Debug("pull refused", "to", p.conn.RemoteAddr(), "children", o.host.Children())
 		o.pullsRefused.Add(1)
 		return false
 	}

@@ -35,6 +35,10 @@ type peer struct {
 	child      atomic.Bool   // it subscribed to us: the host feeds it
 	childSince atomic.Int64  // unix nanos when it last became our child
 	leaving    atomic.Bool   // a child displaced, fed until its replacement joined
+	// unsubscribed: it sent us Unsubscribe while it was not our parent
+	// (it displaced us before we took it as parent: see takeParent).
+	// Cleared when we subscribe; written under o.mu.
+	unsubscribed atomic.Bool
 	lastNew    atomic.Int64  // unix nanos of the last chunk it sent that we did not have
 	lastHeard  atomic.Int64  // unix nanos of the last message of any kind
 	lastUse    atomic.Int64  // unix nanos of the last chunk either way or request
@@ -271,6 +275,10 @@ func (o *Overlay) unsubscribed(p *peer) {
 		if len(by) > 0 {
 			o.hint = &by[0]
 		}
+	} else {
+		// It welcomed us and displaced us at once, before the search
+		// that subscribed took it as parent: that search must not.
+		p.unsubscribed.Store(true)
 	}
 	o.mu.Unlock()
 	if displaced {
