@@ -284,17 +284,41 @@ func (o *Overlay) adoptPath(parent *peer) {
 		return
 	}
 	changed := o.depth != v.depth+1 || len(o.path) != len(v.path)+1
+	newParent := len(o.path) == 0 || o.path[len(o.path)-1] != parent.id
 	o.depth = v.depth + 1
 	o.path = append(v.path, parent.id)
 	o.mu.Unlock()
 	if changed {
 		o.goFunc(func() { o.broadcastStatus(context.Background()) })
 	}
+	if newParent {
+		// Our children learn where we are fed from: should we die,
+		// they try it first (see reclaim).
+		o.goFunc(func() { o.tellChildren(context.Background(), &PeerList{Peers: []PeerInfo{parent.info()}}) })
+	}
+}
+
+// tellChildren sends m to each of our children.
+func (o *Overlay) tellChildren(ctx context.Context, m Message) {
+	msg := AppendMessage(nil, m)
+	for _, p := range o.peerList() {
+		if p.child.Load() && !p.leaving.Load() {
+			sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			p.conn.Send(sctx, msg)
+			cancel()
+		}
+	}
 }
 
 // dialPeer connects to a candidate and exchanges Hellos.
 func (o *Overlay) dialPeer(runCtx context.Context, info PeerInfo) (*peer, time.Duration) {
-	ctx, cancel := o.patience(runCtx, dialTimeout)
+	return o.dialPeerWithin(runCtx, info, dialTimeout)
+}
+
+// dialPeerWithin is dialPeer with a time limit other than dialTimeout; the
+// link lives on runCtx.
+func (o *Overlay) dialPeerWithin(runCtx context.Context, info PeerInfo, limit time.Duration) (*peer, time.Duration) {
+	ctx, cancel := o.patience(runCtx, limit)
 	defer cancel()
 	start := time.Now()
 	c, err := o.cfg.Transport.Dial(ctx, info.Addr, info.ID.Key())
@@ -440,6 +464,15 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 		return o.send(ctx, p, &Refuse{Reason: "overloaded"})
 	}
 	if o.freeSlots() == 0 {
+		if c := o.silentChild(time.Now()); c != nil {
+			// Most likely dead, and the newcomer one of its orphans
+			// (see reclaim): it takes its place.
+			o.log.Debug("a silent child's place taken", "silent", c.conn.RemoteAddr(), "by", p.conn.RemoteAddr())
+			c.conn.Close(CodeGoodbye, "silent")
+			o.dropPeer(c)
+		}
+	}
+	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
 		// place of a child that cannot, which is moved away once the
 		// newcomer has joined (see handOver). Until then we feed one child
@@ -498,6 +531,87 @@ func (o *Overlay) handOver(ctx context.Context, victim, by *peer) {
 	o.displace(ctx, victim, by)
 }
 
+// silentChild returns the child that has been silent for reclaimAfter
+// (see the policy silentChild), or nil. Over QUIC, a child's packets
+// since the last look count as life, as in dropIdle; a node whose own
+// loop ran late lately waits twice that lateness longer.
+func (o *Overlay) silentChild(now time.Time) *peer {
+	var children []*peer
+	var silences []time.Duration
+	for _, q := range o.peerList() {
+		if !q.child.Load() || q.leaving.Load() {
+			continue
+		}
+		if pc, ok := q.conn.(packetCounter); ok {
+			if n := pc.PacketsReceived(); q.packets.Swap(n) != n {
+				q.lastHeard.Store(now.UnixNano())
+			}
+		}
+		children = append(children, q)
+		silences = append(silences, now.Sub(time.Unix(0, q.lastHeard.Load())))
+	}
+	// A child's messages may wait in our socket while we are starved of
+	// CPU (see judgeStall).
+	if i := silentChild(silences, reclaimAfter+2*o.starvedFor()); i >= 0 {
+		return children[i]
+	}
+	return nil
+}
+
+// reclaimWithin bounds an orphan's try at its grandparent: a dead or
+// unreachable one must not hold up the rest of the search.
+const reclaimWithin = 600 * time.Millisecond
+
+// reclaim is an orphan's first try when its parent died: its parent's
+// parent, which still counts the dead one among its children (until it
+// has been silent for silentAfter) but gives its place to a newcomer once
+// it has been silent for reclaimAfter. So the orphan keeps its depth, and
+// its subtree with it, instead of rejoining wherever a slot is free (often
+// at the bottom). It returns the new parent, or nil.
+func (o *Overlay) reclaim(runCtx context.Context, rv *rendezvous) *peer {
+	o.mu.Lock()
+	gp := o.lostGrand
+	o.lostGrand = NodeID{}
+	var info *PeerInfo
+	for i := len(o.heard) - 1; i >= 0 && !gp.IsZero(); i-- {
+		if o.heard[i].ID == gp {
+			info = &o.heard[i]
+			break
+		}
+	}
+	o.mu.Unlock()
+	if info == nil || o.failedRecently(gp) {
+		return nil
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(runCtx, reclaimWithin)
+	defer cancel()
+	if rv != nil && rv.send(ctx, &Connect{Target: gp}) {
+		// Behind a NAT, it opens its mapping to us first (see
+		// joinPunched); a public one ignores the wait.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max(3*rv.rtt(), 100*time.Millisecond)):
+		}
+	}
+	// The link lives on runCtx; ctx bounds only this try.
+	p, _ := o.dialPeerWithin(runCtx, *info, max(reclaimWithin-time.Since(start), tick))
+	if p == nil {
+		return nil
+	}
+	if v := p.snapshot(); v.depth < 0 || slices.Contains(v.path, o.self) || !o.subscribeTo(ctx, p, uint64(max(o.newest()+1, 0))) {
+		p.conn.Close(CodeGoodbye, "")
+		return nil
+	}
+	o.mu.Lock()
+	o.parent, o.waiting = p, ""
+	o.mu.Unlock()
+	o.adoptPath(p)
+	o.log.Info("took the dead parent's place", "parent", p.conn.RemoteAddr())
+	return p
+}
+
 // leafChild returns one of our children that can take no children itself
 // when p can (nil otherwise).
 func (o *Overlay) leafChild(p *peer) *peer {
@@ -545,7 +659,16 @@ func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
 // and station pages.
 func (o *Overlay) neighbours(except *peer) []PeerInfo {
 	var out []PeerInfo
-	for _, q := range o.peerList() {
+	o.mu.Lock()
+	parent := o.parent
+	o.mu.Unlock()
+	ps := o.peerList()
+	// Our parent first: a child whose parent (we) dies tries it first
+	// (see reclaim).
+	if i := slices.Index(ps, parent); i > 0 {
+		ps[0], ps[i] = ps[i], ps[0]
+	}
+	for _, q := range ps {
 		info := q.info()
 		if q == except || info.Depth < 0 || q.page() {
 			continue

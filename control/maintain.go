@@ -189,6 +189,9 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		o.log.Debug("backup dropped with the parent", "addr", b.conn.RemoteAddr())
 		o.dropPeer(b)
 	}
+	if p := o.reclaim(ctx, m.rv); p != nil {
+		return p
+	}
 	_, backups = o.links()
 	for _, b := range backups {
 		if o.promote(ctx, b) {

@@ -162,6 +162,9 @@ type Overlay struct {
 	hint    *PeerInfo            // a parent to try first on the next join
 	waiting string               // why we have no parent: the last refusal or failed search
 	closed  bool
+	// lostGrand is our parent's parent when our parent died (see
+	// reclaim), zero when tried or when our parent was the root.
+	lostGrand NodeID
 
 	subMu    sync.Mutex // one subscription at a time: the free-slot check and the attach
 	admitMu  sync.Mutex // one accepted peer at a time: the budgets and the admission

@@ -304,6 +304,28 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 	})
 }
 
+// TestAnOrphanTakesItsDeadParentsPlace: the grandparent still counts the
+// dead relay among its children (for silentAfter), but gives its place to
+// the relay's orphan, which asks it first: the orphan keeps its depth.
+func TestAnOrphanTakesItsDeadParentsPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 150) // 1 slot
+		a := s.add(300)
+		time.Sleep(2 * time.Second)
+		b := s.add(300)
+		time.Sleep(4 * time.Second)
+		require.Same(t, a, s.parentOf(b))
+		require.Equal(t, 2, b.ov.Stats().Depth)
+		a.tr.Kill()
+		// b judges a stalled after the stall timeout (1 s) and asks the
+		// root, which has heard nothing from a for 1.2 s by then.
+		time.Sleep(2 * time.Second)
+		st := b.ov.Stats()
+		require.Equal(t, 1, st.Depth, "b took a's place at the root")
+		require.Less(t, st.RecoveryMax, 2*time.Second)
+	})
+}
+
 // TestPullsStayWithinTheUploadBudget: a node whose children take nearly its
 // whole budget answers few pulls; repair and bridge traffic count against
 // it.

@@ -99,6 +99,10 @@ func (o *Overlay) dropPeer(p *peer) {
 	delete(o.peers, p)
 	lost := o.parent == p
 	if lost {
+		o.lostGrand = NodeID{}
+		if len(o.path) >= 2 {
+			o.lostGrand = o.path[len(o.path)-2]
+		}
 		o.loseParent()
 	}
 	o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == p })

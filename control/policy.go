@@ -360,6 +360,29 @@ func pickChildToDisplace(newcomer peerView, children []peerView, slots func(uplo
 	return -1
 }
 
+// reclaimAfter is how long a child must have been silent before a
+// newcomer may take its place at a full parent (see silentChild). A live
+// child is heard from every second or more often: its Status (every
+// statusEvery, or on QUIC every parentQuiet with its acknowledgements of
+// our chunks between).
+const reclaimAfter = 1200 * time.Millisecond
+
+// silentChild returns the index of the child, by how long each has been
+// silent, whose place a newcomer may take when we are full: the silentest
+// one silent for at least limit, or -1. A child that died is judged gone
+// only after silentAfter; until then its slot looks taken, and its own
+// children, orphans that ask us (their grandparent) first, would go to
+// the bottom of the tree instead of into its place.
+func silentChild(silences []time.Duration, limit time.Duration) int {
+	best := -1
+	for i, s := range silences {
+		if s >= limit && (best < 0 || s > silences[best]) {
+			best = i
+		}
+	}
+	return best
+}
+
 // mappedApart reports whether a peer that says it listens at listen but
 // reaches us from remote is behind a NAT that changed its port (the
 // in-memory network's LAN addresses end in "/port").

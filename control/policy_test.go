@@ -191,6 +191,21 @@ func TestBackupSearchDue(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, backupSearchDue(tc.sinceTry, tc.sinceParent, tc.backups))
+
+func TestSilentChild(t *testing.T) {
+	const limit = 1200 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		silences []time.Duration
+		want     int
+	}{
+		{"no children", nil, -1},
+		{"all heard from lately", []time.Duration{0, 900 * time.Millisecond, limit - 1}, -1},
+		{"one silent for the limit", []time.Duration{100 * time.Millisecond, limit}, 1},
+		{"the silentest of two", []time.Duration{2 * time.Second, 0, 2500 * time.Millisecond}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, silentChild(tc.silences, limit))
 		})
 	}
 }
