@@ -558,9 +558,15 @@ func (o *Overlay) silentChild(now time.Time) *peer {
 	return nil
 }
 
-// reclaimWithin bounds an orphan's try at its grandparent: a dead or
-// unreachable one must not hold up the rest of the search.
-const reclaimWithin = 600 * time.Millisecond
+// reclaimWithin bounds an orphan's try at its grandparent, which takes
+// the punch's wait (see joinPunched) and about four round trips (the
+// handshake, the Hellos, the Subscribe): a dead or unreachable one must
+// not hold up the rest of the search (after a mass failure, most
+// grandparents are dead too). rtt is the round trip to the rendezvous,
+// our best guess of the one to the grandparent.
+func reclaimWithin(punchWait, rtt time.Duration) time.Duration {
+	return punchWait + 5*max(rtt, 20*time.Millisecond)
+}
 
 // reclaim is an orphan's first try when its parent died: its parent's
 // parent, which still counts the dead one among its children (until it
@@ -584,19 +590,22 @@ func (o *Overlay) reclaim(runCtx context.Context, rv *rendezvous) *peer {
 		return nil
 	}
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(runCtx, reclaimWithin)
+	rtt := rv.rtt()
+	punchWait := max(3*rtt, 100*time.Millisecond)
+	within := reclaimWithin(punchWait, rtt)
+	ctx, cancel := context.WithTimeout(runCtx, within)
 	defer cancel()
-	if rv != nil && rv.send(ctx, &Connect{Target: gp}) {
+	if rv.send(ctx, &Connect{Target: gp}) {
 		// Behind a NAT, it opens its mapping to us first (see
 		// joinPunched); a public one ignores the wait.
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(max(3*rv.rtt(), 100*time.Millisecond)):
+		case <-time.After(punchWait):
 		}
 	}
 	// The link lives on runCtx; ctx bounds only this try.
-	p, _ := o.dialPeerWithin(runCtx, *info, max(reclaimWithin-time.Since(start), tick))
+	p, _ := o.dialPeerWithin(runCtx, *info, max(within-time.Since(start), tick))
 	if p == nil {
 		return nil
 	}
