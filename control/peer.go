@@ -32,17 +32,17 @@ type peer struct {
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
-	child      atomic.Bool   // it subscribed to us: the host feeds it
-	childSince atomic.Int64  // unix nanos when it last became our child
-	leaving    atomic.Bool   // a child displaced, fed until its replacement joined
+	child      atomic.Bool  // it subscribed to us: the host feeds it
+	childSince atomic.Int64 // unix nanos when it last became our child
+	leaving    atomic.Bool  // a child displaced, fed until its replacement joined
 	// unsubscribed: it sent us Unsubscribe while it was not our parent
 	// (it displaced us before we took it as parent: see takeParent).
 	// Cleared when we subscribe; written under o.mu.
 	unsubscribed atomic.Bool
-	lastNew    atomic.Int64  // unix nanos of the last chunk it sent that we did not have
-	lastHeard  atomic.Int64  // unix nanos of the last message of any kind
-	lastUse    atomic.Int64  // unix nanos of the last chunk either way or request
-	packets    atomic.Uint64 // its link's packets received at the last look (packetCounter)
+	lastNew      atomic.Int64  // unix nanos of the last chunk it sent that we did not have
+	lastHeard    atomic.Int64  // unix nanos of the last message of any kind
+	lastUse      atomic.Int64  // unix nanos of the last chunk either way or request
+	packets      atomic.Uint64 // its link's packets received at the last look (packetCounter)
 
 	// What broadcastStatus sent it last, and when; its link's data
 	// messages sent at the last look, and when that count last moved.

@@ -191,6 +191,9 @@ func TestBackupSearchDue(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, backupSearchDue(tc.sinceTry, tc.sinceParent, tc.backups))
+		})
+	}
+}
 
 func TestSilentChild(t *testing.T) {
 	const limit = 1200 * time.Millisecond
