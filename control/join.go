@@ -609,13 +609,10 @@ func (o *Overlay) reclaim(runCtx context.Context, rv *rendezvous) *peer {
 	if p == nil {
 		return nil
 	}
-	if v := p.snapshot(); v.depth < 0 || slices.Contains(v.path, o.self) || !o.subscribeTo(ctx, p, uint64(max(o.newest()+1, 0))) {
+	if v := p.snapshot(); v.depth < 0 || slices.Contains(v.path, o.self) || !o.subscribeTo(ctx, p, uint64(max(o.newest()+1, 0))) || !o.takeParent(p) {
 		p.conn.Close(CodeGoodbye, "")
 		return nil
 	}
-	o.mu.Lock()
-	o.parent, o.waiting = p, ""
-	o.mu.Unlock()
 	o.adoptPath(p)
 	o.log.Info("took the dead parent's place", "parent", p.conn.RemoteAddr())
 	return p
