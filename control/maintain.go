@@ -193,9 +193,13 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		return p
 	}
 	_, backups = o.links()
-	for _, b := range backups {
-		if o.promote(ctx, b) {
-			return b
+	views := make([]peerView, len(backups))
+	for i, b := range backups {
+		views[i] = b.snapshot()
+	}
+	for _, i := range promoteOrder(views) {
+		if o.promote(ctx, backups[i]) {
+			return backups[i]
 		}
 	}
 	if now.Before(m.nextJoin) {

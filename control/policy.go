@@ -204,6 +204,25 @@ func backupsToDrop(backups []peerView, self NodeID, ancestors []NodeID) []int {
 	return drop
 }
 
+// promoteOrder is the order in which an orphan asks its backups to feed
+// it (the indices of backups): the shallowest first, as a joiner's places
+// (our subtree moves with us, and a deep backup made it deeper for
+// seconds, until it climbed); one not joined (rejoining itself) last.
+func promoteOrder(backups []peerView) []int {
+	order := make([]int, len(backups))
+	for i := range order {
+		order[i] = i
+	}
+	key := func(v peerView) int {
+		if v.depth < 0 {
+			return MaxDepth + 1
+		}
+		return v.depth
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(key(backups[a]), key(backups[b])) })
+	return order
+}
+
 // pickSource chooses whom to ask for seq on its try-th request: the
 // neighbours that hold it by their buffer maps, best evidence first, in
 // turn; when none seems to, every neighbour in turn.

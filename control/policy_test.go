@@ -212,3 +212,21 @@ func TestSilentChild(t *testing.T) {
 		})
 	}
 }
+
+func TestPromoteOrder(t *testing.T) {
+	at := func(depth int) peerView { return peerView{depth: depth} }
+	for _, tc := range []struct {
+		name    string
+		backups []peerView
+		want    []int
+	}{
+		{"none", nil, []int{}},
+		{"the shallowest first", []peerView{at(7), at(3), at(5)}, []int{1, 2, 0}},
+		{"ties keep their order", []peerView{at(4), at(4)}, []int{0, 1}},
+		{"one not joined last", []peerView{at(-1), at(9)}, []int{1, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, promoteOrder(tc.backups))
+		})
+	}
+}
