@@ -76,14 +76,11 @@ func (o *Overlay) join(ctx context.Context, rv *rendezvous) *peer {
 	var parent *peer
 	for _, r := range found {
 		switch {
-		case parent == nil && o.subscribeTo(ctx, r.p, 0):
+		case parent == nil && o.subscribeTo(ctx, r.p, 0) && o.takeParent(r.p):
 			parent = r.p
-			o.mu.Lock()
-			o.parent, o.waiting = parent, ""
-			o.mu.Unlock()
 			o.adoptPath(parent)
 			o.log.Info("joined", "parent", parent.conn.RemoteAddr(), "depth", r.depth+1)
-		case parent != nil && !r.p.snapshot().fedThrough([]NodeID{parent.id, o.self}) && o.addBackup(r.p):
+		case parent != nil && !r.p.fedThrough([]NodeID{parent.id, o.self}) && o.addBackup(r.p):
 		default:
 			r.p.conn.Close(CodeGoodbye, "")
 		}
@@ -144,8 +141,22 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 			continue
 		}
 		o.mu.Lock()
-		if o.parent != parent {
+		if o.parent == nil && !r.p.unsubscribed.Load() {
+			// The old parent died while we climbed: the new one feeds
+			// us already (rejoining would cost the bridge seconds).
+			o.parent, o.waiting = r.p, ""
+			o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
 			o.mu.Unlock()
+			o.adoptPath(r.p)
+			o.log.Info("climbed", "from", depth, "to", r.p.snapshot().depth+1, "parent", r.p.conn.RemoteAddr(), "orphaned", true)
+			return true
+		}
+		if o.parent != parent || r.p.unsubscribed.Load() {
+			// We found another parent meanwhile, or the new one
+			// displaced us as soon as it welcomed us (the old one feeds
+			// us still).
+			o.mu.Unlock()
+			o.log.Debug("climb undone", "addr", r.p.conn.RemoteAddr(), "displaced", r.p.unsubscribed.Load())
 			r.p.conn.Close(CodeGoodbye, "")
 			return false
 		}
@@ -188,12 +199,38 @@ func (o *Overlay) promote(ctx context.Context, b *peer) bool {
 		// source to pull from.
 		return false
 	}
+	if !o.takeParent(b) {
+		if !b.unsubscribed.Load() {
+			o.send(ctx, b, &Unsubscribe{}) // it stays a backup
+		}
+		return false
+	}
 	o.mu.Lock()
 	o.backups = slices.DeleteFunc(o.backups, func(p *peer) bool { return p == b })
-	o.parent, o.waiting = b, ""
 	o.mu.Unlock()
 	o.adoptPath(b)
 	o.log.Info("backup promoted", "addr", b.conn.RemoteAddr())
+	return true
+}
+
+// takeParent makes p, which welcomed our Subscribe, our parent, unless it
+// has displaced us since (its Unsubscribe came before we took it: see
+// unsubscribed) or we have another parent already; it reports whether it
+// did. A parent that no longer feeds
+// us would be judged stalled only after the stall timeout, with no
+// backup yet after a join.
+func (o *Overlay) takeParent(p *peer) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case p.unsubscribed.Load():
+		o.log.Debug("displaced as we subscribed", "addr", p.conn.RemoteAddr())
+		return false
+	case o.parent != nil && o.parent != p:
+		// A climb that started before we lost our parent landed first.
+		return false
+	}
+	o.parent, o.waiting = p, ""
 	return true
 }
 
@@ -203,6 +240,9 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 	case <-p.welcome:
 	default:
 	}
+	o.mu.Lock()
+	p.unsubscribed.Store(false)
+	o.mu.Unlock()
 	if o.send(ctx, p, &Subscribe{From: from}) != nil {
 		return false
 	}
@@ -218,6 +258,7 @@ func (o *Overlay) subscribeTo(ctx context.Context, p *peer, from uint64) bool {
 		o.mu.Lock()
 		o.waiting = a.reason
 		o.mu.Unlock()
+		o.markRefused(p.id)
 		o.log.Debug("subscription refused", "addr", p.conn.RemoteAddr(), "reason", a.reason)
 	case <-t.C:
 	case <-ctx.Done():
@@ -243,17 +284,41 @@ func (o *Overlay) adoptPath(parent *peer) {
 		return
 	}
 	changed := o.depth != v.depth+1 || len(o.path) != len(v.path)+1
+	newParent := len(o.path) == 0 || o.path[len(o.path)-1] != parent.id
 	o.depth = v.depth + 1
 	o.path = append(v.path, parent.id)
 	o.mu.Unlock()
 	if changed {
 		o.goFunc(func() { o.broadcastStatus(context.Background()) })
 	}
+	if newParent {
+		// Our children learn where we are fed from: should we die,
+		// they try it first (see reclaim).
+		o.goFunc(func() { o.tellChildren(context.Background(), &PeerList{Peers: []PeerInfo{parent.info()}}) })
+	}
+}
+
+// tellChildren sends m to each of our children.
+func (o *Overlay) tellChildren(ctx context.Context, m Message) {
+	msg := AppendMessage(nil, m)
+	for _, p := range o.peerList() {
+		if p.child.Load() && !p.leaving.Load() {
+			sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			p.conn.Send(sctx, msg)
+			cancel()
+		}
+	}
 }
 
 // dialPeer connects to a candidate and exchanges Hellos.
 func (o *Overlay) dialPeer(runCtx context.Context, info PeerInfo) (*peer, time.Duration) {
-	ctx, cancel := o.patience(runCtx, dialTimeout)
+	return o.dialPeerWithin(runCtx, info, dialTimeout)
+}
+
+// dialPeerWithin is dialPeer with a time limit other than dialTimeout; the
+// link lives on runCtx.
+func (o *Overlay) dialPeerWithin(runCtx context.Context, info PeerInfo, limit time.Duration) (*peer, time.Duration) {
+	ctx, cancel := o.patience(runCtx, limit)
 	defer cancel()
 	start := time.Now()
 	c, err := o.cfg.Transport.Dial(ctx, info.Addr, info.ID.Key())
@@ -399,6 +464,15 @@ func (o *Overlay) subscribe(ctx context.Context, p *peer, m *Subscribe) error {
 		return o.send(ctx, p, &Refuse{Reason: "overloaded"})
 	}
 	if o.freeSlots() == 0 {
+		if c := o.silentChild(time.Now()); c != nil {
+			// Most likely dead, and the newcomer one of its orphans
+			// (see reclaim): it takes its place.
+			o.log.Debug("a silent child's place taken", "silent", c.conn.RemoteAddr(), "by", p.conn.RemoteAddr())
+			c.conn.Close(CodeGoodbye, "silent")
+			o.dropPeer(c)
+		}
+	}
+	if o.freeSlots() == 0 {
 		// Capable uploaders move up: a newcomer that can relay takes the
 		// place of a child that cannot, which is moved away once the
 		// newcomer has joined (see handOver). Until then we feed one child
@@ -457,6 +531,93 @@ func (o *Overlay) handOver(ctx context.Context, victim, by *peer) {
 	o.displace(ctx, victim, by)
 }
 
+// silentChild returns the child that has been silent for reclaimAfter
+// (see the policy silentChild), or nil. Over QUIC, a child's packets
+// since the last look count as life, as in dropIdle; a node whose own
+// loop ran late lately waits twice that lateness longer.
+func (o *Overlay) silentChild(now time.Time) *peer {
+	var children []*peer
+	var silences []time.Duration
+	for _, q := range o.peerList() {
+		if !q.child.Load() || q.leaving.Load() {
+			continue
+		}
+		if pc, ok := q.conn.(packetCounter); ok {
+			if n := pc.PacketsReceived(); q.packets.Swap(n) != n {
+				q.lastHeard.Store(now.UnixNano())
+			}
+		}
+		children = append(children, q)
+		silences = append(silences, now.Sub(time.Unix(0, q.lastHeard.Load())))
+	}
+	// A child's messages may wait in our socket while we are starved of
+	// CPU (see judgeStall).
+	if i := silentChild(silences, reclaimAfter+2*o.starvedFor()); i >= 0 {
+		return children[i]
+	}
+	return nil
+}
+
+// reclaimWithin bounds an orphan's try at its grandparent, which takes
+// the punch's wait (see joinPunched) and about four round trips (the
+// handshake, the Hellos, the Subscribe): a dead or unreachable one must
+// not hold up the rest of the search (after a mass failure, most
+// grandparents are dead too). rtt is the round trip to the rendezvous,
+// our best guess of the one to the grandparent.
+func reclaimWithin(punchWait, rtt time.Duration) time.Duration {
+	return punchWait + 5*max(rtt, 20*time.Millisecond)
+}
+
+// reclaim is an orphan's first try when its parent died: its parent's
+// parent, which still counts the dead one among its children (until it
+// has been silent for silentAfter) but gives its place to a newcomer once
+// it has been silent for reclaimAfter. So the orphan keeps its depth, and
+// its subtree with it, instead of rejoining wherever a slot is free (often
+// at the bottom). It returns the new parent, or nil.
+func (o *Overlay) reclaim(runCtx context.Context, rv *rendezvous) *peer {
+	o.mu.Lock()
+	gp := o.lostGrand
+	o.lostGrand = NodeID{}
+	var info *PeerInfo
+	for i := len(o.heard) - 1; i >= 0 && !gp.IsZero(); i-- {
+		if o.heard[i].ID == gp {
+			info = &o.heard[i]
+			break
+		}
+	}
+	o.mu.Unlock()
+	if info == nil || o.failedRecently(gp) {
+		return nil
+	}
+	start := time.Now()
+	rtt := rv.rtt()
+	punchWait := max(3*rtt, 100*time.Millisecond)
+	within := reclaimWithin(punchWait, rtt)
+	ctx, cancel := context.WithTimeout(runCtx, within)
+	defer cancel()
+	if rv.send(ctx, &Connect{Target: gp}) {
+		// Behind a NAT, it opens its mapping to us first (see
+		// joinPunched); a public one ignores the wait.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(punchWait):
+		}
+	}
+	// The link lives on runCtx; ctx bounds only this try.
+	p, _ := o.dialPeerWithin(runCtx, *info, max(within-time.Since(start), tick))
+	if p == nil {
+		return nil
+	}
+	if v := p.snapshot(); v.depth < 0 || slices.Contains(v.path, o.self) || !o.subscribeTo(ctx, p, uint64(max(o.newest()+1, 0))) || !o.takeParent(p) {
+		p.conn.Close(CodeGoodbye, "")
+		return nil
+	}
+	o.adoptPath(p)
+	o.log.Info("took the dead parent's place", "parent", p.conn.RemoteAddr())
+	return p
+}
+
 // leafChild returns one of our children that can take no children itself
 // when p can (nil otherwise).
 func (o *Overlay) leafChild(p *peer) *peer {
@@ -504,7 +665,16 @@ func (o *Overlay) displace(ctx context.Context, victim, by *peer) {
 // and station pages.
 func (o *Overlay) neighbours(except *peer) []PeerInfo {
 	var out []PeerInfo
-	for _, q := range o.peerList() {
+	o.mu.Lock()
+	parent := o.parent
+	o.mu.Unlock()
+	ps := o.peerList()
+	// Our parent first: a child whose parent (we) dies tries it first
+	// (see reclaim).
+	if i := slices.Index(ps, parent); i > 0 {
+		ps[0], ps[i] = ps[i], ps[0]
+	}
+	for _, q := range ps {
 		info := q.info()
 		if q == except || info.Depth < 0 || q.page() {
 			continue
@@ -537,6 +707,26 @@ func (o *Overlay) markFailed(id NodeID) {
 			}
 		}
 	}
+}
+
+// refusedFor is how long a peer that refused our Subscribe is not dialed
+// again to be our parent: the rendezvous may offer it for seconds yet
+// (its free slots, or a child's place, as last registered), and one full
+// parent offered so was dialed by hundreds of joiners, some of them
+// again and again while their buffer ran dry.
+const refusedFor = 3 * time.Second
+
+// markRefused notes a peer that refused to feed us; unlike markFailed,
+// the rendezvous does not hear of it: it is alive.
+func (o *Overlay) markRefused(id NodeID) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if at, ok := o.failed[id]; ok && now.Sub(at) < failedFor-refusedFor {
+		return // failed lately: that lasts longer
+	}
+	// failedRecently counts failedFor from the time kept.
+	o.failed[id] = now.Add(refusedFor - failedFor)
 }
 
 // takeFailed returns the failures to report to the rendezvous since the

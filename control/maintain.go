@@ -7,12 +7,13 @@ import (
 )
 
 const (
-	tick           = 100 * time.Millisecond
-	backupInterval = time.Second     // between attempts to find a backup
-	backupAfter    = 2 * time.Second // settle before looking for a backup
-	climbInterval  = 5 * time.Second // between looks for a shallower parent
-	climbSoon      = time.Second     // between looks for climbHurry after the node came to sit deeper
-	climbHurry     = 6 * time.Second
+	tick            = 100 * time.Millisecond
+	backupInterval  = time.Second            // between attempts to find a backup
+	backupAfter     = 2 * time.Second        // settle before looking for a backup
+	backupAfterNone = 500 * time.Millisecond // the same, with no backup at all
+	climbInterval   = 5 * time.Second        // between looks for a shallower parent
+	climbSoon       = time.Second            // between looks for climbHurry after the node came to sit deeper
+	climbHurry      = 6 * time.Second
 )
 
 // maintainer keeps a listener joined: a pushing parent, warm backups and a
@@ -31,16 +32,19 @@ type maintainer struct {
 	starved    time.Duration         // how late step ran lately, decaying
 
 	// Searches (a rendezvous round trip, dials, a subscription) run beside
-	// the loop, one at a time, so that they never delay the detection of
-	// a dead parent; so does the bridge.
-	searching     bool
-	searched      chan bool // a search ended (true: we climbed)
-	lastBackupTry time.Time
-	lastClimb     time.Time
-	depth         int       // the depth at the last tick
-	deeperAt      time.Time // when the node last came to sit deeper
-	bridging      bool
-	bridged       chan struct{}
+	// the loop, one climb and one backup search at a time, so that they
+	// never delay the detection of a dead parent; so does the bridge.
+	searching bool
+	searched  chan bool // a climb ended (true: we climbed)
+	// backupSearching: a backup search runs (beside a climb).
+	backupSearching bool
+	backupsSearched chan struct{}
+	lastBackupTry   time.Time
+	lastClimb       time.Time
+	depth           int       // the depth at the last tick
+	deeperAt        time.Time // when the node last came to sit deeper
+	bridging        bool
+	bridged         chan struct{}
 
 	// Buffers step reuses every tick: the backups, repair's sources and
 	// the stall policy's view of the backups.
@@ -50,11 +54,12 @@ type maintainer struct {
 
 func newMaintainer(o *Overlay) *maintainer {
 	return &maintainer{
-		o:        o,
-		rv:       newRendezvous(o),
-		asked:    make(map[uint64]*repairTry),
-		searched: make(chan bool, 1),
-		bridged:  make(chan struct{}, 1),
+		o:               o,
+		rv:              newRendezvous(o),
+		asked:           make(map[uint64]*repairTry),
+		searched:        make(chan bool, 1),
+		backupsSearched: make(chan struct{}, 1),
+		bridged:         make(chan struct{}, 1),
 	}
 }
 
@@ -115,7 +120,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 				backupSilence = o.cfg.StallTimeout / 2
 			}
 			m.lostParent = parent.id
-			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr())
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastNew.Load())))
 			parent.conn.Close(CodeGoodbye, "stalled")
 			o.dropPeer(parent)
 			parent = nil
@@ -182,7 +187,7 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		case now.Sub(time.Unix(0, b.lastHeard.Load())) > backupSilence:
 			o.markFailed(b.id)
 			b.conn.Close(CodeGoodbye, "silent")
-		case b.snapshot().fedThrough([]NodeID{m.lostParent, o.self}):
+		case b.fedThrough([]NodeID{m.lostParent, o.self}):
 			// Fed through the parent we lost (or through us): cut off too.
 			b.conn.Close(CodeGoodbye, "cut off")
 		default:
@@ -191,10 +196,17 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		o.log.Debug("backup dropped with the parent", "addr", b.conn.RemoteAddr())
 		o.dropPeer(b)
 	}
+	if p := o.reclaim(ctx, m.rv); p != nil {
+		return p
+	}
 	_, backups = o.links()
-	for _, b := range backups {
-		if o.promote(ctx, b) {
-			return b
+	views := make([]peerView, len(backups))
+	for i, b := range backups {
+		views[i] = b.snapshot()
+	}
+	for _, i := range promoteOrder(views) {
+		if o.promote(ctx, backups[i]) {
+			return backups[i]
 		}
 	}
 	if now.Before(m.nextJoin) {
@@ -212,20 +224,22 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 	return nil
 }
 
-// dropDependentBackups drops backups that moved under one of our
-// ancestors: they would be cut off with us.
+// dropDependentBackups drops the backups that would be cut off with us
+// (see backupsToDrop).
 func (m *maintainer) dropDependentBackups(backups []*peer) {
 	if len(backups) == 0 {
 		return
 	}
 	o := m.o
-	ancestors := o.ancestors()
-	for _, b := range backups {
-		if b.fedThrough(ancestors) {
-			o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
-			b.conn.Close(CodeGoodbye, "no longer independent")
-			o.dropPeer(b)
-		}
+	views := make([]peerView, len(backups))
+	for i, b := range backups {
+		views[i] = b.snapshot()
+	}
+	for _, i := range backupsToDrop(views, o.self, o.ancestors()) {
+		b := backups[i]
+		o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
+		b.conn.Close(CodeGoodbye, "no longer independent")
+		o.dropPeer(b)
 	}
 }
 
@@ -246,7 +260,12 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 		}
 	default:
 	}
-	if parent == nil || m.searching {
+	select {
+	case <-m.backupsSearched:
+		m.backupSearching = false
+	default:
+	}
+	if parent == nil {
 		return
 	}
 	o.mu.Lock()
@@ -256,17 +275,33 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 		m.deeperAt = now
 	}
 	m.depth = depth
-	switch {
-	case o.needBackups() > 0 && now.Sub(m.lastBackupTry) > backupInterval && now.Sub(m.parentAt) > backupAfter:
-		m.lastBackupTry, m.searching = now, true
+	_, backups := o.links()
+	if !m.backupSearching && o.needBackups() > 0 && backupSearchDue(now.Sub(m.lastBackupTry), now.Sub(m.parentAt), len(backups)) {
+		m.lastBackupTry, m.backupSearching = now, true
 		o.goFunc(func() {
 			o.findBackups(ctx, m.rv)
-			m.searched <- false
+			m.backupsSearched <- struct{}{}
 		})
-	case climbDue(now.Sub(m.lastClimb), now.Sub(m.parentAt), now.Sub(m.deeperAt)):
+	}
+	if !m.searching && climbDue(now.Sub(m.lastClimb), now.Sub(m.parentAt), now.Sub(m.deeperAt)) {
 		m.lastClimb, m.searching = now, true
 		o.goFunc(func() { m.searched <- o.climb(ctx, m.rv, parent) })
 	}
+}
+
+// backupSearchDue reports whether a node that wants more backups looks
+// for one now, sinceTry after its last look and sinceParent after its
+// parent came (a join, a climb, a promotion): every backupInterval, once
+// settled for backupAfter; a node with no backup at all settles only
+// backupAfterNone (its parent's death would cost it the stall timeout and
+// a rejoin with nothing to bridge them). A climb runs beside it: climbs
+// that dialed unreachable nodes for seconds used to hold the search up.
+func backupSearchDue(sinceTry, sinceParent time.Duration, backups int) bool {
+	settle := backupAfter
+	if backups == 0 {
+		settle = backupAfterNone
+	}
+	return sinceTry > backupInterval && sinceParent > settle
 }
 
 // links returns the parent and a copy of the backups.

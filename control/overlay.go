@@ -162,6 +162,9 @@ type Overlay struct {
 	hint    *PeerInfo            // a parent to try first on the next join
 	waiting string               // why we have no parent: the last refusal or failed search
 	closed  bool
+	// lostGrand is our parent's parent when our parent died (see
+	// reclaim), zero when tried or when our parent was the root.
+	lostGrand NodeID
 
 	subMu    sync.Mutex // one subscription at a time: the free-slot check and the attach
 	admitMu  sync.Mutex // one accepted peer at a time: the budgets and the admission
@@ -754,6 +757,7 @@ func (o *Overlay) accept(c *mux.Chunk, arrived time.Time) {
 		if since := o.parentSince.Load(); since > prev {
 			// The first chunk after a parent loss: the gap is the recovery.
 			o.recovery.Record(arrived.Sub(time.Unix(0, prev)))
+			o.log.Debug("recovered", "gap", arrived.Sub(time.Unix(0, prev)), "orphaned", arrived.Sub(time.Unix(0, since)))
 			o.parentSince.Store(0)
 		}
 	}
@@ -769,6 +773,7 @@ func (o *Overlay) sendChunk(p *peer, c *mux.Chunk) bool {
 	ok := o.pulls.take(n, rate, time.Now())
 	o.pullMu.Unlock()
 	if !ok {
+		o.log.Debug("pull refused", "to", p.conn.RemoteAddr(), "children", o.host.Children())
 		o.pullsRefused.Add(1)
 		return false
 	}

@@ -255,7 +255,7 @@ func TestJoinPicksAParentWithAFreeSlotNearestFirst(t *testing.T) {
 	})
 }
 
-func TestBackupsAreFedByNoneOfTheAncestors(t *testing.T) {
+func TestBackupsAreFedByNoneOfTheAncestorsOrOneAtMost(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 5 * time.Millisecond}}, 300)
 		for range 8 {
@@ -271,7 +271,13 @@ func TestBackupsAreFedByNoneOfTheAncestors(t *testing.T) {
 			_, backups := n.ov.links()
 			require.NotEmpty(t, backups, "node %d keeps backups", i)
 			for _, b := range backups {
-				require.False(t, b.snapshot().fedThrough(ancestors), "node %d: backup %v is fed through an ancestor", i, b.id)
+				// One fed through a higher ancestor only while none is
+				// independent (see backupsToDrop); never through the
+				// parent (the last of the ancestors, unless it is the
+				// broadcaster).
+				v := b.snapshot()
+				require.False(t, v.fedThrough(append(ancestors[max(len(ancestors)-1, 0):], n.ov.self)), "node %d: backup %v is fed through its parent", i, b.id)
+				require.False(t, v.fedThrough(ancestors) && len(backups) > 1, "node %d: backup %v is fed through an ancestor", i, b.id)
 			}
 		}
 	})
@@ -294,13 +300,42 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 		parent.tr.Kill()
 		// b pulls from its backup (the other relay, which has upload to
 		// spare) a few chunks' time after the parent fell silent, and
-		// switches to it.
+		// switches to it, or takes its dead parent's place at the root
+		// (see reclaim) while the backup bridges the gap.
 		time.Sleep(2 * time.Second)
-		require.Same(t, other, s.parentOf(b), "its backup took over")
+		st := b.ov.Stats()
+		require.Contains(t, []*testNode{other, s.root}, s.parentOf(b), "its backup or the root took over")
+		want := 1 // the root's child
+		if s.parentOf(b) == other {
+			want = 2
+		}
+		require.Equal(t, want, st.Depth)
 		require.Empty(t, b.host.missing(uint64(killed)-5, uint64(s.newest())-3), "no chunk lost: the backup bridged the gap")
 		rec := b.ov.Stats()
 		require.Equal(t, uint64(1), rec.Recoveries)
 		require.Less(t, rec.RecoveryMax, 400*time.Millisecond)
+	})
+}
+
+// TestAnOrphanTakesItsDeadParentsPlace: the grandparent still counts the
+// dead relay among its children (for silentAfter), but gives its place to
+// the relay's orphan, which asks it first: the orphan keeps its depth.
+func TestAnOrphanTakesItsDeadParentsPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 150) // 1 slot
+		a := s.add(300)
+		time.Sleep(2 * time.Second)
+		b := s.add(300)
+		time.Sleep(4 * time.Second)
+		require.Same(t, a, s.parentOf(b))
+		require.Equal(t, 2, b.ov.Stats().Depth)
+		a.tr.Kill()
+		// b judges a stalled after the stall timeout (1 s) and asks the
+		// root, which has heard nothing from a for 1.2 s by then.
+		time.Sleep(2 * time.Second)
+		st := b.ov.Stats()
+		require.Equal(t, 1, st.Depth, "b took a's place at the root")
+		require.Less(t, st.RecoveryMax, 2*time.Second)
 	})
 }
 

@@ -32,13 +32,17 @@ type peer struct {
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
 
-	child      atomic.Bool   // it subscribed to us: the host feeds it
-	childSince atomic.Int64  // unix nanos when it last became our child
-	leaving    atomic.Bool   // a child displaced, fed until its replacement joined
-	lastNew    atomic.Int64  // unix nanos of the last chunk it sent that we did not have
-	lastHeard  atomic.Int64  // unix nanos of the last message of any kind
-	lastUse    atomic.Int64  // unix nanos of the last chunk either way or request
-	packets    atomic.Uint64 // its link's packets received at the last look (packetCounter)
+	child      atomic.Bool  // it subscribed to us: the host feeds it
+	childSince atomic.Int64 // unix nanos when it last became our child
+	leaving    atomic.Bool  // a child displaced, fed until its replacement joined
+	// unsubscribed: it sent us Unsubscribe while it was not our parent
+	// (it displaced us before we took it as parent: see takeParent).
+	// Cleared when we subscribe; written under o.mu.
+	unsubscribed atomic.Bool
+	lastNew      atomic.Int64  // unix nanos of the last chunk it sent that we did not have
+	lastHeard    atomic.Int64  // unix nanos of the last message of any kind
+	lastUse      atomic.Int64  // unix nanos of the last chunk either way or request
+	packets      atomic.Uint64 // its link's packets received at the last look (packetCounter)
 
 	// What broadcastStatus sent it last, and when; its link's data
 	// messages sent at the last look, and when that count last moved.
@@ -95,6 +99,10 @@ func (o *Overlay) dropPeer(p *peer) {
 	delete(o.peers, p)
 	lost := o.parent == p
 	if lost {
+		o.lostGrand = NodeID{}
+		if len(o.path) >= 2 {
+			o.lostGrand = o.path[len(o.path)-2]
+		}
 		o.loseParent()
 	}
 	o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == p })
@@ -271,6 +279,10 @@ func (o *Overlay) unsubscribed(p *peer) {
 		if len(by) > 0 {
 			o.hint = &by[0]
 		}
+	} else {
+		// It welcomed us and displaced us at once, before the search
+		// that subscribed took it as parent: that search must not.
+		p.unsubscribed.Store(true)
 	}
 	o.mu.Unlock()
 	if displaced {

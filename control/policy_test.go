@@ -145,3 +145,88 @@ func TestClimbDue(t *testing.T) {
 		})
 	}
 }
+
+func TestBackupsToDrop(t *testing.T) {
+	self, a1, a2, parent, x := testID(1), testID(2), testID(3), testID(4), testID(9)
+	ancestors := []NodeID{a1, a2, parent} // the broadcaster's child first
+	// A backup fed through the root only, or through ancestors down to
+	// the given one.
+	free := peerView{id: testID(10), path: []NodeID{testID(0), x}}
+	under := func(id byte, through ...NodeID) peerView {
+		return peerView{id: testID(id), path: append([]NodeID{testID(0)}, through...)}
+	}
+	for _, tc := range []struct {
+		name    string
+		backups []peerView
+		want    []int
+	}{
+		{"none", nil, nil},
+		{"independent ones stay", []peerView{free, under(11, x)}, nil},
+		{"one under our parent goes", []peerView{under(11, a1, a2, parent)}, []int{0}},
+		{"our parent itself goes", []peerView{{id: parent, path: []NodeID{testID(0), a1, a2}}}, []int{0}},
+		{"one fed through us goes", []peerView{under(11, a1, a2, parent, self)}, []int{0}},
+		{"dependent ones go when one is independent", []peerView{under(11, a1), free, under(12, a1, a2)}, []int{0, 2}},
+		{"the least dependent stays while none is independent", []peerView{under(11, a1, a2), under(12, a1)}, []int{0}},
+		{"but never one under our parent", []peerView{under(11, a1, a2, parent), under(12, a1, a2)}, []int{0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, backupsToDrop(tc.backups, self, ancestors))
+		})
+	}
+}
+
+func TestBackupSearchDue(t *testing.T) {
+	const s = time.Second
+	for _, tc := range []struct {
+		name                  string
+		sinceTry, sinceParent time.Duration
+		backups               int
+		want                  bool
+	}{
+		{"settled, one backup", 2 * s, 3 * s, 1, true},
+		{"looked just now", 500 * time.Millisecond, 3 * s, 1, false},
+		{"a new parent, one backup", 2 * s, s, 1, false},
+		{"a new parent, no backup", 2 * s, 600 * time.Millisecond, 0, true},
+		{"a parent just now, no backup", 2 * s, 100 * time.Millisecond, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, backupSearchDue(tc.sinceTry, tc.sinceParent, tc.backups))
+		})
+	}
+}
+
+func TestSilentChild(t *testing.T) {
+	const limit = 1200 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		silences []time.Duration
+		want     int
+	}{
+		{"no children", nil, -1},
+		{"all heard from lately", []time.Duration{0, 900 * time.Millisecond, limit - 1}, -1},
+		{"one silent for the limit", []time.Duration{100 * time.Millisecond, limit}, 1},
+		{"the silentest of two", []time.Duration{2 * time.Second, 0, 2500 * time.Millisecond}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, silentChild(tc.silences, limit))
+		})
+	}
+}
+
+func TestPromoteOrder(t *testing.T) {
+	at := func(depth int) peerView { return peerView{depth: depth} }
+	for _, tc := range []struct {
+		name    string
+		backups []peerView
+		want    []int
+	}{
+		{"none", nil, []int{}},
+		{"the shallowest first", []peerView{at(7), at(3), at(5)}, []int{1, 2, 0}},
+		{"ties keep their order", []peerView{at(4), at(4)}, []int{0, 1}},
+		{"one not joined last", []peerView{at(-1), at(9)}, []int{1, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, promoteOrder(tc.backups))
+		})
+	}
+}

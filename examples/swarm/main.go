@@ -113,7 +113,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.IntVar(&o.slowKbps, "slow-kbps", 160, "the uplink of a -slow listener, kbit/s")
 	fs.Float64Var(&o.leaves, "leaves", 0, "fraction of listeners with no upload budget (leaves: they take no children)")
 	fs.Float64Var(&o.natPreserving, "nat", 0, "with -net mem: fraction of listeners each behind its own port-preserving NAT (Linux MASQUERADE's behaviour)")
-	fs.IntVar(&o.worst, "worst", 0, "print the N counted listeners with the lowest continuity to stderr (their NAT, depth, recoveries, why waiting)")
+	fs.IntVar(&o.worst, "worst", 0, "print the N counted listeners with the lowest continuity to stderr (their NAT, depth, recoveries, why waiting), the depths of the live ones and the deepest counted ones")
 	fs.Float64Var(&o.natRandom, "nat-random", 0, "with -net mem: fraction of listeners each behind its own port-randomising NAT (MASQUERADE --random-fully)")
 }
 
@@ -856,6 +856,21 @@ func (s *swarm) summary(b *p2pradio.Node, elapsed time.Duration) Summary {
 		}
 		for k, h := range hist {
 			fmt.Fprintf(os.Stderr, "depths %q: %v\n", k, h)
+		}
+	}
+	if s.o.worst > 0 {
+		// The counted listeners at the deepest depth, alive or at death
+		// (most runs' deepest is a listener killed while a subtree above
+		// it had just rejoined deeper).
+		for _, w := range worst {
+			if w.st.Depth != sum.MaxDepth {
+				continue
+			}
+			when := "alive"
+			if !w.alive {
+				when = fmt.Sprintf("died %v", w.m.died.Sub(now).Round(100*time.Millisecond))
+			}
+			fmt.Fprintf(os.Stderr, "deepest: listener %d depth %d born %v %s\n", w.i, w.st.Depth, w.m.born.Sub(now).Round(time.Second), when)
 		}
 	}
 	for _, w := range worst[:min(s.o.worst, len(worst))] {
