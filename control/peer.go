@@ -365,7 +365,7 @@ func (p *peer) snapshot() peerView {
 }
 
 // fedThrough is p.snapshot().fedThrough(ids) without the rest of the
-// snapshot: the maintainer asks it of every backup every tick.
+// snapshot, for the checks that need only the path.
 func (p *peer) fedThrough(ids []NodeID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
