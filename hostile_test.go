@@ -743,7 +743,9 @@ func TestHostilePeerQUIC(t *testing.T) {
 
 	// Replays of chunks the window no longer holds, and duplicates: honest
 	// bytes, ignored, and no reason to cut the sender off.
-	require.Eventually(t, func() bool { return l.Stats().ChunksReceived > 0 && blogNewest(blog) >= int64(10+window+chunksIn(1500*time.Millisecond)) }, 8*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return l.Stats().ChunksReceived > 0 && blogNewest(blog) >= int64(10+window+chunksIn(1500*time.Millisecond))
+	}, 8*time.Second, 20*time.Millisecond)
 	bad := l.Stats().BadChunks
 	c, err = htr.Dial(ctx, ltr.Addr(), l.Key())
 	require.NoError(t, err)
