@@ -247,7 +247,7 @@ func TestEndToEndQUIC(t *testing.T) {
 	blog := newChunkLog()
 	// Every parent sends a joiner 2 s at once: more than the playout
 	// target of 1.5 s, so it starts without waiting for live audio.
-	const burst = 20
+	burst := int(chunksIn(2 * time.Second))
 	b, err := New(Config{Source: src, Key: bkey, Transport: btr, Burst: burst, Outputs: []output.Output{blog}, Logger: testLogger(t, "b")})
 	require.NoError(t, err)
 	defer b.Close()

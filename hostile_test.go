@@ -109,6 +109,14 @@ type hostilePeer struct {
 	wg       sync.WaitGroup
 }
 
+// chunksIn is about how many chunks of the default length (a little
+// longer: whole frames) the stream has in d.
+func chunksIn(d time.Duration) uint64 { return uint64(d / DefaultChunkDuration) }
+
+// hostileWindow is the Window of the nodes that TestHostilePeerInMemory
+// attacks, in chunks: about 5 s, whatever the chunk length.
+var hostileWindow = chunksIn(5 * time.Second)
+
 func newHostilePeer(t *testing.T, tr control.Transport, station ed25519.PublicKey, path []control.NodeID) *hostilePeer {
 	_, forger, err := ed25519.GenerateKey(nil)
 	require.NoError(t, err)
@@ -267,7 +275,7 @@ func (h *hostilePeer) child(ctx context.Context, c control.Conn, from uint64) {
 	news := make(chan uint64, 64)
 	h.mu.Lock()
 	h.subs[news] = struct{}{}
-	next := uint64(max(h.newest-13, 0))
+	next := uint64(max(h.newest-int64(chunksIn(1300*time.Millisecond)), 0))
 	if from > 0 {
 		next = from
 	}
@@ -289,7 +297,7 @@ func (h *hostilePeer) child(ctx context.Context, c control.Conn, from uint64) {
 			if !ok {
 				break
 			}
-			if !done && time.Since(start) >= h.honest && (a != attackReplay || newest >= 80) {
+			if !done && time.Since(start) >= h.honest && (a != attackReplay || newest >= int64(hostileWindow+30)) {
 				done = true
 				h.mu.Lock()
 				h.attacked[id]++
@@ -322,7 +330,7 @@ func (h *hostilePeer) attack(ctx context.Context, c control.Conn, a attack, seq 
 	switch a {
 	case attackForged:
 		h.mu.Lock()
-		older := h.chunks[seq-20]
+		older := h.chunks[seq-chunksIn(2*time.Second)]
 		h.mu.Unlock()
 		ch, err := mux.ParseChunk(b)
 		if err != nil {
@@ -331,7 +339,7 @@ func (h *hostilePeer) attack(ctx context.Context, c control.Conn, a attack, seq 
 		}
 		o, err := mux.ParseChunk(older)
 		if err != nil {
-			h.t.Errorf("hostile peer: chunk %d: %v", seq-20, err)
+			h.t.Errorf("hostile peer: chunk %d: %v", seq-chunksIn(2*time.Second), err)
 			return
 		}
 		f, err := forge(ch, o.Frames, h.forger)
@@ -348,11 +356,11 @@ func (h *hostilePeer) attack(ctx context.Context, c control.Conn, a attack, seq 
 		}
 		c.SendData(x)
 	case attackReplay:
-		// Chunks the node's window (50) no longer holds, then the last
-		// ones again, then the genuine chunk: all honest bytes.
+		// Chunks the node's window (hostileWindow) no longer holds, then
+		// the last ones again, then the genuine chunk: all honest bytes.
 		h.mu.Lock()
 		var replay [][]byte
-		for s := seq - 70; s < seq-60; s++ {
+		for s := seq - hostileWindow - 20; s < seq-hostileWindow-10; s++ {
 			replay = append(replay, h.chunks[s])
 		}
 		for s := seq - 5; s < seq; s++ {
@@ -484,7 +492,7 @@ func TestHostilePeerInMemory(t *testing.T) {
 			require.NoError(t, err)
 			h := &honest{name: name, sink: &playout.MemorySink{}, log: newChunkLog(), attack: a, decode: decode}
 			h.n, err = New(Config{
-				Station: b.Address().String(), Transport: tr, UploadKbps: 300,
+				Station: b.Address().String(), Transport: tr, UploadKbps: 300, Window: int(hostileWindow),
 				Sink: h.sink, Playout: playout.Config{NoDecode: !decode},
 				Outputs: []output.Output{h.log}, SignatureCache: sigs, Logger: testLogger(t, name),
 			})
@@ -532,7 +540,7 @@ func TestHostilePeerInMemory(t *testing.T) {
 		newest := slices.Max(slices.Collect(maps.Keys(bchunks)))
 		genuine, err := mux.ParseChunk(bchunks[newest])
 		require.NoError(t, err)
-		old, err := mux.ParseChunk(bchunks[newest-30])
+		old, err := mux.ParseChunk(bchunks[newest-chunksIn(3*time.Second)])
 		require.NoError(t, err)
 		next := *genuine
 		next.Seq += 5 // a chunk l0 does not have yet
@@ -682,7 +690,9 @@ func TestHostilePeerQUIC(t *testing.T) {
 	defer ltr.Close()
 	sink := &playout.MemorySink{}
 	llog := newChunkLog()
-	l, err := New(Config{Station: b.Address().String(), Transport: ltr, Sink: sink, Outputs: []output.Output{llog}, Logger: testLogger(t, "l")})
+	// A window of 3 s: the 8 s stream goes well past it.
+	window := chunksIn(3 * time.Second)
+	l, err := New(Config{Station: b.Address().String(), Transport: ltr, Window: int(window), Sink: sink, Outputs: []output.Output{llog}, Logger: testLogger(t, "l")})
 	require.NoError(t, err)
 	defer l.Close()
 	ldone := make(chan error, 1)
@@ -701,10 +711,10 @@ func TestHostilePeerQUIC(t *testing.T) {
 	// duplicate by the time it arrives), and the others.
 	genuine, err := mux.ParseChunk(chunks[newest])
 	require.NoError(t, err)
-	old, err := mux.ParseChunk(chunks[newest-20])
+	old, err := mux.ParseChunk(chunks[newest-chunksIn(2*time.Second)])
 	require.NoError(t, err)
 	ahead := *genuine
-	ahead.Seq += 20
+	ahead.Seq += chunksIn(2 * time.Second)
 	forged, err := forge(&ahead, old.Frames, h.forger)
 	require.NoError(t, err)
 	strangerAttacks(t, ctx, htr, ltr.Addr(), l.Key(), station, forged)
@@ -733,7 +743,9 @@ func TestHostilePeerQUIC(t *testing.T) {
 
 	// Replays of chunks the window no longer holds, and duplicates: honest
 	// bytes, ignored, and no reason to cut the sender off.
-	require.Eventually(t, func() bool { return l.Stats().ChunksReceived > 0 && blogNewest(blog) >= 65 }, 8*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return l.Stats().ChunksReceived > 0 && blogNewest(blog) >= int64(10+window+chunksIn(1500*time.Millisecond))
+	}, 8*time.Second, 20*time.Millisecond)
 	bad := l.Stats().BadChunks
 	c, err = htr.Dial(ctx, ltr.Addr(), l.Key())
 	require.NoError(t, err)

@@ -71,10 +71,10 @@ type Config struct {
 	Outputs []output.Output
 
 	// ChunkDuration is the broadcaster's chunk length. Zero means
-	// DefaultChunkDuration (100 ms).
+	// DefaultChunkDuration (200 ms).
 	ChunkDuration time.Duration
 	// Window is how many recent chunks a node keeps for joiners and
-	// repair. Zero means 50 (about 5 s of 100 ms chunks).
+	// repair. Zero means 50 (about 10 s of 200 ms chunks).
 	Window int
 	// Burst is how many chunks from its window a parent sends a new child
 	// at once, so it starts fast with its bit reservoir. Zero means those
@@ -156,11 +156,12 @@ func (c *Config) sink() playout.Sink {
 // DefaultChunkDuration is a broadcaster's chunk length unless
 // Config.ChunkDuration says otherwise. Each chunk costs every node that
 // relays it a send per child, with its QUIC packets and acknowledgements:
-// a station feeding 100 children spent 0.82 of the CPU with 200 ms chunks
-// (examples/relaycost, side by side), for about 100 ms more lag. Not the
-// default yet: with 200 ms chunks, repair from a backup whose pull budget
-// is tight (TestRepairAsksAnotherNeighbour) came too late for 39 frames.
-const DefaultChunkDuration = 100 * time.Millisecond
+// a station feeding 100 children spends about 0.77 of the CPU with 200 ms
+// chunks that it spends with 100 ms (examples/relaycost, side by side).
+// The price is lag: a chunk's first frame waits for its last before it is
+// sent, about 40 ms more at the median in the swarm example (fake time),
+// 100 ms at most, and the buffer left for repairs is that much shorter.
+const DefaultChunkDuration = 200 * time.Millisecond
 
 func (c *Config) setDefaults() {
 	if c.ListenAddr == "" {

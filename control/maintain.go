@@ -353,26 +353,43 @@ func seqsFrom(first int64, count int) []uint64 {
 	return out
 }
 
-// repairLag is how long a chunk may be missing behind the newest before it
-// is requested from a neighbour; repairAgain is how long before asking the
-// next one.
-const (
-	repairLag   = 200 * time.Millisecond
-	repairAgain = 200 * time.Millisecond
-	repairSpan  = 30 // chunks behind the newest that are checked
-)
+// repairSpan is how many chunks behind the newest repair checks.
+const repairSpan = 30
+
+// repairLag is how long a chunk may be missing while a later one is here
+// before it is requested from a neighbour: a chunk lost in the parent's
+// QUIC connection arrives late, after a later one on another of its lanes,
+// once a loss is noticed and the packet resent (about two round trips);
+// one sent at all is here by then. repairWait is how long a request is
+// given before the next neighbour is asked: its round trip and the time
+// the answer takes to be queued and sent. Both are at least a tick, as the
+// loop runs no more often. (Fixed at 200 ms each they left too little of
+// the buffer with 200 ms chunks, which come half as often and so show a
+// gap later: TestRepairAsksAnotherNeighbour.)
+func repairLag(parentRTT time.Duration) time.Duration {
+	return max(tick, 2*parentRTT+20*time.Millisecond)
+}
+
+func repairWait(rtt time.Duration) time.Duration { return max(tick, 2*rtt+50*time.Millisecond) }
 
 // repairTry is a missing chunk's requests so far.
 type repairTry struct {
-	at    time.Time // the last request
+	at    time.Time     // the last request
+	wait  time.Duration // before the next one (repairWait of whom it asked)
 	tries int
+}
+
+// repairAsk is one tick's request to one neighbour.
+type repairAsk struct {
+	req  Request
+	wait time.Duration // repairWait of its round trip
 }
 
 // repair pulls the chunks missing behind the newest one received, well
 // before their playout deadline: a chunk lost on the way or dropped by a
 // busy parent is requested from a neighbour whose buffer map shows it (the
 // backups first, then the parent), and if it has not come after
-// repairAgain, from the next one, and so on, until it comes or its turn to
+// repairWait, from the next one, and so on, until it comes or its turn to
 // play passes (then the player conceals it).
 func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, now time.Time) {
 	o := m.o
@@ -383,18 +400,19 @@ func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, 
 	from := max(newest-repairSpan, o.recv.first.Load(), 0)
 	m.sourceBuf = append(append(m.sourceBuf[:0], backups...), parent)
 	sources := m.sourceBuf
-	reqs := make(map[*peer]*Request)
+	lag := repairLag(parent.conn.RTT())
+	reqs := make(map[*peer]*repairAsk)
 	for seq := uint64(from); int64(seq) < newest; seq++ {
 		if o.win.Get(seq) != nil {
 			delete(m.asked, seq)
 			continue
 		}
 		try := m.asked[seq]
-		if try != nil && now.Sub(try.at) < repairAgain {
+		if try != nil && now.Sub(try.at) < try.wait {
 			continue
 		}
-		// A chunk is missing only once a later one is here for repairLag.
-		if try == nil && now.Sub(o.recv.seenAt(seq+1, newest)) < repairLag {
+		// A chunk is missing only once a later one is here for a while.
+		if try == nil && now.Sub(o.recv.seenAt(seq+1, newest)) < lag {
 			continue
 		}
 		if try == nil {
@@ -402,15 +420,15 @@ func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, 
 			m.asked[seq] = try
 		}
 		to := pickSource(sources, seq, try.tries)
-		try.at = now
-		try.tries++
-		req := reqs[to]
-		if req == nil {
-			req = &Request{}
-			reqs[to] = req
+		a := reqs[to]
+		if a == nil {
+			a = &repairAsk{wait: repairWait(to.conn.RTT())}
+			reqs[to] = a
 		}
-		if len(req.Seqs) < MaxRequest {
-			req.Seqs = append(req.Seqs, seq)
+		try.at, try.wait = now, a.wait
+		try.tries++
+		if len(a.req.Seqs) < MaxRequest {
+			a.req.Seqs = append(a.req.Seqs, seq)
 		}
 	}
 	for seq := range m.asked {
@@ -418,9 +436,9 @@ func (m *maintainer) repair(ctx context.Context, parent *peer, backups []*peer, 
 			delete(m.asked, seq)
 		}
 	}
-	for to, req := range reqs {
-		o.repairs.Add(int64(len(req.Seqs)))
-		o.send(ctx, to, req)
+	for to, a := range reqs {
+		o.repairs.Add(int64(len(a.req.Seqs)))
+		o.send(ctx, to, &a.req)
 	}
 }
 

@@ -84,8 +84,8 @@ type OverlayConfig struct {
 	// zero or negative means no children (a leaf).
 	UploadKbps int
 	// Burst is how many recent chunks a new child is sent at once. Zero
-	// means those of the last 1.2 s (burstAudio): 12 of the default 100 ms
-	// chunks, 6 of 200 ms.
+	// means those of the last 1.2 s (burstAudio): 6 of the default 200 ms
+	// chunks, 12 of 100 ms.
 	Burst int
 	// WindowSize is how many recent chunks Window holds: chunks older than
 	// that behind the newest are not accepted. Zero means 50.

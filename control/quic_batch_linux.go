@@ -36,7 +36,7 @@ const maxQueuedPackets = 1024
 // (and every GSO batch after it).
 type batchConn struct {
 	*net.UDPConn
-	pc *ipv4.PacketConn // the same socket, for ReadBatch and WriteBatch
+	pc batcher // the same socket, for ReadBatch and WriteBatch
 
 	mu      sync.Mutex
 	space   sync.Cond // signalled when the sender takes the queue
@@ -54,13 +54,33 @@ type batchConn struct {
 func newBatchConn(udp *net.UDPConn) *batchConn {
 	c := &batchConn{
 		UDPConn: udp,
-		pc:      ipv4.NewPacketConn(udp),
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+	}
+	if m, ok := newMMsgConn(udp); ok {
+		c.pc = m
+	} else {
+		c.pc = xnetBatcher{ipv4.NewPacketConn(udp)}
 	}
 	c.space.L = &c.mu
 	go c.send()
 	return c
+}
+
+// batcher sends and receives batches of packets: an mmsgConn, or x/net's
+// PacketConn where that cannot be used.
+type batcher interface {
+	WriteBatch(ms []ipv4.Message) (int, error)
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// xnetBatcher is x/net's PacketConn as a batcher.
+type xnetBatcher struct{ pc *ipv4.PacketConn }
+
+func (x xnetBatcher) WriteBatch(ms []ipv4.Message) (int, error) { return x.pc.WriteBatch(ms, 0) }
+
+func (x xnetBatcher) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	return x.pc.ReadBatch(ms, flags)
 }
 
 // ReadBatch reads several packets with one system call (quic-go's
@@ -146,7 +166,7 @@ func (c *batchConn) sendAll(ms []ipv4.Message) {
 		ms = splitAll(ms)
 	}
 	for len(ms) > 0 {
-		n, err := c.pc.WriteBatch(ms, 0)
+		n, err := c.pc.WriteBatch(ms)
 		ms = ms[n:]
 		if err == nil || len(ms) == 0 {
 			continue

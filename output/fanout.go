@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/p2pradio/p2pradio/mux"
 )
@@ -18,7 +19,8 @@ type Peer interface {
 // FanoutConfig configures a Fanout. The zero value is usable.
 type FanoutConfig struct {
 	// MaxDrops is how many chunks in a row a child may fail to take before
-	// OnSlow is called for it. Zero means 20 (about 2 s of audio).
+	// OnSlow is called for it. Zero means those of 2 s of audio
+	// (maxDropAudio), whatever the chunks' length.
 	MaxDrops int
 	// OnSlow is called (from WriteChunk's goroutine) for a child that
 	// cannot keep up; the node usually disconnects it. Nil does nothing.
@@ -38,16 +40,15 @@ type Fanout struct {
 }
 
 type child struct {
-	drops int // in a row
+	drops     int           // in a row
+	dropAudio time.Duration // their audio
 }
 
 var _ Output = (*Fanout)(nil)
 
 // NewFanout returns a Fanout with no children.
 func NewFanout(cfg FanoutConfig) *Fanout {
-	if cfg.MaxDrops <= 0 {
-		cfg.MaxDrops = 20
-	}
+	cfg.MaxDrops = max(cfg.MaxDrops, 0)
 	return &Fanout{cfg: cfg, children: make(map[Peer]*child)}
 }
 
@@ -80,19 +81,21 @@ func Send(p Peer, c *mux.Chunk) bool { return p.SendData(c.Bytes()) == nil }
 
 // WriteChunk sends c to every child.
 func (f *Fanout) WriteChunk(c *mux.Chunk) {
-	b := c.Bytes()
+	b, d := c.Bytes(), c.Duration()
 	var slow []Peer
 	f.mu.Lock()
 	for p, ch := range f.children {
 		if err := p.SendData(b); err != nil {
 			f.dropped.Add(1)
 			ch.drops++
-			if ch.drops == f.cfg.MaxDrops {
+			ch.dropAudio += d
+			if f.cfg.MaxDrops > 0 && ch.drops == f.cfg.MaxDrops ||
+				f.cfg.MaxDrops == 0 && ch.dropAudio >= maxDropAudio && ch.dropAudio-d < maxDropAudio {
 				slow = append(slow, p)
 			}
 			continue
 		}
-		ch.drops = 0
+		ch.drops, ch.dropAudio = 0, 0
 		f.sent.Add(1)
 		f.bytes.Add(int64(len(b)))
 	}

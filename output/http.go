@@ -49,7 +49,8 @@ type HTTPConfig struct {
 	// raised to that.
 	Queue time.Duration
 	// MaxDrops is how many chunks in a row a listener may lose before it
-	// is disconnected. Zero means 20 (about 2 s of audio).
+	// is disconnected. Zero means those of 2 s of audio (maxDropAudio),
+	// whatever the chunks' length.
 	MaxDrops int
 	// WriteTimeout bounds one write to a listener: one that takes nothing
 	// for this long is disconnected (a listener that stops reading is
@@ -57,8 +58,9 @@ type HTTPConfig struct {
 	WriteTimeout time.Duration
 	// Reorder is how many later chunks may wait for a missing one before
 	// the stream goes on without it (chunks may arrive out of order, as
-	// repairs from neighbours). Zero means 10 (about 1 s, the time a node
-	// has to repair a gap before its own playout conceals it).
+	// repairs from neighbours). Zero means those of 1 s of audio
+	// (reorderAudio: about the time a node has to repair a gap before its
+	// own playout conceals it), whatever the chunks' length.
 	Reorder int
 	// Logger receives listener events. Nil means silent.
 	Logger *slog.Logger
@@ -91,15 +93,11 @@ func (c *HTTPConfig) setDefaults() {
 		c.Queue = burst + 4*time.Second
 	}
 	c.Queue = max(c.Queue, burst+time.Second)
-	if c.MaxDrops <= 0 {
-		c.MaxDrops = 20
-	}
+	c.MaxDrops = max(c.MaxDrops, 0)
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
 	}
-	if c.Reorder <= 0 {
-		c.Reorder = 10
-	}
+	c.Reorder = max(c.Reorder, 0)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -179,15 +177,16 @@ type client struct {
 	wake chan struct{} // cap 1: the queue has something, or the client was kicked
 	addr string        // addrKey of its address
 
-	mu      sync.Mutex
-	queue   []segment
-	spare   []segment // the writer's previous queue, for reuse
-	queued  time.Duration
-	writing time.Duration // in the write under way
-	unread  int64         // bytes in the connection not yet read, as last measured
-	drops   int           // chunks lost in a row
-	kicked  bool
-	abort   func() // unblocks the writer's write; nil if it cannot be
+	mu        sync.Mutex
+	queue     []segment
+	spare     []segment // the writer's previous queue, for reuse
+	queued    time.Duration
+	writing   time.Duration // in the write under way
+	unread    int64         // bytes in the connection not yet read, as last measured
+	drops     int           // chunks lost in a row
+	dropAudio time.Duration // their audio
+	kicked    bool
+	abort     func() // unblocks the writer's write; nil if it cannot be
 }
 
 // behind is how much audio waits for the listener, at rate bytes per
@@ -333,7 +332,7 @@ func (h *HTTP) WriteChunk(c *mux.Chunk) {
 			h.next++
 			continue
 		}
-		if len(h.pending) < h.cfg.Reorder {
+		if !h.waitedEnough(c) {
 			return
 		}
 		// Waited long enough for h.next: go on from the oldest pending.
@@ -346,6 +345,22 @@ func (h *HTTP) WriteChunk(c *mux.Chunk) {
 		h.skipped.Add(int64(oldest - h.next))
 		h.next = oldest
 	}
+}
+
+// The defaults of HTTPConfig.Reorder and MaxDrops, in audio: chunk
+// counts would mean twice as long with chunks twice as long.
+const (
+	reorderAudio = time.Second
+	maxDropAudio = 2 * time.Second
+)
+
+// waitedEnough reports whether the chunks pending (c among them) have
+// waited long enough for the missing one before them. h.mu is held.
+func (h *HTTP) waitedEnough(c *mux.Chunk) bool {
+	if h.cfg.Reorder > 0 {
+		return len(h.pending) >= h.cfg.Reorder
+	}
+	return time.Duration(len(h.pending))*c.Duration() >= reorderAudio
 }
 
 // send keeps c among the recent chunks and queues it for every listener.
@@ -368,13 +383,14 @@ func (h *HTTP) send(c *mux.Chunk) {
 		case cl.behind(rate)+d > h.cfg.Queue:
 			h.dropped.Add(1)
 			cl.drops++
-			if cl.drops >= h.cfg.MaxDrops {
+			cl.dropAudio += d
+			if h.cfg.MaxDrops > 0 && cl.drops >= h.cfg.MaxDrops || h.cfg.MaxDrops == 0 && cl.dropAudio >= maxDropAudio {
 				h.kick(cl)
 			}
 		default:
 			cl.queue = append(cl.queue, segment{held: hd})
 			cl.queued += d
-			cl.drops = 0
+			cl.drops, cl.dropAudio = 0, 0
 		}
 		cl.mu.Unlock()
 		cl.signal()

@@ -594,3 +594,19 @@ func TestHTTPFFmpegPlaysTheStream(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPWaitsASecondOfAudioForAMissingChunk: by default the stream waits
+// for a missing chunk while later ones of less than 1 s of audio are
+// pending, however long the chunks.
+func TestHTTPWaitsASecondOfAudioForAMissingChunk(t *testing.T) {
+	chunks, _ := demoChunks(t, 20, nil) // 100 ms each
+	wait := int((reorderAudio + chunks[0].Duration() - 1) / chunks[0].Duration())
+	h := NewHTTP(HTTPConfig{Burst: -1})
+	h.WriteChunk(chunks[0])
+	for i := 2; i < 2+wait-1; i++ {
+		h.WriteChunk(chunks[i])
+	}
+	require.Zero(t, h.Stats().Skipped, "1 still waited for")
+	h.WriteChunk(chunks[2+wait-1])
+	require.Equal(t, int64(1), h.Stats().Skipped, "1 given up with 1 s of audio after it")
+}

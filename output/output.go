@@ -51,7 +51,7 @@ type windowSlot struct {
 var _ Output = (*Window)(nil)
 
 // NewWindow returns a Window that holds the last size chunks; size below 1
-// means 50 (5 s of 100 ms chunks).
+// means 50 (10 s of the default 200 ms chunks).
 func NewWindow(size int) *Window {
 	if size < 1 {
 		size = 50

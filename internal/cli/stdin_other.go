@@ -2,7 +2,10 @@
 
 package cli
 
-import "os"
+import (
+	"io"
+	"os"
+)
 
 // Stdin is standard input (see stdin_unix.go).
-func Stdin() *os.File { return os.Stdin }
+func Stdin() io.Reader { return os.Stdin }

@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -14,10 +15,11 @@ import (
 // read(2) blocking a thread that held a processor: the runtime's monitor
 // (sysmon) then never slept, took the processor back after 10 ms and
 // polled at its shortest interval (20 us) meanwhile, costing a station with
-// 100 children a fifth of its CPU (examples/relaycost). Non-blocking mode
-// is set on the pipe, which only others reading the same pipe see; a
-// terminal or a file is left as it is.
-func Stdin() *os.File {
+// 100 children a fifth of its CPU (examples/relaycost). On Linux each read
+// is a raw system call (stdin_linux.go). Non-blocking mode is set on the
+// pipe, which only others reading the same pipe see; a terminal or a file
+// is left as it is.
+func Stdin() io.Reader {
 	var st unix.Stat_t
 	if err := unix.Fstat(unix.Stdin, &st); err != nil {
 		return os.Stdin
@@ -28,5 +30,5 @@ func Stdin() *os.File {
 	if err := unix.SetNonblock(unix.Stdin, true); err != nil {
 		return os.Stdin
 	}
-	return os.NewFile(uintptr(unix.Stdin), "/dev/stdin")
+	return rawRead(os.NewFile(uintptr(unix.Stdin), "/dev/stdin"))
 }
