@@ -131,6 +131,22 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 		return false
 	}
 	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.punchable(), rv.displaceable())
+	// A target we hold as a backup already (probe dials only the
+	// others): subscribing to it moves us there. One that refuses stays
+	// a backup.
+	_, backups := o.links()
+	for _, b := range backups {
+		if !slices.ContainsFunc(plan.targets, func(c PeerInfo) bool { return c.ID == b.id }) {
+			continue
+		}
+		v := b.snapshot()
+		if v.depth < 0 || v.depth > plan.most || !canServe(v, o.self, plan.needSlot, nil) {
+			continue
+		}
+		if o.subscribeTo(ctx, b, uint64(o.newest()+1)) {
+			return o.climbOnto(ctx, parent, ranked{p: b, peerView: v}, depth)
+		}
+	}
 	found := o.probe(ctx, plan.targets, plan.needSlot, 2, nil)
 	if len(found) == 0 && len(plan.punch) > 0 {
 		found = o.joinPunched(ctx, rv, plan.punch)
@@ -140,51 +156,63 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 			r.p.conn.Close(CodeGoodbye, "")
 			continue
 		}
-		o.mu.Lock()
-		if o.parent == nil && !r.p.unsubscribed.Load() {
-			// The old parent died while we climbed: the new one feeds
-			// us already (rejoining would cost the bridge seconds).
-			o.parent, o.waiting = r.p, ""
-			o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
-			o.mu.Unlock()
-			o.adoptPath(r.p)
-			o.log.Info("climbed", "from", depth, "to", r.p.snapshot().depth+1, "parent", r.p.conn.RemoteAddr(), "orphaned", true)
-			return true
-		}
-		if o.parent != parent || r.p.unsubscribed.Load() {
-			// We found another parent meanwhile, or the new one
-			// displaced us as soon as it welcomed us (the old one feeds
-			// us still).
-			o.mu.Unlock()
-			o.log.Debug("climb undone", "addr", r.p.conn.RemoteAddr(), "displaced", r.p.unsubscribed.Load())
-			r.p.conn.Close(CodeGoodbye, "")
-			return false
-		}
-		// The old parent becomes the first backup (it is fed by none of
-		// our new ancestors: it is deeper than the new parent); the last
-		// backup goes when there are too many.
-		o.parent = r.p
-		o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
-		var old *peer
-		if o.cfg.Backups > 0 {
-			o.backups = slices.Insert(o.backups, 0, parent)
-		} else {
-			old = parent
-		}
-		if len(o.backups) > o.cfg.Backups {
-			old = o.backups[len(o.backups)-1]
-			o.backups = o.backups[:len(o.backups)-1]
-		}
-		o.mu.Unlock()
-		if old != nil {
-			old.conn.Close(CodeGoodbye, "replaced")
-		}
-		o.send(ctx, parent, &Unsubscribe{})
-		o.adoptPath(r.p)
-		o.log.Info("climbed", "from", depth, "to", r.depth+1, "parent", r.p.conn.RemoteAddr())
-		return true
+		return o.climbOnto(ctx, parent, r, depth)
 	}
 	return false
+}
+
+// climbOnto makes r, which has just welcomed our Subscribe, our parent in
+// place of parent (which becomes a backup), unless parent died meanwhile
+// (r then simply takes its place) or things changed under the climb.
+func (o *Overlay) climbOnto(ctx context.Context, parent *peer, r ranked, depth int) bool {
+	o.mu.Lock()
+	if o.parent == nil && !r.p.unsubscribed.Load() {
+		// The old parent died while we climbed: the new one feeds
+		// us already (rejoining would cost the bridge seconds).
+		o.parent, o.waiting = r.p, ""
+		o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
+		o.mu.Unlock()
+		o.adoptPath(r.p)
+		o.log.Info("climbed", "from", depth, "to", r.p.snapshot().depth+1, "parent", r.p.conn.RemoteAddr(), "orphaned", true)
+		return true
+	}
+	if o.parent != parent || r.p.unsubscribed.Load() {
+		// We found another parent meanwhile, or the new one
+		// displaced us as soon as it welcomed us (the old one feeds
+		// us still).
+		backup := slices.Contains(o.backups, r.p)
+		o.mu.Unlock()
+		o.log.Debug("climb undone", "addr", r.p.conn.RemoteAddr(), "displaced", r.p.unsubscribed.Load())
+		if backup {
+			o.send(ctx, r.p, &Unsubscribe{}) // it stays a backup
+		} else {
+			r.p.conn.Close(CodeGoodbye, "")
+		}
+		return false
+	}
+	// The old parent becomes the first backup (it is fed by none of
+	// our new ancestors: it is deeper than the new parent); the last
+	// backup goes when there are too many.
+	o.parent = r.p
+	o.backups = slices.DeleteFunc(o.backups, func(b *peer) bool { return b == r.p })
+	var old *peer
+	if o.cfg.Backups > 0 {
+		o.backups = slices.Insert(o.backups, 0, parent)
+	} else {
+		old = parent
+	}
+	if len(o.backups) > o.cfg.Backups {
+		old = o.backups[len(o.backups)-1]
+		o.backups = o.backups[:len(o.backups)-1]
+	}
+	o.mu.Unlock()
+	if old != nil {
+		old.conn.Close(CodeGoodbye, "replaced")
+	}
+	o.send(ctx, parent, &Unsubscribe{})
+	o.adoptPath(r.p)
+	o.log.Info("climbed", "from", depth, "to", r.depth+1, "parent", r.p.conn.RemoteAddr())
+	return true
 }
 
 // promote makes the backup our pushing parent.
