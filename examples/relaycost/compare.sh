@@ -280,14 +280,14 @@ if [ -n "$PROFILE" ]; then
   echo "station CPU profile of the window: $PROFILE (go tool pprof -top $PROFILE)" >&2
 fi
 
-awk -v n="$N" -v im="$ice_ms" -v is="$ice_s" -v om="$our_ms" -v os="$our_s" -v bm="$b_ms" -v b="${STATION_B:+1}" 'BEGIN {
+awk -v n="$N" -v im="$ice_ms" -v is="$ice_s" -v om="$our_ms" -v os="$our_s" -v bm="$b_ms" -v b="${STATION_B:+1}" -v skip="$SKIP_ICECAST" 'BEGIN {
   ice = im / (n * is); our = om / (n * os); ob = bm / (n * os)
-  printf "icecast2   %d listeners: %7.1f ms CPU in %.1f s = %.3f ms per listener-second\n", n, im, is, ice
+  if (!skip) printf "icecast2   %d listeners: %7.1f ms CPU in %.1f s = %.3f ms per listener-second\n", n, im, is, ice
   printf "p2pradio   %d children:  %7.1f ms CPU in %.1f s = %.3f ms per child-second\n", n, om, os, our
-  printf "ratio p2pradio/icecast: %.1f\n", (ice > 0 ? our / ice : 0)
+  if (!skip) printf "ratio p2pradio/icecast: %.1f\n", (ice > 0 ? our / ice : 0)
   if (b) {
     printf "p2pradio b %d children:  %7.1f ms CPU in %.1f s = %.3f ms per child-second\n", n, bm, os, ob
-    printf "ratio p2pradio b/icecast: %.1f\n", (ice > 0 ? ob / ice : 0)
+    if (!skip) printf "ratio p2pradio b/icecast: %.1f\n", (ice > 0 ? ob / ice : 0)
     printf "station b/a: %.2f\n", (our > 0 ? ob / our : 0)
   }
 }'
