@@ -167,21 +167,30 @@ func (c *mmsgConn) WriteBatch(ms []ipv4.Message) (int, error) {
 	if !c.prepare(&c.w, ms, true) {
 		return 0, unix.EINVAL // an address of another family: as the kernel says
 	}
+	n, err := mmsg(c.rc.Write, unix.SYS_SENDMMSG, c.w.hdrs[:len(ms)], 0)
+	runtime.KeepAlive(ms)
+	return n, err
+}
+
+// mmsg makes the system call trap (sendmmsg or recvmmsg) on hdrs through
+// the poller: wait is the raw conn's Read or Write, which parks the
+// goroutine while the socket would block. It returns how many messages
+// went.
+func mmsg(wait func(func(fd uintptr) bool) error, trap uintptr, hdrs []mmsghdr, flags int) (int, error) {
 	var n uintptr
 	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
+	err := wait(func(fd uintptr) bool {
 		for {
-			n, _, errno = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.w.hdrs[0])), uintptr(len(ms)), 0, 0, 0)
+			n, _, errno = unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&hdrs[0])), uintptr(len(hdrs)), uintptr(flags), 0, 0)
 			if errno != unix.EINTR {
 				return errno != unix.EAGAIN
 			}
 		}
 	})
-	runtime.KeepAlive(ms)
-	if err != nil {
+	switch {
+	case err != nil:
 		return 0, err
-	}
-	if errno != 0 {
+	case errno != 0:
 		return 0, errno
 	}
 	return int(n), nil
@@ -194,31 +203,19 @@ func (c *mmsgConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		return 0, nil
 	}
 	c.prepare(&c.r, ms, false)
-	var n uintptr
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.r.hdrs[0])), uintptr(len(ms)), uintptr(flags), 0, 0)
-			if errno != unix.EINTR {
-				return errno != unix.EAGAIN
-			}
-		}
-	})
+	n, err := mmsg(c.rc.Read, unix.SYS_RECVMMSG, c.r.hdrs[:len(ms)], flags)
 	runtime.KeepAlive(ms)
 	if err != nil {
 		return 0, err
 	}
-	if errno != 0 {
-		return 0, errno
-	}
-	for i := range int(n) {
+	for i := range n {
 		h := &c.r.hdrs[i]
 		ms[i].N = int(h.n)
 		ms[i].NN = int(h.hdr.Controllen)
 		ms[i].Flags = int(h.hdr.Flags)
 		ms[i].Addr = addr(&c.r.names[i])
 	}
-	return int(n), nil
+	return n, nil
 }
 
 // grow returns s with length n, reallocated only when it is too short.
