@@ -47,9 +47,10 @@ type maintainer struct {
 	bridged         chan struct{}
 
 	// Buffers step reuses every tick: the backups, repair's sources and
-	// the stall policy's view of the backups.
+	// the stall policy's view of the backups, and backupsToDrop's.
 	backupBuf, sourceBuf []*peer
 	viewBuf              []backupView
+	peerViewBuf          []peerView
 }
 
 func newMaintainer(o *Overlay) *maintainer {
@@ -200,10 +201,11 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		return p
 	}
 	_, backups = o.links()
-	views := make([]peerView, len(backups))
-	for i, b := range backups {
-		views[i] = b.snapshot()
+	views := m.peerViewBuf[:0]
+	for _, b := range backups {
+		views = append(views, b.snapshot())
 	}
+	m.peerViewBuf = views
 	for _, i := range promoteOrder(views) {
 		if o.promote(ctx, backups[i]) {
 			return backups[i]
@@ -231,10 +233,11 @@ func (m *maintainer) dropDependentBackups(backups []*peer) {
 		return
 	}
 	o := m.o
-	views := make([]peerView, len(backups))
-	for i, b := range backups {
-		views[i] = b.snapshot()
+	views := m.peerViewBuf[:0]
+	for _, b := range backups {
+		views = append(views, b.snapshot())
 	}
+	m.peerViewBuf = views
 	for _, i := range backupsToDrop(views, o.self, o.ancestors()) {
 		b := backups[i]
 		o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())
