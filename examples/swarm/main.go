@@ -29,7 +29,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/p2pradio/p2pradio"
@@ -157,15 +156,6 @@ type swarm struct {
 // figure (cpu_ms_per_s_steady) starts counting: joins and the first
 // climbs are over by then.
 const steadyAfter = 10 * time.Second
-
-// cpuTime is the CPU time the process used so far, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // run runs the swarm until the duration has passed or ctx is done, prints
 // its figures and returns them.
@@ -363,16 +353,6 @@ func writeAllocs(path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// wallClock reads the machine's clock with a system call: inside a
-// synctest bubble time.Now is the bubble's fake clock.
-func wallClock() time.Duration {
-	var tv syscall.Timeval
-	if syscall.Gettimeofday(&tv) != nil {
-		return 0
-	}
-	return time.Duration(tv.Nano())
 }
 
 func parseKill(s string) (float64, time.Duration, error) {
