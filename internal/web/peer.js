@@ -577,7 +577,7 @@ class Player {
 
 // ---- the page as a node ----
 
-const TICK_MS = 100, STALL_MS = 1000, STALL_WITH_BACKUP_MS = 500, SILENT_MS = 3000, WINDOW = 50, BURST = 12;
+const TICK_MS = 100, STALL_MS = 1000, STALL_WITH_BACKUP_MS = 500, SILENT_MS = 3000, WINDOW = 50, BURST_MS = 1200;
 const BACKUPS = 2, FAILED_MS = 10000, REPAIR_LAG_MS = 200, REPAIR_AGAIN_MS = 200, REPAIR_SPAN = 30;
 
 class PageNode {
@@ -788,11 +788,17 @@ class PageNode {
     l.send({ type: T.Welcome });
     l.send(this.status());
     l.send({ type: T.PeerList, peers: [] });
-    // The burst: recent chunks (from m.from on, or the last BURST).
-    let from = m.from > 0 ? m.from : Math.max(0, this.newest - BURST + 1);
+    // The burst: recent chunks (from m.from on, or those of the last
+    // BURST_MS at the newest chunk's duration, as a Go node sends).
+    let from = m.from > 0 ? m.from : Math.max(0, this.newest - this.burst() + 1);
     from = Math.max(from, this.newest - WINDOW + 1);
     for (let s = from; s <= this.newest; s++) { const c = this.win.get(s); if (c) this.sendChunk(l, c); }
     l.child = true;
+  }
+
+  burst() {
+    const c = this.win.get(this.newest), d = c ? 1000 * c.samples / c.format.rate : 100;
+    return Math.max(1, Math.ceil(BURST_MS / d));
   }
 
   sendChunk(l, c) { if (l.sendData(c.raw)) { this.relayed++; this.relayedBytes += c.raw.length; } }
