@@ -818,23 +818,22 @@ func (o *Overlay) setObserved(addr string) {
 	}
 }
 
-// rootLoop keeps a broadcaster's entry at the rendezvous fresh: its
-// embedded Tracker's, or an external one's.
+// rootLoop keeps a broadcaster's entry at the rendezvous fresh: an
+// external one's by registering; its embedded Tracker asks for the entry
+// when it needs it (Tracker.SetSelfFunc).
 func (o *Overlay) rootLoop(ctx context.Context) {
-	var rv *rendezvous
-	if o.cfg.Tracker == nil {
-		rv = newRendezvous(o)
-		defer rv.close()
+	if o.cfg.Tracker != nil {
+		o.cfg.Tracker.SetSelfFunc(func() (PeerInfo, uint64) {
+			return o.selfEntry(), uint64(o.newest() + 1)
+		})
+		return
 	}
+	rv := newRendezvous(o)
+	defer rv.close()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
-		if rv != nil {
-			rv.maybeRegister(ctx)
-		} else {
-			o.cfg.Tracker.SetSelf(o.selfEntry())
-			o.cfg.Tracker.SetLive(uint64(o.newest() + 1))
-		}
+		rv.maybeRegister(ctx)
 		select {
 		case <-ctx.Done():
 			return
