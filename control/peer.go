@@ -31,6 +31,9 @@ type peer struct {
 	welcome   chan answer // the answer to our Subscribe
 
 	dialed bool // we dialed it (a parent or candidate); set before its readers start
+	// countsPackets: its Hello said HelloCountsPackets (as our parent it
+	// lets us send our Status every childQuiet, not parentQuiet).
+	countsPackets atomic.Bool
 
 	child      atomic.Bool  // it subscribed to us: the host feeds it
 	childSince atomic.Int64 // unix nanos when it last became our child
@@ -188,6 +191,7 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 		p.update(m.Depth, m.FreeSlots, m.Path, m.Newest)
 		p.mu.Lock()
 		p.listen, p.upload = m.ListenAddr, m.UploadKbps
+		p.countsPackets.Store(m.Flags&HelloCountsPackets != 0)
 		first := false
 		select {
 		case <-p.helloed:

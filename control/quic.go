@@ -256,6 +256,13 @@ type QUICTransport struct {
 
 	recvBuf *budget // data bytes held by all connections (MaxReceiveBuffer)
 
+	// lastFramed is the data message framed last, shared by the next
+	// connections given the same message (see framed).
+	lastFramed struct {
+		sync.Mutex
+		msg, framed []byte
+	}
+
 	srcMu     sync.Mutex
 	incoming  int                  // incoming connections, from first packet to close
 	perAddr   map[netip.Addr]int   // the same by source address

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/quic-go/quic-go"
 )
@@ -99,6 +101,22 @@ func frame(msg []byte) []byte {
 	return append(b, msg...)
 }
 
+// framed is frame(msg), the same bytes as the last call's when msg is the
+// same message: a fan-out sends one chunk to every child, and framed each
+// time, a chunk was copied once per child (at a station with 100 children
+// two fifths of all it allocated). A framed message is never changed, so
+// connections share it; msg is compared whole, so that a caller may reuse
+// its buffer for another message.
+func (t *QUICTransport) framed(msg []byte) []byte {
+	l := &t.lastFramed
+	l.Lock()
+	defer l.Unlock()
+	if l.framed == nil || len(msg) != len(l.msg) || unsafe.SliceData(msg) != unsafe.SliceData(l.msg) || !bytes.Equal(l.framed[len(l.framed)-len(msg):], msg) {
+		l.msg, l.framed = msg, frame(msg)
+	}
+	return l.framed
+}
+
 // Send queues one control message; see Conn.
 func (c *QUICConn) Send(ctx context.Context, msg []byte) error {
 	if len(msg) > MaxMessageSize {
@@ -132,7 +150,7 @@ func (c *QUICConn) SendData(msg []byte) error {
 		return err
 	}
 	select {
-	case c.dataOut <- outData{frame(msg), time.Now().Add(c.t.cfg.DataTimeout)}:
+	case c.dataOut <- outData{c.t.framed(msg), time.Now().Add(c.t.cfg.DataTimeout)}:
 		return nil
 	default:
 		c.stats.sendDropped.Add(1)

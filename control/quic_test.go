@@ -948,3 +948,20 @@ func TestQUICRelayHelper(t *testing.T) {
 	}
 	time.Sleep(time.Hour)
 }
+
+func TestQUICFramesAFanOutsMessageOnce(t *testing.T) {
+	var tr QUICTransport
+	require.Equal(t, frame(nil), tr.framed(nil))
+	msg := []byte("a chunk for every child")
+	a := tr.framed(msg)
+	require.Equal(t, frame(msg), a)
+	b := tr.framed(msg)
+	require.Same(t, &a[0], &b[0], "the same message: shared")
+	msg[0] = 'A' // the caller reuses its buffer
+	c := tr.framed(msg)
+	require.Equal(t, frame(msg), c)
+	require.Equal(t, frame([]byte("a chunk for every child")), a, "a framed message never changes")
+	other := []byte("another")
+	require.Equal(t, frame(other), tr.framed(other))
+	require.Equal(t, frame(nil), tr.framed(nil))
+}

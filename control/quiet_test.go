@@ -1,6 +1,7 @@
 package control
 
 import (
+	"crypto/ed25519"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -97,4 +98,39 @@ func TestAPeerWhosePacketsKeepComingIsAlive(t *testing.T) {
 	require.Len(t, o.peers, 1, "within silentAfter of its last packet")
 	o.dropIdle(now.Add(silentAfter + time.Second))
 	require.Empty(t, o.peers, "nothing for longer than silentAfter: gone")
+}
+
+func TestAChildTellsAParentThatCountsPacketsItsStatusLessOften(t *testing.T) {
+	a, b := newMemPair(t, MemConfig{})
+	mc, _ := connect(t, a, b)
+	station, _, err := ed25519.GenerateKey(nil)
+	require.NoError(t, err)
+	h := newTestHost()
+	o, err := NewOverlay(OverlayConfig{Station: station, Transport: a, Host: h, Window: h.win, Rendezvous: "127.0.0.1:1"})
+	require.NoError(t, err)
+	now := time.Now()
+	for _, tc := range []struct {
+		flags   uint8
+		counter bool
+		want    time.Duration
+	}{
+		{0, true, parentQuiet},                 // a parent from before: it drops a child silent for 3 s
+		{HelloCountsPackets, true, childQuiet}, // it counts our acknowledgements
+		{HelloCountsPackets | 0x80, true, childQuiet},
+		{HelloCountsPackets, false, 0}, // the link counts no packets: every second
+	} {
+		var conn Conn = mc
+		if tc.counter {
+			conn = &countingConn{Conn: mc}
+		}
+		p := newPeer(o, conn, true)
+		// Its Hello as the parent sends it back.
+		require.NoError(t, o.handle(t.Context(), p, &Hello{Version: WireVersion, Station: o.id, Depth: 1, Flags: tc.flags}))
+		p.lastNew.Store(now.Add(-200 * time.Millisecond).UnixNano())
+		require.Equal(t, tc.want, o.quietFor(p, true, now), "%+v", tc)
+		p.lastNew.Store(now.Add(-3 * time.Second).UnixNano())
+		require.Zero(t, o.quietFor(p, true, now), "not fed lately: every second (%+v)", tc)
+	}
+	// A node says it counts packets.
+	require.Equal(t, HelloCountsPackets, o.hello(newPeer(o, mc, true)).Flags&HelloCountsPackets)
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -84,6 +85,8 @@ type Tracker struct {
 	waiting map[NodeID]time.Time
 	live    uint64 // one more than the station's newest chunk (SetLive)
 	probes  chan struct{}
+	// selfFunc describes the broadcaster on demand (SetSelfFunc).
+	selfFunc atomic.Pointer[func() (PeerInfo, uint64)]
 }
 
 type tracked struct {
@@ -168,6 +171,25 @@ func (t *Tracker) SetSelf(info PeerInfo) {
 	t.unindex(t.self)
 	t.self.info, t.self.seen = info, time.Now()
 	t.index(t.self)
+}
+
+// SetSelfFunc makes the tracker ask f for the broadcaster's entry and
+// live edge (what SetSelf and SetLive take) whenever it answers a
+// registration or lists its nodes, instead of being told them: an
+// embedded tracker's station told it ten times a second, a wake-up of an
+// idle station each time. f is called without the tracker's lock held.
+func (t *Tracker) SetSelfFunc(f func() (self PeerInfo, live uint64)) {
+	t.selfFunc.Store(&f)
+	t.refreshSelf()
+}
+
+// refreshSelf takes the broadcaster's entry from the SetSelfFunc, if any.
+func (t *Tracker) refreshSelf() {
+	if f := t.selfFunc.Load(); f != nil {
+		self, live := (*f)()
+		t.SetSelf(self)
+		t.SetLive(live)
+	}
 }
 
 // SetLive records the station's live edge: one more than its newest
@@ -291,6 +313,7 @@ func (t *Tracker) Serve(ctx context.Context, c Conn, first *Register) {
 				c.Close(CodeVersion, errWrongVersion(m.Version).Error())
 				return
 			}
+			t.refreshSelf()
 			cands := t.register(id, c.RemoteAddr(), m)
 			if addr, ok := t.shouldProbe(id); ok {
 				probes.Go(func() { t.probe(ctx, id, addr, c.RemoteKey()) })
@@ -768,6 +791,7 @@ func (t *Tracker) publicParents(id NodeID, now time.Time) []PeerInfo {
 
 // Nodes returns a snapshot of every node registered, the root included.
 func (t *Tracker) Nodes() []TrackedNode {
+	t.refreshSelf()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]TrackedNode, 0, len(t.nodes))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -258,4 +259,50 @@ func TestTrackerPunchOffers(t *testing.T) {
 		c = tr.register(id(10), "a10:1", &Register{Depth: -1, Want: true, NAT: NATPreserves})
 		require.Equal(t, []string{"a3:1"}, addrs(c.Punch), "offered again once the hold is over")
 	})
+}
+
+func TestTrackerAsksItsStationForItsEntry(t *testing.T) {
+	tr := NewTracker(TrackerConfig{})
+	var free atomic.Int64
+	var live atomic.Uint64
+	free.Store(2)
+	live.Store(40)
+	tr.SetSelfFunc(func() (PeerInfo, uint64) {
+		return PeerInfo{ID: NodeID{1}, Addr: "root", Depth: 0, FreeSlots: int(free.Load())}, live.Load()
+	})
+	self := func() PeerInfo {
+		for _, n := range tr.Nodes() {
+			if n.ID == (NodeID{1}) {
+				return n.PeerInfo
+			}
+		}
+		return PeerInfo{}
+	}
+	require.Equal(t, 2, self().FreeSlots, "taken when the function is set")
+	free.Store(0)
+	live.Store(45)
+	require.Equal(t, 0, self().FreeSlots, "asked again, not told")
+
+	// A registration asks too: the station, full, is not offered; with a
+	// free slot again it is, and the live edge is its newest.
+	a, b := newMemPair(t, MemConfig{})
+	ca, cb := connect(t, a, b)
+	go tr.Serve(t.Context(), cb, &Register{Version: WireVersion, Depth: -1, Want: true})
+	cands := func() *Candidates {
+		m, err := ca.Receive(t.Context())
+		require.NoError(t, err)
+		c, err := ParseMessage(m)
+		require.NoError(t, err)
+		return c.(*Candidates)
+	}
+	got := cands()
+	require.Equal(t, uint64(45), got.Live)
+	require.Empty(t, got.Peers)
+	free.Store(1)
+	live.Store(50)
+	require.NoError(t, ca.Send(t.Context(), AppendMessage(nil, &Register{Version: WireVersion, Depth: -1, Want: true})))
+	got = cands()
+	require.Equal(t, uint64(50), got.Live)
+	require.Len(t, got.Peers, 1)
+	require.Equal(t, "root", got.Peers[0].Addr)
 }

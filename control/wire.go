@@ -13,7 +13,9 @@ import (
 // speaks. Hello and Register carry it, and a node closes a link whose
 // version differs (CodeVersion) with a message that says both. Every field
 // is mandatory, so that each message has one encoding; a change of any
-// message is a new version. Decoders ignore bytes after the last field.
+// message is a new version. Decoders ignore bytes after the last field,
+// which lets a node add a last field that nodes of the same version
+// without it ignore: Hello.Flags, written only when not zero.
 const WireVersion = 3
 
 // Maxima of the wire format. Decoders reject larger values; AppendMessage
@@ -196,7 +198,21 @@ type Hello struct {
 	// Newest is one more than the highest chunk sequence number the sender
 	// holds (0: none): a joiner prefers a parent that is not behind it.
 	Newest uint64
+	// Flags says what the sender does that nodes before it did not
+	// (HelloCountsPackets); bits it does not know the receiver ignores.
+	// Optional on the wire: absent (a node from before) is 0.
+	Flags uint8
 }
+
+// Hello.Flags.
+const (
+	// HelloCountsPackets: the sender takes any packet of the link for a
+	// sign of life where its transport counts them (QUIC), so a child it
+	// feeds may send its Status as seldom as every childQuiet: the
+	// child's acknowledgements of the chunks say it is there. A node
+	// without it drops a child whose messages stop for silentAfter.
+	HelloCountsPackets uint8 = 1 << iota
+)
 
 // Type returns TypeHello.
 func (*Hello) Type() MessageType { return TypeHello }
@@ -210,7 +226,11 @@ func (m *Hello) appendPayload(b []byte) []byte {
 	b = appendU32(b, m.UploadKbps)
 	b = appendString(b, m.ListenAddr)
 	b = appendPath(b, m.Path)
-	return binary.BigEndian.AppendUint64(b, m.Newest)
+	b = binary.BigEndian.AppendUint64(b, m.Newest)
+	if m.Flags != 0 {
+		b = append(b, m.Flags)
+	}
+	return b
 }
 
 func (m *Hello) parsePayload(r *wireReader) {
@@ -223,6 +243,9 @@ func (m *Hello) parsePayload(r *wireReader) {
 	m.ListenAddr = r.str()
 	m.Path = r.path()
 	m.Newest = r.u64()
+	if r.err == nil && len(r.b) > 0 {
+		m.Flags = r.u8()
+	}
 }
 
 // Welcome accepts a Subscribe; the burst and the live chunks follow.

@@ -33,6 +33,8 @@ func sampleMessages() []Message {
 			FreeSlots: 2, UploadKbps: 512, ListenAddr: "127.0.0.1:9000", Newest: 77},
 		&Hello{Version: 7, Station: testID(9), Depth: 3, Path: []NodeID{testID(9), testID(4), testID(5)}},
 		&Hello{Version: 1, Depth: -1},
+		&Hello{Version: 3, Station: testID(9), Depth: 2, Newest: 5, Flags: HelloCountsPackets},
+		&Hello{Version: 3, Depth: -1, Flags: 0xfe}, // bits of later nodes: kept, ignored
 		&Welcome{},
 		&Refuse{Reason: "no free slot"},
 		&Refuse{},
@@ -70,15 +72,31 @@ func TestWireRoundTrip(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, m, got)
 
-			// Later versions may append fields: trailing bytes are ignored.
+			// Later versions may append fields: trailing bytes are ignored,
+			// but for a Hello without Flags, whose first one is its Flags.
+			want := m
+			h, hello := m.(*Hello)
+			if hello && h.Flags == 0 {
+				withFlags := *h
+				withFlags.Flags = 1
+				want = &withFlags
+			}
 			got, err = ParseMessage(append(bytes.Clone(enc), 1, 2, 3))
 			require.NoError(t, err)
-			require.Equal(t, m, got)
+			require.Equal(t, want, got)
 
 			// Every field is mandatory: every truncation is an error, so
-			// that a message has one encoding.
+			// that a message has one encoding; but Hello's Flags, which
+			// is written only when not 0.
 			for n := range len(enc) {
-				_, err := ParseMessage(enc[:n])
+				got, err := ParseMessage(enc[:n])
+				if hello && h.Flags != 0 && n == len(enc)-1 {
+					noFlags := *h
+					noFlags.Flags = 0
+					require.NoError(t, err)
+					require.Equal(t, &noFlags, got, "a Hello from before Flags")
+					continue
+				}
 				require.ErrorIs(t, err, ErrBadMessage, "truncated to %d of %d bytes", n, len(enc))
 			}
 		})
