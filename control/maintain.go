@@ -115,13 +115,13 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 			}
 		}
 		if v.stalled {
-			if now.Sub(time.Unix(0, parent.lastNew.Load())) >= o.cfg.StallTimeout {
+			if now.Sub(time.Unix(0, parent.lastFed())) >= o.cfg.StallTimeout {
 				// The backups were asked every tick for half the stall
 				// timeout: a live one has answered by now.
 				backupSilence = o.cfg.StallTimeout / 2
 			}
 			m.lostParent = parent.id
-			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastNew.Load())))
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())))
 			parent.conn.Close(CodeGoodbye, "stalled")
 			o.dropPeer(parent)
 			parent = nil
@@ -149,7 +149,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
-	last := parent.lastNew.Load()
+	last := parent.lastFed()
 	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved, backups: m.viewBuf[:0]}
 	select {
 	case <-parent.conn.Done():

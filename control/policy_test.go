@@ -230,3 +230,35 @@ func TestPromoteOrder(t *testing.T) {
 		})
 	}
 }
+
+func TestParentFedByDuplicatesAhead(t *testing.T) {
+	// A parent's chunks, in the order they come, as (sequence number, a
+	// duplicate of one we had): whether each counts as the parent feeding
+	// us (see lastFed).
+	type chunk struct {
+		seq  uint64
+		dup  bool
+		feed bool
+	}
+	cases := []struct {
+		name   string
+		chunks []chunk
+	}{
+		{"new chunks feed", []chunk{{10, false, true}, {11, false, true}}},
+		{"duplicates ahead of what it sent feed: it relays what it pulls from its backups, and we pulled the same",
+			[]chunk{{10, false, true}, {11, true, true}, {12, true, true}, {13, false, true}}},
+		{"old chunks again do not", []chunk{{10, false, true}, {11, false, true}, {9, true, false}, {11, true, false}}},
+		{"a new chunk behind its newest (repair) feeds", []chunk{{12, false, true}, {11, false, true}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &peer{}
+			p.sentMax.Store(-1)
+			for i, c := range tc.chunks {
+				at := int64(i + 1)
+				p.received(c.seq, c.dup, at)
+				require.Equal(t, c.feed, p.lastFed() == at, "chunk %d (%d)", i, c.seq)
+			}
+		})
+	}
+}
