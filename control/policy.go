@@ -297,8 +297,16 @@ func shallowest(ps []PeerInfo, free bool) int {
 // for climbHurry after it came to sit deeper. Churn leaves whole subtrees
 // deep, the free slots higher up show only once the parents there see
 // that a child died (seconds), and a deep node's subtree is deep with it
-// until it moves.
+// until it moves. A node that came to sit deeper under the parent it has
+// had for a while (an ancestor moved, and took it along) looks at once,
+// a tick after: the ancestor often lands at the bottom of the tree with
+// a subtree under it, and the deepest of that subtree would otherwise
+// wait up to climbSoon for their first look (in the 1,000-node swarm,
+// the listeners that died deepest died in that second).
 func climbDue(sinceLook, sinceParent, sinceDeeper time.Duration) bool {
+	if sinceDeeper < sinceLook && sinceDeeper >= tick && sinceParent > climbSoon {
+		return true
+	}
 	wait := climbInterval
 	if sinceDeeper < climbHurry {
 		wait = climbSoon
