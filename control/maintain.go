@@ -12,7 +12,7 @@ const (
 	backupAfter     = 2 * time.Second        // settle before looking for a backup
 	backupAfterNone = 500 * time.Millisecond // the same, with no backup at all
 	climbInterval   = 5 * time.Second        // between looks for a shallower parent
-	climbSoon       = time.Second            // between looks for climbHurry after the node came to sit deeper
+	climbSoon       = 300 * time.Millisecond // between looks for climbHurry after the node came to sit deeper
 	climbHurry      = 6 * time.Second
 )
 

@@ -137,11 +137,11 @@ func TestClimbDue(t *testing.T) {
 		{"settled, looked lately", 3 * s, 20 * s, 30 * s, false},
 		{"came to sit deeper lately: every climbSoon", 1500 * time.Millisecond, 20 * s, 3 * s, true},
 		{"just joined: soon, not at once", 20 * s, 1500 * time.Millisecond, 1500 * time.Millisecond, true},
-		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 500 * time.Millisecond, false},
+		{"the parent came a moment ago", 20 * s, 200 * time.Millisecond, 200 * time.Millisecond, false},
 		{"deeper long ago: climbInterval again", 3 * s, 20 * s, 10 * s, false},
-		{"an ancestor moved and took it deeper: at once, though it looked lately", 500 * time.Millisecond, 20 * s, 150 * time.Millisecond, true},
-		{"an ancestor moved this very tick: the next", 500 * time.Millisecond, 20 * s, 0, false},
-		{"an ancestor moved, looked since: climbSoon", 500 * time.Millisecond, 20 * s, 800 * time.Millisecond, false},
+		{"an ancestor moved and took it deeper: at once, though it looked lately", 200 * time.Millisecond, 20 * s, 150 * time.Millisecond, true},
+		{"an ancestor moved this very tick: the next", 200 * time.Millisecond, 20 * s, 0, false},
+		{"an ancestor moved, looked since: climbSoon", 200 * time.Millisecond, 20 * s, 800 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.sinceDeeper))
