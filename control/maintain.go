@@ -12,7 +12,7 @@ const (
 	backupAfter     = 2 * time.Second        // settle before looking for a backup
 	backupAfterNone = 500 * time.Millisecond // the same, with no backup at all
 	climbInterval   = 5 * time.Second        // between looks for a shallower parent
-	climbSoon       = time.Second            // between looks for climbHurry after the node came to sit deeper
+	climbSoon       = 300 * time.Millisecond // between looks for climbHurry after the node came to sit deeper
 	climbHurry      = 6 * time.Second
 )
 
@@ -115,13 +115,13 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 			}
 		}
 		if v.stalled {
-			if now.Sub(time.Unix(0, parent.lastNew.Load())) >= o.cfg.StallTimeout {
+			if now.Sub(time.Unix(0, parent.lastFed())) >= o.cfg.StallTimeout {
 				// The backups were asked every tick for half the stall
 				// timeout: a live one has answered by now.
 				backupSilence = o.cfg.StallTimeout / 2
 			}
 			m.lostParent = parent.id
-			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastNew.Load())))
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())))
 			parent.conn.Close(CodeGoodbye, "stalled")
 			o.dropPeer(parent)
 			parent = nil
@@ -149,7 +149,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
-	last := parent.lastNew.Load()
+	last := parent.lastFed()
 	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved, backups: m.viewBuf[:0]}
 	select {
 	case <-parent.conn.Done():

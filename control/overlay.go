@@ -716,19 +716,17 @@ func (r *received) seenAt(seq uint64, newest int64) time.Time {
 }
 
 // checkChunk parses and verifies a data message from a peer. It returns
-// (nil, nil) for a chunk that is honest but not wanted (duplicate, too
-// old, implausibly far ahead).
-func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
-	var c *mux.Chunk
+// (nil, nil) for a chunk that is too old, and a duplicate (one we hold:
+// not verified again) with dup set.
+func (o *Overlay) checkChunk(b []byte) (c *mux.Chunk, dup bool, err error) {
 	if o.cfg.SignatureCache != nil {
 		// The very bytes another node of the process parsed and verified.
 		c = o.cfg.SignatureCache.Lookup(b, o.cfg.Station)
 	}
 	verified := c != nil
 	if c == nil {
-		var err error
 		if c, err = mux.ParseChunk(b); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	// Older than anything we keep, or than a window behind the live edge
@@ -736,12 +734,11 @@ func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
 	// far ahead of our newest is checked like any other: if its signature
 	// holds, the live edge has moved on, and so do we.)
 	if floor := max(o.newest()+1, int64(o.live.Load())) - int64(o.cfg.WindowSize); int64(c.Seq) < floor {
-		return nil, nil
+		return nil, false, nil
 	}
 	if o.win.Get(c.Seq) != nil {
-		return nil, nil // duplicate
+		return c, true, nil
 	}
-	var err error
 	switch {
 	case verified:
 	case o.cfg.SignatureCache != nil:
@@ -750,9 +747,9 @@ func (o *Overlay) checkChunk(b []byte) (*mux.Chunk, error) {
 		err = c.Verify(o.cfg.Station)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return c, nil
+	return c, false, nil
 }
 
 // accept hands a checked chunk from a peer to the host and keeps the

@@ -137,8 +137,11 @@ func TestClimbDue(t *testing.T) {
 		{"settled, looked lately", 3 * s, 20 * s, 30 * s, false},
 		{"came to sit deeper lately: every climbSoon", 1500 * time.Millisecond, 20 * s, 3 * s, true},
 		{"just joined: soon, not at once", 20 * s, 1500 * time.Millisecond, 1500 * time.Millisecond, true},
-		{"the parent came a moment ago", 20 * s, 500 * time.Millisecond, 500 * time.Millisecond, false},
+		{"the parent came a moment ago", 20 * s, 200 * time.Millisecond, 200 * time.Millisecond, false},
 		{"deeper long ago: climbInterval again", 3 * s, 20 * s, 10 * s, false},
+		{"an ancestor moved and took it deeper: at once, though it looked lately", 200 * time.Millisecond, 20 * s, 150 * time.Millisecond, true},
+		{"an ancestor moved this very tick: the next", 200 * time.Millisecond, 20 * s, 0, false},
+		{"an ancestor moved, looked since: climbSoon", 200 * time.Millisecond, 20 * s, 800 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, climbDue(tc.sinceLook, tc.sinceParent, tc.sinceDeeper))
@@ -227,6 +230,38 @@ func TestPromoteOrder(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, promoteOrder(tc.backups))
+		})
+	}
+}
+
+func TestParentFedByDuplicatesAhead(t *testing.T) {
+	// A parent's chunks, in the order they come, as (sequence number, a
+	// duplicate of one we had): whether each counts as the parent feeding
+	// us (see lastFed).
+	type chunk struct {
+		seq  uint64
+		dup  bool
+		feed bool
+	}
+	cases := []struct {
+		name   string
+		chunks []chunk
+	}{
+		{"new chunks feed", []chunk{{10, false, true}, {11, false, true}}},
+		{"duplicates ahead of what it sent feed: it relays what it pulls from its backups, and we pulled the same",
+			[]chunk{{10, false, true}, {11, true, true}, {12, true, true}, {13, false, true}}},
+		{"old chunks again do not", []chunk{{10, false, true}, {11, false, true}, {9, true, false}, {11, true, false}}},
+		{"a new chunk behind its newest (repair) feeds", []chunk{{12, false, true}, {11, false, true}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &peer{}
+			p.sentMax.Store(-1)
+			for i, c := range tc.chunks {
+				at := int64(i + 1)
+				p.received(c.seq, c.dup, at)
+				require.Equal(t, c.feed, p.lastFed() == at, "chunk %d (%d)", i, c.seq)
+			}
 		})
 	}
 }
