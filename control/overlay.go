@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -716,8 +717,9 @@ func (r *received) seenAt(seq uint64, newest int64) time.Time {
 }
 
 // checkChunk parses and verifies a data message from a peer. It returns
-// (nil, nil) for a chunk that is too old, and a duplicate (one we hold:
-// not verified again) with dup set.
+// (nil, false, nil) for a chunk that is too old or a copy of one we hold
+// with other bytes, and a duplicate (the bytes we hold: not verified
+// again) with dup set.
 func (o *Overlay) checkChunk(b []byte) (c *mux.Chunk, dup bool, err error) {
 	if o.cfg.SignatureCache != nil {
 		// The very bytes another node of the process parsed and verified.
@@ -736,8 +738,15 @@ func (o *Overlay) checkChunk(b []byte) (c *mux.Chunk, dup bool, err error) {
 	if floor := max(o.newest()+1, int64(o.live.Load())) - int64(o.cfg.WindowSize); int64(c.Seq) < floor {
 		return nil, false, nil
 	}
-	if o.win.Get(c.Seq) != nil {
-		return c, true, nil
+	if held := o.win.Get(c.Seq); held != nil {
+		// A duplicate is not verified again; it counts (as a parent
+		// feeding us, see peer.lastFed) only if it is the very chunk we
+		// hold: a forged copy of a chunk we pulled elsewhere must not
+		// make a silent parent look alive.
+		if verified || held == c || bytes.Equal(held.Bytes(), b) {
+			return c, true, nil
+		}
+		return nil, false, nil
 	}
 	switch {
 	case verified:

@@ -490,3 +490,33 @@ func ids(ps []PeerInfo) []NodeID {
 	}
 	return out
 }
+
+func TestADuplicateCountsOnlyWithTheBytesWeHold(t *testing.T) {
+	s := newTestSwarm(t, MemConfig{}, 1000)
+	n := s.add(300)
+	var held *mux.Chunk
+	require.Eventually(t, func() bool {
+		seq, ok := n.host.win.Newest()
+		if ok {
+			held = n.host.win.Get(seq)
+		}
+		return held != nil
+	}, 10*time.Second, 10*time.Millisecond)
+
+	// A copy of the chunk we hold, as another peer sends it: a duplicate.
+	c, dup, err := n.ov.checkChunk(bytes.Clone(held.Bytes()))
+	require.NoError(t, err)
+	require.True(t, dup)
+	require.Equal(t, held.Seq, c.Seq)
+
+	// The same chunk with one byte of its audio changed: it would fail
+	// its signature; as a copy of a chunk we hold it is not checked
+	// again, and so it must not count as a duplicate either (a silent
+	// parent sending such copies would look alive).
+	forged := bytes.Clone(held.Bytes())
+	forged[len(forged)-mux.SignatureSize-1] ^= 0x55
+	c, dup, err = n.ov.checkChunk(forged)
+	require.NoError(t, err)
+	require.False(t, dup)
+	require.Nil(t, c)
+}
