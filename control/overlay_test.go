@@ -416,11 +416,16 @@ func TestPlanClimb(t *testing.T) {
 		needSlot               bool
 	}{
 		{"shallow nodes never move", 1, true, []PeerInfo{free(0, 1)}, nil, nil, nil, nil, true},
-		{"a free slot two levels up", 5, false, []PeerInfo{free(1, 1), free(2, 1), free(3, 1), free(4, 1), free(2, 0)}, nil, nil, []PeerInfo{free(1, 1), free(2, 1), free(3, 1)}, nil, true},
+		{"a free slot three levels up", 5, true, []PeerInfo{free(1, 1), free(2, 1), free(3, 1), free(4, 1), free(2, 0)}, nil, nil, []PeerInfo{free(1, 1), free(2, 1)}, nil, true},
+		{"a relay: a free slot two levels up when there is no leaf's place", 5, true, []PeerInfo{free(3, 1), free(4, 1), free(2, 0)}, nil, nil, []PeerInfo{free(3, 1)}, nil, true},
+		{"a relay: a leaf's place before a free slot two levels up", 5, true, []PeerInfo{free(3, 1)}, nil, []PeerInfo{free(2, 0)}, []PeerInfo{free(2, 0)}, nil, false},
+		{"a leaf: a free slot three levels up, not two", 5, false, []PeerInfo{free(3, 1), free(4, 1)}, nil, nil, nil, nil, true},
 		{"a leaf does not displace", 5, false, nil, nil, []PeerInfo{free(1, 0)}, nil, nil, true},
 		{"a relay takes a leaf's place two levels up", 5, true, []PeerInfo{free(4, 1)}, nil, []PeerInfo{free(2, 0), free(3, 0), free(4, 0)}, []PeerInfo{free(2, 0), free(3, 0)}, nil, false},
-		{"a free slot behind a NAT two levels up", 6, true, []PeerInfo{free(5, 1)}, []PeerInfo{free(2, 1), free(3, 1), free(4, 1), free(5, 1), free(1, 0)}, []PeerInfo{free(1, 0)},
-			nil, []PeerInfo{free(2, 1), free(3, 1), free(4, 1)}, true},
+		{"a free slot behind a NAT three levels up", 6, true, []PeerInfo{free(5, 1)}, []PeerInfo{free(2, 1), free(3, 1), free(4, 1), free(5, 1), free(1, 0)}, []PeerInfo{free(1, 0)},
+			nil, []PeerInfo{free(2, 1), free(3, 1)}, true},
+		{"a relay: a free slot behind a NAT two levels up when there is no leaf's place", 6, true, []PeerInfo{free(5, 1)}, []PeerInfo{free(4, 1), free(5, 1)}, nil,
+			nil, []PeerInfo{free(4, 1)}, true},
 		{"a free slot behind a NAT before a leaf's place", 6, true, nil, []PeerInfo{free(3, 1)}, []PeerInfo{free(1, 0)}, nil, []PeerInfo{free(3, 1)}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -323,30 +323,37 @@ type climbPlan struct {
 }
 
 // planClimb: a node at depth d moves to a parent with a free slot at depth
-// d-2 or less (one level up at least), one it can dial or one behind a
-// NAT that a punch opens; failing that, a node that can relay takes the
-// place of a leaf under a parent at depth d-2 or less (capable uploaders
-// move up, with their subtrees; a leaf never displaces, so nothing swings
-// back). Each move makes the climber shallower, so climbs end. (With
-// d-3, the 1,000-node swarm under churn kept its deepest listeners at 11
-// and 12 where slots two levels up were free; an orphan that lands at the
-// bottom with its subtree has that much less room below the limit.)
+// d-3 or less, one it can dial or one behind a NAT that a punch opens;
+// failing that, a node that can relay takes the place of a leaf under a
+// parent at depth d-2 or less (capable uploaders move up, with their
+// subtrees; a leaf never displaces, so nothing swings back); failing
+// that, a relay takes a free slot at depth d-2 (one level up). Each move
+// makes the climber shallower, so climbs end. (Without the last step the
+// 1,000-node swarm under churn kept its deepest listeners at 11 and 12
+// where slots two levels up were free, and an orphan that lands at the
+// bottom with its subtree had that much less room below the limit. It
+// comes after the leaf's place, or relays would settle one level up
+// below the leaves instead of taking their places.)
 func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) climbPlan {
 	if depth < 2 {
 		return climbPlan{}
 	}
-	plan := climbPlan{needSlot: true, most: depth - 2}
-	fits := func(c PeerInfo) bool { return c.Depth >= 0 && c.Depth <= plan.most && c.FreeSlots > 0 }
-	for _, c := range cands {
-		if fits(c) {
-			plan.targets = append(plan.targets, c)
+	slots := func(most int) climbPlan {
+		plan := climbPlan{needSlot: true, most: most}
+		fits := func(c PeerInfo) bool { return c.Depth >= 0 && c.Depth <= most && c.FreeSlots > 0 }
+		for _, c := range cands {
+			if fits(c) {
+				plan.targets = append(plan.targets, c)
+			}
 		}
-	}
-	for _, c := range punch {
-		if fits(c) {
-			plan.punch = append(plan.punch, c)
+		for _, c := range punch {
+			if fits(c) {
+				plan.punch = append(plan.punch, c)
+			}
 		}
+		return plan
 	}
+	plan := slots(depth - 3)
 	if len(plan.targets)+len(plan.punch) > 0 || !canRelay {
 		return plan
 	}
@@ -356,7 +363,10 @@ func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) clim
 			plan.targets = append(plan.targets, c)
 		}
 	}
-	return plan
+	if len(plan.targets) > 0 {
+		return plan
+	}
+	return slots(depth - 2)
 }
 
 // pickChildToDisplace returns the index of the child that a newcomer may
