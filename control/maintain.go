@@ -201,11 +201,7 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 		return p
 	}
 	_, backups = o.links()
-	views := m.peerViewBuf[:0]
-	for _, b := range backups {
-		views = append(views, b.snapshot())
-	}
-	m.peerViewBuf = views
+	views := m.views(backups)
 	for _, i := range promoteOrder(views) {
 		if o.promote(ctx, backups[i]) {
 			return backups[i]
@@ -226,6 +222,16 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 	return nil
 }
 
+// views returns the backups' snapshots in the maintainer's buffer, valid
+// until the next call.
+func (m *maintainer) views(backups []*peer) []peerView {
+	m.peerViewBuf = m.peerViewBuf[:0]
+	for _, b := range backups {
+		m.peerViewBuf = append(m.peerViewBuf, b.snapshot())
+	}
+	return m.peerViewBuf
+}
+
 // dropDependentBackups drops the backups that would be cut off with us
 // (see backupsToDrop).
 func (m *maintainer) dropDependentBackups(backups []*peer) {
@@ -233,11 +239,7 @@ func (m *maintainer) dropDependentBackups(backups []*peer) {
 		return
 	}
 	o := m.o
-	views := m.peerViewBuf[:0]
-	for _, b := range backups {
-		views = append(views, b.snapshot())
-	}
-	m.peerViewBuf = views
+	views := m.views(backups)
 	for _, i := range backupsToDrop(views, o.self, o.ancestors()) {
 		b := backups[i]
 		o.log.Debug("backup no longer independent", "addr", b.conn.RemoteAddr())

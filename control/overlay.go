@@ -743,7 +743,7 @@ func (o *Overlay) checkChunk(b []byte) (c *mux.Chunk, dup bool, err error) {
 		// feeding us, see peer.lastFed) only if it is the very chunk we
 		// hold: a forged copy of a chunk we pulled elsewhere must not
 		// make a silent parent look alive.
-		if verified || held == c || bytes.Equal(held.Bytes(), b) {
+		if verified || bytes.Equal(held.Bytes(), b) {
 			return c, true, nil
 		}
 		return nil, false, nil
