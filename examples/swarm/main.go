@@ -398,6 +398,13 @@ func (s *swarm) transportUp(cfg *p2pradio.Config, link control.LinkConfig, upBps
 	if err != nil {
 		return err
 	}
+	// The socket buffers a node gets from NewQUIC with a socket of its own
+	// (quic-go asks for 7 MiB; the kernel grants up to net.core.rmem_max),
+	// which the wrappers below hide from it. With the default 208 KiB,
+	// a node starved for a few hundred milliseconds overflowed its socket,
+	// and the losses cost QUIC round trips of back-off (UdpRcvbufErrors).
+	_ = udp.(*net.UDPConn).SetReadBuffer(socketBuffer)
+	_ = udp.(*net.UDPConn).SetWriteBuffer(socketBuffer)
 	var pc net.PacketConn = udp
 	link.Bandwidth = upBps
 	if link.Delay > 0 || link.Loss > 0 || link.Bandwidth > 0 {
@@ -423,6 +430,9 @@ func (s *swarm) transportUp(cfg *p2pradio.Config, link control.LinkConfig, upBps
 // killable is a node's UDP socket that can go silent at once, as when the
 // listener's machine vanishes: nothing it sends arrives any more, not even
 // the CONNECTION_CLOSE of its orderly shutdown.
+// socketBuffer is what each listener's socket asks for (see spawn).
+const socketBuffer = 7 << 20
+
 type killable struct {
 	net.PacketConn
 	dead atomic.Bool
