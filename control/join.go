@@ -186,7 +186,7 @@ func (o *Overlay) replace(ctx context.Context, rv *rendezvous, parent *peer) boo
 			continue
 		}
 		if o.subscribeTo(ctx, backups[i], uint64(max(o.newest()+1, 0))) {
-			return o.replacedBy(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
+			return o.climbOnto(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
 		}
 	}
 	found := o.probe(ctx, rv.candidates(ctx), true, 2, avoid)
@@ -195,18 +195,9 @@ func (o *Overlay) replace(ctx context.Context, rv *rendezvous, parent *peer) boo
 			r.p.conn.Close(CodeGoodbye, "")
 			continue
 		}
-		return o.replacedBy(ctx, parent, r, depth)
+		return o.climbOnto(ctx, parent, r, depth)
 	}
 	return false
-}
-
-// replacedBy is climbOnto for replace.
-func (o *Overlay) replacedBy(ctx context.Context, parent *peer, r ranked, depth int) bool {
-	if !o.climbOnto(ctx, parent, r, depth) {
-		return false
-	}
-	o.log.Info("slow parent replaced", "old", parent.conn.RemoteAddr(), "new", r.p.conn.RemoteAddr())
-	return true
 }
 
 // climbOnto makes r, which has just welcomed our Subscribe, our parent in
