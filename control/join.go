@@ -161,45 +161,6 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 	return false
 }
 
-// replace looks for a parent to take over from parent, which is alive
-// but has stopped feeding us (see judgeStall): a backup not fed through
-// it, shallowest first, else a node with a free slot that the rendezvous
-// offers, not fed through it either (its whole subtree is late with it).
-// Like a climb, it subscribes to the new parent before it leaves the old
-// one, which stays as a backup: on a starved machine every relay is slow
-// now and then, and a node that dropped its parent and then found its
-// backups full rejoined from scratch, a handshake per dial that the
-// machine could least afford then (500 listeners in one process came
-// apart so beside a busy loop).
-func (o *Overlay) replace(ctx context.Context, rv *rendezvous, parent *peer) bool {
-	o.mu.Lock()
-	depth := o.depth
-	o.mu.Unlock()
-	avoid := []NodeID{parent.id, o.self}
-	_, backups := o.links()
-	views := make([]peerView, len(backups))
-	for i, b := range backups {
-		views[i] = b.snapshot()
-	}
-	for _, i := range promoteOrder(views) {
-		if !canServe(views[i], o.self, true, avoid) {
-			continue
-		}
-		if o.subscribeTo(ctx, backups[i], uint64(max(o.newest()+1, 0))) {
-			return o.climbOnto(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
-		}
-	}
-	found := o.probe(ctx, rv.candidates(ctx), true, 2, avoid)
-	for i, r := range found {
-		if i > 0 || !o.subscribeTo(ctx, r.p, uint64(max(o.newest()+1, 0))) {
-			r.p.conn.Close(CodeGoodbye, "")
-			continue
-		}
-		return o.climbOnto(ctx, parent, r, depth)
-	}
-	return false
-}
-
 // climbOnto makes r, which has just welcomed our Subscribe, our parent in
 // place of parent (which becomes a backup), unless parent died meanwhile
 // (r then simply takes its place) or things changed under the climb.
@@ -609,7 +570,11 @@ func (o *Overlay) silentChild(now time.Time) *peer {
 		if !q.child.Load() || q.leaving.Load() {
 			continue
 		}
-		q.heardPackets(now)
+		if pc, ok := q.conn.(packetCounter); ok {
+			if n := pc.PacketsReceived(); q.packets.Swap(n) != n {
+				q.lastHeard.Store(now.UnixNano())
+			}
+		}
 		children = append(children, q)
 		silences = append(silences, now.Sub(time.Unix(0, q.lastHeard.Load())))
 	}

@@ -30,9 +30,13 @@ const (
 // used us for idleAfter: a peer that says hello and then sits there.
 func (o *Overlay) dropIdle(now time.Time) {
 	for _, p := range o.peerList() {
-		// Any packet is a sign of life: a child we feed acknowledges
-		// our chunks, and may send its Status only every parentQuiet.
-		p.heardPackets(now)
+		if pc, ok := p.conn.(packetCounter); ok {
+			// Any packet is a sign of life: a child we feed acknowledges
+			// our chunks, and may send its Status only every parentQuiet.
+			if n := pc.PacketsReceived(); p.packets.Swap(n) != n {
+				p.lastHeard.Store(now.UnixNano())
+			}
+		}
 		if now.Sub(time.Unix(0, p.lastHeard.Load())) > silentAfter {
 			o.log.Debug("dropping a silent peer", "addr", p.conn.RemoteAddr())
 			p.conn.Close(CodeGoodbye, "silent")
@@ -107,16 +111,6 @@ type packetCounter interface {
 }
 
 var _ packetCounter = (*QUICConn)(nil)
-
-// heardPackets counts p as heard at now when its connection counts
-// packets and some arrived since the last look.
-func (p *peer) heardPackets(now time.Time) {
-	if pc, ok := p.conn.(packetCounter); ok {
-		if n := pc.PacketsReceived(); p.packets.Swap(n) != n {
-			p.lastHeard.Store(now.UnixNano())
-		}
-	}
-}
 
 // statser is a Conn that counts its data messages: both transports'
 // connections (QUICConn, MemConn).

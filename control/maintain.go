@@ -14,7 +14,6 @@ const (
 	climbInterval   = 5 * time.Second        // between looks for a shallower parent
 	climbSoon       = 300 * time.Millisecond // between looks for climbHurry after the node came to sit deeper
 	climbHurry      = 6 * time.Second
-	replaceInterval = time.Second // between searches for a parent to replace a slow one
 )
 
 // maintainer keeps a listener joined: a pushing parent, warm backups and a
@@ -42,8 +41,6 @@ type maintainer struct {
 	backupsSearched chan struct{}
 	lastBackupTry   time.Time
 	lastClimb       time.Time
-	lastReplace     time.Time // the last search for a parent to replace a slow one
-	slowParent      NodeID    // the parent last found slow (logged once)
 	depth           int       // the depth at the last tick
 	deeperAt        time.Time // when the node last came to sit deeper
 	bridging        bool
@@ -117,19 +114,6 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 				o.send(ctx, b, req)
 			}
 		}
-		if v.ask || v.replace {
-			// Our Status, which a live parent's QUIC stack acknowledges
-			// within a round trip even while its relaying lags: the
-			// proof of life that tells a slow parent from a dead one.
-			if _, ok := parent.conn.(packetCounter); ok {
-				sctx, cancel := context.WithTimeout(ctx, tick)
-				parent.conn.Send(sctx, AppendMessage(nil, o.status()))
-				cancel()
-			}
-		}
-		if v.replace {
-			m.replace(ctx, now, parent)
-		}
 		if v.stalled {
 			if now.Sub(time.Unix(0, parent.lastFed())) >= o.cfg.StallTimeout {
 				// The backups were asked every tick for half the stall
@@ -137,7 +121,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 				backupSilence = o.cfg.StallTimeout / 2
 			}
 			m.lostParent = parent.id
-			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())), "heard", now.Sub(time.Unix(0, parent.lastHeard.Load())), "starved", m.starved)
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())))
 			parent.conn.Close(CodeGoodbye, "stalled")
 			o.dropPeer(parent)
 			parent = nil
@@ -161,41 +145,18 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	m.rv.maybeRegister(ctx)
 }
 
-// replace starts a search for a parent to take over from parent, which is
-// slow (see judgeStall), unless a search (a climb or the last replace)
-// runs or one ran within the last second.
-func (m *maintainer) replace(ctx context.Context, now time.Time, parent *peer) {
-	if m.searching || now.Sub(m.lastReplace) < replaceInterval {
-		return
-	}
-	if m.slowParent != parent.id {
-		m.slowParent = parent.id
-		m.o.log.Info("parent slow", "addr", parent.conn.RemoteAddr(), "silent", now.Sub(time.Unix(0, parent.lastFed())), "heard", now.Sub(time.Unix(0, parent.lastHeard.Load())), "starved", m.starved)
-	}
-	m.lastReplace, m.lastClimb, m.searching = now, now, true
-	m.o.goFunc(func() { m.searched <- m.o.replace(ctx, m.rv, parent) })
-}
-
 // stallInput snapshots what judgeStall needs.
 func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
 	last := parent.lastFed()
-	parent.heardPackets(now)
-	in := stallInput{
-		silent:  now.Sub(time.Unix(0, last)),
-		heard:   now.Sub(time.Unix(0, parent.lastHeard.Load())),
-		timeout: m.o.cfg.StallTimeout,
-		starved: m.starved,
-		backups: m.viewBuf[:0],
-	}
+	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starved, backups: m.viewBuf[:0]}
 	select {
 	case <-parent.conn.Done():
 		in.gone = true
 	default:
 	}
 	for _, b := range backups {
-		b.heardPackets(now)
 		in.backups = append(in.backups, backupView{
 			newSince: b.lastNew.Load() > last,
 			silent:   now.Sub(time.Unix(0, b.lastHeard.Load())),

@@ -462,19 +462,7 @@ func TestJudgeStall(t *testing.T) {
 		{"a starved node: past the timeout and twice the starvation", stallInput{silent: 1900 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true, stalled: true}},
 		{"a starved node still drops a closed link at once", stallInput{gone: true, timeout: to, starved: time.Second}, stallVerdict{stalled: true}},
 		{"at most three times the timeout", stallInput{silent: 3100 * time.Millisecond, timeout: to, starved: 10 * time.Second}, stallVerdict{stalled: true}},
-		// A parent heard lately (a message, a packet) is alive: slow.
-		{"a slow parent is replaced, not dropped", stallInput{silent: 1100 * time.Millisecond, heard: 200 * time.Millisecond, timeout: to, backups: []backupView{ahead}}, stallVerdict{ask: true, replace: true}},
-		{"a slow parent with every backup silent", stallInput{silent: 1100 * time.Millisecond, heard: 200 * time.Millisecond, timeout: to, backups: []backupView{dead}}, stallVerdict{ask: true, replace: true}},
-		{"a slow parent and no backup", stallInput{silent: 1100 * time.Millisecond, heard: 200 * time.Millisecond, timeout: to}, stallVerdict{replace: true}},
-		{"a slow parent before the timeout is fine", stallInput{silent: 900 * time.Millisecond, heard: 200 * time.Millisecond, timeout: to, backups: []backupView{ahead}}, stallVerdict{ask: true}},
-		{"a slow parent is dropped at three times the timeout", stallInput{silent: 3 * time.Second, heard: 200 * time.Millisecond, timeout: to, backups: []backupView{ahead}}, stallVerdict{ask: true, stalled: true}},
-		{"a parent not heard for half the timeout is dead", stallInput{silent: 1100 * time.Millisecond, heard: 500 * time.Millisecond, timeout: to, backups: []backupView{ahead}}, stallVerdict{ask: true, stalled: true}},
-		{"a starved node hears a slow parent longer", stallInput{silent: 1900 * time.Millisecond, heard: 600 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true, replace: true}},
-		{"a slow parent's link that closed is dropped at once", stallInput{silent: 1100 * time.Millisecond, heard: 10 * time.Millisecond, gone: true, timeout: to}, stallVerdict{stalled: true}},
 	} {
-		if tc.in.heard == 0 {
-			tc.in.heard = tc.in.silent // a parent that sent nothing at all
-		}
 		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, judgeStall(tc.in)) })
 	}
 }

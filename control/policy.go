@@ -95,7 +95,6 @@ func rankProbed(res []ranked, ours int64) {
 // been silent, and what the backups did since.
 type stallInput struct {
 	silent  time.Duration // since the parent's last chunk
-	heard   time.Duration // since the parent's last message or packet of any kind
 	gone    bool          // the parent's link has closed
 	timeout time.Duration // the stall timeout
 	backups []backupView
@@ -114,8 +113,7 @@ type backupView struct {
 // stallVerdict is the stall policy's answer.
 type stallVerdict struct {
 	ask     bool // ask the backups for what follows our newest chunk
-	stalled bool // drop the parent now
-	replace bool // look for another parent, and keep this one meanwhile
+	stalled bool // replace the parent
 }
 
 // judgeStall tells a dead or stalled parent from a stream that is late at
@@ -133,14 +131,6 @@ type stallVerdict struct {
 // timeout (at most twice the timeout): a starved process that switches
 // parents pays handshakes it cannot afford, and so does every orphan it
 // makes.
-//
-// A stalled parent that is still alive (heard within half the timeout:
-// its messages or, over QUIC, its packets, which include the
-// acknowledgements of the Status we send it while it is silent) is slow,
-// not dead: it is replaced
-// before it is left (see Overlay.replace), and kept meanwhile, while the
-// backups are asked for what it does not send, until it has been silent
-// three times the timeout.
 func judgeStall(in stallInput) stallVerdict {
 	in.timeout += min(2*in.starved, 2*in.timeout)
 	switch {
@@ -149,34 +139,20 @@ func judgeStall(in stallInput) stallVerdict {
 	case in.silent < in.timeout/2:
 		return stallVerdict{}
 	case len(in.backups) == 0:
-		return slowOrStalled(in, in.silent > in.timeout)
+		return stallVerdict{stalled: in.silent > in.timeout}
 	case in.silent < in.timeout:
 		return stallVerdict{ask: true}
 	}
 	allSilent := true
 	for _, b := range in.backups {
 		if b.newSince {
-			return slowOrStalled(in, true)
+			return stallVerdict{ask: true, stalled: true}
 		}
 		if b.silent <= in.timeout/2 {
 			allSilent = false
 		}
 	}
-	return slowOrStalled(in, allSilent || in.silent > 3*in.timeout/2)
-}
-
-// slowOrStalled is judgeStall's verdict on a parent that is stalled or not:
-// one that is alive and has been silent less than three times the timeout
-// is replaced, not dropped.
-func slowOrStalled(in stallInput, stalled bool) stallVerdict {
-	ask := len(in.backups) > 0
-	switch {
-	case !stalled:
-		return stallVerdict{ask: ask}
-	case in.heard < in.timeout/2 && in.silent < 3*in.timeout:
-		return stallVerdict{ask: ask, replace: true}
-	}
-	return stallVerdict{ask: ask, stalled: true}
+	return stallVerdict{ask: true, stalled: allSilent || in.silent > 3*in.timeout/2}
 }
 
 // backupsToDrop returns the indices of the backups to drop, given our
