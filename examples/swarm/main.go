@@ -59,6 +59,7 @@ type options struct {
 	cpuprof   string
 	memprof   string
 	batch     time.Duration
+	stall     time.Duration // listeners' StallTimeout (0: default)
 	leaves    float64
 	slow      float64 // fraction of listeners whose uplink carries only slowKbps
 	slowKbps  int
@@ -107,6 +108,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.BoolVar(&o.verifyEach, "verify-each", false, "every listener checks each chunk's signature itself, as on a machine of its own (default: each chunk once in the process)")
 	fs.StringVar(&o.memprof, "memprofile", "", "write an allocation profile of the run to this file (go tool pprof -sample_index=alloc_space)")
+	fs.DurationVar(&o.stall, "stall-timeout", 0, "each listener's p2pradio.Config.StallTimeout (0: the library's default)")
 	fs.DurationVar(&o.batch, "batch", 100*time.Millisecond, "audio each player hands its sink at one wake-up beyond the lead (playout.Config.Batch; 0: a frame at a time)")
 	fs.Float64Var(&o.slow, "slow", 0, "with -net quic: fraction of listeners whose uplink carries only -slow-kbps though they claim -upload (nodes that cannot keep up with their children)")
 	fs.IntVar(&o.slowKbps, "slow-kbps", 160, "the uplink of a -slow listener, kbit/s")
@@ -478,10 +480,11 @@ func (s *swarm) spawn(link control.LinkConfig) error {
 		upload = -1
 	}
 	cfg := p2pradio.Config{
-		Station:    s.station,
-		UploadKbps: upload,
-		Sink:       &playout.Discard{},
-		Playout:    playout.Config{NoDecode: !s.o.decode, Batch: s.o.batch},
+		Station:      s.station,
+		UploadKbps:   upload,
+		Sink:         &playout.Discard{},
+		Playout:      playout.Config{NoDecode: !s.o.decode, Batch: s.o.batch},
+		StallTimeout: s.o.stall,
 	}
 	if nat != nil {
 		tr, err := nat.NewTransport(nil)

@@ -8,7 +8,7 @@
 # depth; -1: none). A swarm that recovers has every listener at depth >= 1
 # again by the end.
 #
-#   LISTENERS=300 HOG=3 examples/swarm/starve.sh
+#   LISTENERS=300 HOG=3 examples/swarm/starve.sh [swarm flags, e.g. -stall-timeout 3s]
 #
 # Run it on an otherwise idle machine: with Linux's autogroup scheduling, a
 # busy session elsewhere takes its own share whatever this one does.
@@ -20,6 +20,6 @@ trap 'rm -rf "$(dirname "$bin")"' EXIT
 go build -o "$bin" ./examples/swarm
 burn() { timeout "$HOG" sh -c 'while :; do :; done' || true; }
 (sleep "$AT"; burn & burn; wait) &
-"$bin" -listeners "$LISTENERS" -duration "$DURATION" -json -worst 1 2>"$bin.err"
+"$bin" -listeners "$LISTENERS" -duration "$DURATION" -json -worst 1 "$@" 2>"$bin.err"
 wait
 grep '^depths' "$bin.err" || true
