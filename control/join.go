@@ -140,7 +140,13 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 	if i := backupToClimb(depth, views, o.self); i >= 0 && o.subscribeTo(ctx, backups[i], uint64(o.newest()+1)) {
 		return o.climbOnto(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
 	}
-	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.punchable(), rv.displaceable())
+	// The rendezvous's list as it answers now, without the peers heard of
+	// from neighbours: a node that an ancestor took deeper heard of its
+	// neighbours before, and their depths and free slots are as stale
+	// (most are below that ancestor too): probing them cost the climb
+	// half a second, or dial timeouts, to learn they were too deep.
+	rv.candidates(ctx)
+	plan := planClimb(depth, o.canRelay(), rv.offered(), rv.punchable(), rv.displaceable())
 	// A target we hold as a backup already (probe dials only the
 	// others): subscribing to it moves us there. One that refuses stays
 	// a backup.
