@@ -299,15 +299,12 @@ func shallowest(ps []PeerInfo, free bool) int {
 // that a child died (seconds), and a deep node's subtree is deep with it
 // until it moves. A node that came to sit deeper under the parent it has
 // had for a while (an ancestor moved, and took it along) looks at once,
-// in the tick that sees it: the ancestor often lands at the bottom of
-// the tree with a subtree under it, and the deepest of that subtree
-// would otherwise wait up to climbSoon for their first look (in the
-// 1,000-node swarm, the listeners that died deepest died in that second;
-// with a backup to climb onto, see backupToClimb, the look ends in a
-// round trip, and a tick more of waiting was most of the time spent
-// deep).
+// a tick after: the ancestor often lands at the bottom of the tree with
+// a subtree under it, and the deepest of that subtree would otherwise
+// wait up to climbSoon for their first look (in the 1,000-node swarm,
+// the listeners that died deepest died in that second).
 func climbDue(sinceLook, sinceParent, sinceDeeper time.Duration) bool {
-	if sinceDeeper < sinceLook && sinceParent > climbSoon {
+	if sinceDeeper < sinceLook && sinceDeeper >= tick && sinceParent > climbSoon {
 		return true
 	}
 	wait := climbInterval

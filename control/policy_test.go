@@ -140,8 +140,7 @@ func TestClimbDue(t *testing.T) {
 		{"the parent came a moment ago", 20 * s, 200 * time.Millisecond, 200 * time.Millisecond, false},
 		{"deeper long ago: climbInterval again", 3 * s, 20 * s, 10 * s, false},
 		{"an ancestor moved and took it deeper: at once, though it looked lately", 200 * time.Millisecond, 20 * s, 150 * time.Millisecond, true},
-		{"an ancestor moved, seen this very tick: at once", 200 * time.Millisecond, 20 * s, 0, true},
-		{"looked this very tick, as it came deeper: climbSoon", 0, 20 * s, 0, false},
+		{"an ancestor moved this very tick: the next", 200 * time.Millisecond, 20 * s, 0, false},
 		{"an ancestor moved, looked since: climbSoon", 200 * time.Millisecond, 20 * s, 800 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
