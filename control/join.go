@@ -130,11 +130,27 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 	if depth < 2 {
 		return false
 	}
-	plan := planClimb(depth, o.canRelay(), rv.candidates(ctx), rv.punchable(), rv.displaceable())
+	// A backup with a free slot well above us first: no round trip to the
+	// rendezvous, no dial, and climbers spread over their own backups.
+	_, backups := o.links()
+	views := make([]peerView, len(backups))
+	for i, b := range backups {
+		views[i] = b.snapshot()
+	}
+	if i := backupToClimb(depth, views, o.self); i >= 0 && o.subscribeTo(ctx, backups[i], uint64(o.newest()+1)) {
+		return o.climbOnto(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
+	}
+	// The rendezvous's list as it answers now, without the peers heard of
+	// from neighbours: a node that an ancestor took deeper heard of its
+	// neighbours before, and their depths and free slots are as stale
+	// (most are below that ancestor too): probing them cost the climb
+	// half a second, or dial timeouts, to learn they were too deep.
+	rv.candidates(ctx)
+	plan := planClimb(depth, o.canRelay(), rv.offered(), rv.punchable(), rv.displaceable())
 	// A target we hold as a backup already (probe dials only the
 	// others): subscribing to it moves us there. One that refuses stays
 	// a backup.
-	_, backups := o.links()
+	_, backups = o.links()
 	for _, b := range backups {
 		if !slices.ContainsFunc(plan.targets, func(c PeerInfo) bool { return c.ID == b.id }) {
 			continue

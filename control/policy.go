@@ -369,6 +369,31 @@ func planClimb(depth int, canRelay bool, cands, punch, displace []PeerInfo) clim
 	return slots(depth - 2)
 }
 
+// backupToClimb returns the index of the backup that a node at depth
+// climbs onto before it asks the rendezvous, or -1: the shallowest one
+// with a free slot three levels up or more (planClimb's first choice),
+// not fed through us. A node that an ancestor took deeper (an orphan
+// with its subtree lands at the bottom of the tree) is fed through that
+// ancestor, and its backups are not: their depth and free slots are
+// known from their Status, and subscribing is one round trip (a climb
+// onto a backup of a node 13 deep or more in the 1,000-node swarm under
+// churn: median 40 ms; through the rendezvous and a probe, 0.55-0.8 s
+// then, with the whole subtree climbing at once for the same few free
+// slots). Its deeper nodes are what the swarm counts when churn kills
+// one of them in that moment.
+func backupToClimb(depth int, backups []peerView, self NodeID) int {
+	best := -1
+	for i, b := range backups {
+		if b.depth < 0 || b.depth > depth-3 || !canServe(b, self, true, nil) {
+			continue
+		}
+		if best < 0 || b.depth < backups[best].depth {
+			best = i
+		}
+	}
+	return best
+}
+
 // pickChildToDisplace returns the index of the child that a newcomer may
 // replace when we are full, or -1. A newcomer that can take children
 // replaces a leaf (capable uploaders move up), a restricted one last and

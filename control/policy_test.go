@@ -234,6 +234,30 @@ func TestPromoteOrder(t *testing.T) {
 	}
 }
 
+func TestBackupToClimb(t *testing.T) {
+	self := NodeID{1}
+	at := func(depth, free int, path ...NodeID) peerView { return peerView{depth: depth, free: free, path: path} }
+	for _, tc := range []struct {
+		name    string
+		depth   int
+		backups []peerView
+		want    int
+	}{
+		{"none", 14, nil, -1},
+		{"three levels up with a free slot", 14, []peerView{at(11, 1)}, 0},
+		{"only two levels up: the rendezvous decides", 14, []peerView{at(12, 2)}, -1},
+		{"full", 14, []peerView{at(8, 0)}, -1},
+		{"not joined", 14, []peerView{at(-1, 2)}, -1},
+		{"fed through us", 14, []peerView{at(9, 2, NodeID{9}, self)}, -1},
+		{"the shallowest of those that fit", 14, []peerView{at(10, 1), at(8, 0), at(9, 2), at(11, 1)}, 2},
+		{"too shallow a node to climb", 2, []peerView{at(0, 2)}, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, backupToClimb(tc.depth, tc.backups, self))
+		})
+	}
+}
+
 func TestParentFedByDuplicatesAhead(t *testing.T) {
 	// A parent's chunks, in the order they come, as (sequence number, a
 	// duplicate of one we had): whether each counts as the parent feeding
