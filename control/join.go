@@ -133,10 +133,7 @@ func (o *Overlay) climb(ctx context.Context, rv *rendezvous, parent *peer) bool 
 	// A backup with a free slot well above us first: no round trip to the
 	// rendezvous, no dial, and climbers spread over their own backups.
 	_, backups := o.links()
-	views := make([]peerView, len(backups))
-	for i, b := range backups {
-		views[i] = b.snapshot()
-	}
+	views := appendSnapshots(nil, backups)
 	if i := backupToClimb(depth, views, o.self); i >= 0 && o.subscribeTo(ctx, backups[i], uint64(o.newest()+1)) {
 		return o.climbOnto(ctx, parent, ranked{p: backups[i], peerView: views[i]}, depth)
 	}

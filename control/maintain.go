@@ -225,10 +225,7 @@ func (m *maintainer) orphanStep(ctx context.Context, now time.Time, backups []*p
 // views returns the backups' snapshots in the maintainer's buffer, valid
 // until the next call.
 func (m *maintainer) views(backups []*peer) []peerView {
-	m.peerViewBuf = m.peerViewBuf[:0]
-	for _, b := range backups {
-		m.peerViewBuf = append(m.peerViewBuf, b.snapshot())
-	}
+	m.peerViewBuf = appendSnapshots(m.peerViewBuf[:0], backups)
 	return m.peerViewBuf
 }
 

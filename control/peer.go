@@ -376,6 +376,14 @@ func (p *peer) snapshot() peerView {
 		restricted: p.upload <= 0 && apart, apart: apart, public: p.listen != "" && p.listen == p.conn.RemoteAddr()}
 }
 
+// appendSnapshots appends the snapshots of ps to dst.
+func appendSnapshots(dst []peerView, ps []*peer) []peerView {
+	for _, p := range ps {
+		dst = append(dst, p.snapshot())
+	}
+	return dst
+}
+
 // fedThrough is p.snapshot().fedThrough(ids) without the rest of the
 // snapshot, for the checks that need only the path.
 func (p *peer) fedThrough(ids []NodeID) bool {

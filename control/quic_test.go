@@ -972,12 +972,7 @@ func TestQUICFramesAFanOutsMessageOnce(t *testing.T) {
 // process that holds hundreds of nodes (the swarm example) handshakes
 // were about a quarter of the CPU when the tree came apart.
 func BenchmarkQUICHandshake(b *testing.B) {
-	src, err := NewQUIC(QUICConfig{})
-	require.NoError(b, err)
-	defer src.Close()
-	dst, err := NewQUIC(QUICConfig{})
-	require.NoError(b, err)
-	defer dst.Close()
+	src, dst := newQUICPair(b, QUICConfig{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

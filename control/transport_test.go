@@ -429,7 +429,7 @@ func waitDone(t *testing.T, c Conn, d time.Duration) {
 	}
 }
 
-func newQUICPair(t *testing.T, cfg QUICConfig) (a, b *QUICTransport) {
+func newQUICPair(t testing.TB, cfg QUICConfig) (a, b *QUICTransport) {
 	t.Helper()
 	if cfg.IdleTimeout == 0 {
 		// A busy machine (and -race) can starve quic-go's timers for

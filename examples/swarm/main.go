@@ -429,12 +429,12 @@ func (s *swarm) transportUp(cfg *p2pradio.Config, link control.LinkConfig, upBps
 	return nil
 }
 
+// socketBuffer is what each listener's socket asks for (see transportUp).
+const socketBuffer = 7 << 20
+
 // killable is a node's UDP socket that can go silent at once, as when the
 // listener's machine vanishes: nothing it sends arrives any more, not even
 // the CONNECTION_CLOSE of its orderly shutdown.
-// socketBuffer is what each listener's socket asks for (see spawn).
-const socketBuffer = 7 << 20
-
 type killable struct {
 	net.PacketConn
 	dead atomic.Bool
