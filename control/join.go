@@ -583,8 +583,13 @@ func (o *Overlay) silentChild(now time.Time) *peer {
 		if !q.child.Load() || q.leaving.Load() {
 			continue
 		}
+		if pc, ok := q.conn.(packetCounter); ok {
+			if n := pc.PacketsReceived(); q.packets.Swap(n) != n {
+				q.lastHeard.Store(now.UnixNano())
+			}
+		}
 		children = append(children, q)
-		silences = append(silences, now.Sub(q.heard(now)))
+		silences = append(silences, now.Sub(time.Unix(0, q.lastHeard.Load())))
 	}
 	// A child's messages may wait in our socket while we are starved of
 	// CPU (see judgeStall).

@@ -30,9 +30,14 @@ const (
 // used us for idleAfter: a peer that says hello and then sits there.
 func (o *Overlay) dropIdle(now time.Time) {
 	for _, p := range o.peerList() {
-		// Any packet is a sign of life: a child we feed acknowledges our
-		// chunks, and may send its Status only every parentQuiet.
-		if now.Sub(p.heard(now)) > silentAfter {
+		if pc, ok := p.conn.(packetCounter); ok {
+			// Any packet is a sign of life: a child we feed acknowledges
+			// our chunks, and may send its Status only every parentQuiet.
+			if n := pc.PacketsReceived(); p.packets.Swap(n) != n {
+				p.lastHeard.Store(now.UnixNano())
+			}
+		}
+		if now.Sub(time.Unix(0, p.lastHeard.Load())) > silentAfter {
 			o.log.Debug("dropping a silent peer", "addr", p.conn.RemoteAddr())
 			p.conn.Close(CodeGoodbye, "silent")
 			o.dropPeer(p)
@@ -96,18 +101,6 @@ func idlest(ps []*peer, now time.Time) *peer {
 		}
 	}
 	return v
-}
-
-// heard returns when p was last heard from: its last message or, over a
-// link that counts packets, the last look that found new ones (its
-// acknowledgements of what we sent count).
-func (p *peer) heard(now time.Time) time.Time {
-	if pc, ok := p.conn.(packetCounter); ok {
-		if n := pc.PacketsReceived(); p.packets.Swap(n) != n {
-			p.lastHeard.Store(now.UnixNano())
-		}
-	}
-	return time.Unix(0, p.lastHeard.Load())
 }
 
 // packetCounter is a Conn that counts the packets it received, of any

@@ -41,7 +41,6 @@ type maintainer struct {
 	backupsSearched chan struct{}
 	lastBackupTry   time.Time
 	lastClimb       time.Time
-	lateTry         time.Time // leaveLate's last try
 	depth           int       // the depth at the last tick
 	deeperAt        time.Time // when the node last came to sit deeper
 	bridging        bool
@@ -99,8 +98,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	// second.
 	backupSilence := 3 * o.cfg.StallTimeout / 2
 	if parent != nil {
-		in := m.stallInput(parent, backups, now)
-		v := judgeStall(in)
+		v := judgeStall(m.stallInput(parent, backups, now))
 		if v.ask {
 			// Ask the backups for what follows our newest chunk, and a
 			// backup not heard from lately for the newest itself, which
@@ -115,17 +113,6 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 				}
 				o.send(ctx, b, req)
 			}
-			// The parent too: a live one acknowledges (see lateNotDead),
-			// and may hold what it has not sent us yet.
-			o.send(ctx, parent, &Request{Seqs: seqsFrom(from+1, 4)})
-		}
-		if v.stalled && !in.gone && m.lateNotDead(parent, now) {
-			// A live parent that is only late is left for a backup that
-			// takes us at once, never for a rejoin (see lateNotDead).
-			if b := m.leaveLate(ctx, parent, backups, now); b != nil {
-				parent, backups = o.links()
-			}
-			v.stalled = false
 		}
 		if v.stalled {
 			if now.Sub(time.Unix(0, parent.lastFed())) >= o.cfg.StallTimeout {
@@ -156,60 +143,6 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	}
 	m.startSearches(ctx, now, parent)
 	m.rv.maybeRegister(ctx)
-}
-
-// lateNotDead reports whether a parent judged stalled is alive and only
-// late: heard from (over QUIC, any packet: it acknowledges the requests
-// sent to it while it is silent) within half the stall timeout, and
-// silent for less than hiccupFactor times the timeout. Such a parent is
-// kept unless a backup takes us at once: when a relay, or a whole
-// machine, falls behind for a few seconds, its children pull what they
-// miss from their backups (see repair) and hold their places, where
-// leaving for a rejoin costs each of them handshakes and, when many do
-// it at once, a storm of them that outlasts the hiccup
-// (examples/swarm/starve.sh). A dead parent says nothing: its last
-// message came before its last chunk, a stall timeout ago.
-func (m *maintainer) lateNotDead(parent *peer, now time.Time) bool {
-	timeout := m.o.cfg.StallTimeout
-	return now.Sub(parent.heard(now)) < timeout/2 &&
-		now.Sub(time.Unix(0, parent.lastFed())) < hiccupFactor*timeout
-}
-
-// leaveLate moves us from a late parent to the first backup (see
-// promoteOrder) that welcomes us now, not fed through that parent; the
-// parent is let go. It tries at most every half stall timeout, and
-// returns the new parent, or nil.
-func (m *maintainer) leaveLate(ctx context.Context, parent *peer, backups []*peer, now time.Time) *peer {
-	o := m.o
-	if now.Sub(m.lateTry) < o.cfg.StallTimeout/2 {
-		return nil
-	}
-	m.lateTry = now
-	views := m.views(backups)
-	for _, i := range promoteOrder(views) {
-		b := backups[i]
-		if views[i].fedThrough([]NodeID{parent.id, o.self}) || !o.subscribeTo(ctx, b, uint64(max(o.newest()+1, 0))) {
-			continue
-		}
-		o.mu.Lock()
-		ok := o.parent == parent && !b.unsubscribed.Load()
-		if ok {
-			o.parent, o.waiting = b, ""
-			o.backups = slices.DeleteFunc(o.backups, func(p *peer) bool { return p == b })
-		}
-		o.mu.Unlock()
-		if !ok {
-			o.send(ctx, b, &Unsubscribe{}) // it stays a backup
-			return nil
-		}
-		o.adoptPath(b)
-		m.lostParent = parent.id
-		o.log.Info("late parent left for a backup", "addr", parent.conn.RemoteAddr(), "backup", b.conn.RemoteAddr(), "silent", now.Sub(time.Unix(0, parent.lastFed())))
-		parent.conn.Close(CodeGoodbye, "late")
-		o.dropPeer(parent)
-		return b
-	}
-	return nil
 }
 
 // stallInput snapshots what judgeStall needs.

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -112,6 +113,9 @@ type testSwarm struct {
 	wg      sync.WaitGroup
 	tracker *Tracker
 	chunks  sync.Map // seq -> *mux.Chunk, every chunk the station made
+	// lateUntil: the station makes no chunk before this (unix nanos): a
+	// source that is late, or a machine starved of CPU.
+	lateUntil atomic.Int64
 }
 
 // close stops every node and waits for their goroutines, before the fake
@@ -161,6 +165,9 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 	s.wg.Go(func() {
 		ch := mux.NewChunker(mux.ChunkerConfig{Key: key})
 		for i := 0; ctx.Err() == nil; i++ {
+			if late := time.Unix(0, s.lateUntil.Load()); time.Now().Before(late) {
+				time.Sleep(time.Until(late))
+			}
 			c, err := ch.Add(frames[i%len(frames)], time.Now())
 			if err != nil {
 				panic(err)
@@ -314,6 +321,31 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 		rec := b.ov.Stats()
 		require.Equal(t, uint64(1), rec.Recoveries)
 		require.Less(t, rec.RecoveryMax, 400*time.Millisecond)
+	})
+}
+
+// TestAParentIsKeptWhileTheSourceIsLate: a source (or a whole machine)
+// that stops for 3 s makes no node leave its parent: none of the backups
+// has or says it has anything newer (see judgeStall).
+func TestAParentIsKeptWhileTheSourceIsLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
+		a, c := s.add(300), s.add(300)
+		time.Sleep(2 * time.Second)
+		b := s.add(300)
+		time.Sleep(6 * time.Second)
+		parents := map[*testNode]*testNode{}
+		for _, n := range []*testNode{a, b, c} {
+			parents[n] = s.parentOf(n)
+			require.GreaterOrEqual(t, len(n.ov.Stats().Parents), 2, "a parent and a backup at least")
+		}
+		s.lateUntil.Store(time.Now().Add(3 * time.Second).UnixNano())
+		time.Sleep(5 * time.Second)
+		for _, n := range []*testNode{a, b, c} {
+			require.Same(t, parents[n], s.parentOf(n), "the same parent after the source's silence")
+			require.Zero(t, n.ov.Stats().Recoveries, "no parent lost")
+		}
+		require.Empty(t, b.host.missing(uint64(s.newest())-30, uint64(s.newest())-3), "every chunk since")
 	})
 }
 
