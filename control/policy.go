@@ -105,9 +105,10 @@ type stallInput struct {
 }
 
 // hiccupFactor times the stall timeout is how long a parent is kept while
-// no backup has audio it did not send (see judgeStall). Four: a hiccup of
-// 3 s, which stops the source and every relay on one machine alike, is
-// ridden out with the default timeout of 1 s (examples/swarm/starve.sh).
+// no backup has or claims audio it did not send (see judgeStall). Four: a
+// silence of 3 s that no backup can fill (the source late, our own link
+// down for a moment) does not cost the parent with the default timeout of
+// 1 s (TestAParentIsKeptWhileTheSourceIsLate).
 const hiccupFactor = 4
 
 // backupView is a backup as the stall policy sees it.
