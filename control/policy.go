@@ -113,13 +113,13 @@ const hiccupFactor = 4
 
 // backupView is a backup as the stall policy sees it.
 type backupView struct {
-	newSince bool          // it sent a chunk we did not have since the parent's last
+	newSince bool // it sent a chunk we did not have since the parent's last
 	// claimsNewer: its Status or buffer map says it holds a chunk newer
 	// than our newest. A claim, not a chunk (it may refuse our pulls when
 	// its upload budget is spent): it only shortens how long a silent
 	// parent is kept (see judgeStall).
 	claimsNewer bool
-	silent   time.Duration // since its last message of any kind
+	silent      time.Duration // since its last message of any kind
 }
 
 // stallVerdict is the stall policy's answer.
