@@ -81,6 +81,12 @@ type QUICConfig struct {
 	ListenAddr string
 	// PacketConn, when set, is used instead of binding ListenAddr (for
 	// example a NewLossyPacketConn). The transport owns it and closes it.
+	// A *net.UDPConn gets the socket buffers quic-go asks for (7 MiB, as
+	// far as net.core.rmem_max allows); a wrapper is sized only if it has
+	// SetReadBuffer and SetWriteBuffer itself, so size the socket it wraps
+	// before wrapping it: with Linux's default 208 KiB, a node held up for
+	// a few hundred milliseconds drops packets at its socket
+	// (examples/swarm does this).
 	PacketConn net.PacketConn
 	// Key is the node's identity; nil means a new random key.
 	Key ed25519.PrivateKey
