@@ -83,16 +83,11 @@ type Config struct {
 	// most of its lag.
 	Burst int
 	// StallTimeout is how long without a chunk from the parent before the
-	// node switches to a backup that sent audio the parent did not (half
-	// as long again when a backup only says it has some). While no backup
-	// has newer audio (the source is late, or the node's own link is down
-	// for a moment), the parent is kept four times as long. Zero means
-	// 1 s, which finds a dead parent soon under churn. When many nodes of
-	// a tree are starved of CPU at once for seconds
-	// (examples/swarm/starve.sh: 300 or more listeners in one process,
-	// 3 s), the relays fall behind unevenly and 1 s can tear the tree
-	// apart; 3 s rode such hiccups out in the runs measured, at the price
-	// of audio lost to each parent that dies.
+	// node switches to a backup. Zero means 1 s, which finds a dead parent
+	// soon under churn. When many nodes of a tree are starved of CPU at
+	// once for seconds (examples/swarm/starve.sh: 300 or more listeners in
+	// one process, 3 s), 3 s rides the hiccup out where 1 s tears the tree
+	// apart, at the price of audio lost to each parent that dies.
 	StallTimeout time.Duration
 	// Backups is how many warm backups a listener keeps besides its
 	// pushing parent: neighbours fed by none of its ancestors, which it

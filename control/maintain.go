@@ -156,12 +156,10 @@ func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) st
 		in.gone = true
 	default:
 	}
-	newest := m.o.newest()
 	for _, b := range backups {
 		in.backups = append(in.backups, backupView{
-			newSince:    b.lastNew.Load() > last,
-			claimsNewer: b.claimedNewest() > newest,
-			silent:      now.Sub(time.Unix(0, b.lastHeard.Load())),
+			newSince: b.lastNew.Load() > last,
+			silent:   now.Sub(time.Unix(0, b.lastHeard.Load())),
 		})
 	}
 	m.viewBuf = in.backups

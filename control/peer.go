@@ -376,14 +376,6 @@ func (p *peer) snapshot() peerView {
 		restricted: p.upload <= 0 && apart, apart: apart, public: p.listen != "" && p.listen == p.conn.RemoteAddr()}
 }
 
-// claimedNewest is the newest chunk p says it holds (Status, Have), -1
-// none.
-func (p *peer) claimedNewest() int64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.newest
-}
-
 // appendSnapshots appends the snapshots of ps to dst.
 func appendSnapshots(dst []peerView, ps []*peer) []peerView {
 	for _, p := range ps {

@@ -104,22 +104,10 @@ type stallInput struct {
 	starved time.Duration
 }
 
-// hiccupFactor times the stall timeout is how long a parent is kept while
-// no backup has or claims audio it did not send (see judgeStall). Four: a
-// silence of 3 s that no backup can fill (the source late, our own link
-// down for a moment) does not cost the parent with the default timeout of
-// 1 s (TestAParentIsKeptWhileTheSourceIsLate).
-const hiccupFactor = 4
-
 // backupView is a backup as the stall policy sees it.
 type backupView struct {
-	newSince bool // it sent a chunk we did not have since the parent's last
-	// claimsNewer: its Status or buffer map says it holds a chunk newer
-	// than our newest. A claim, not a chunk (it may refuse our pulls when
-	// its upload budget is spent): it only shortens how long a silent
-	// parent is kept (see judgeStall).
-	claimsNewer bool
-	silent      time.Duration // since its last message of any kind
+	newSince bool          // it sent a chunk we did not have since the parent's last
+	silent   time.Duration // since its last message of any kind
 }
 
 // stallVerdict is the stall policy's answer.
@@ -132,21 +120,17 @@ type stallVerdict struct {
 // the source. A parent whose link has closed is stalled at once. When it
 // has been silent for half the stall timeout, the backups are asked for
 // the chunks after our newest; it is stalled once it has been silent for
-// the timeout and a backup sent audio it did not, or half as long again
-// when a live backup only says it holds newer audio (it may refuse our
-// pulls: its budget is spent). While no backup has or claims any, it is
-// kept for hiccupFactor times the timeout: the stream is late at the
-// source, or every node we hear from is held up with us (a starved
-// machine, our own link down for a moment), and a new parent could not
-// feed us sooner, while leaving costs handshakes and, when every node
-// does it at once, a rejoin storm that outlasts the hiccup. Without
-// backups it is stalled after the timeout. (Judging sooner, from a
-// quarter of the timeout, made parents switch in join storms on a loaded
-// machine, where a relay is held up for a few hundred milliseconds:
-// TestEndToEndQUIC.) A node whose own loop ran late lately adds twice
-// that lateness to the timeout (at most twice the timeout): a starved
-// process that switches parents pays handshakes it cannot afford, and so
-// does every orphan it makes.
+// the timeout and a backup had audio it did not, or every backup is
+// silent too (none answered for half the timeout though asked every
+// tick), or it has been silent half as long again (the backups may be cut
+// off as well; a source late by that much is rarer). Without backups it is
+// stalled after the timeout. (Judging sooner, from a quarter of the
+// timeout, made parents switch in join storms on a loaded machine, where
+// a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
+// A node whose own loop ran late lately adds twice that lateness to the
+// timeout (at most twice the timeout): a starved process that switches
+// parents pays handshakes it cannot afford, and so does every orphan it
+// makes.
 func judgeStall(in stallInput) stallVerdict {
 	in.timeout += min(2*in.starved, 2*in.timeout)
 	switch {
@@ -159,17 +143,16 @@ func judgeStall(in stallInput) stallVerdict {
 	case in.silent < in.timeout:
 		return stallVerdict{ask: true}
 	}
-	behind := false // a live backup says it holds audio we lack
+	allSilent := true
 	for _, b := range in.backups {
 		if b.newSince {
 			return stallVerdict{ask: true, stalled: true}
 		}
-		behind = behind || (b.claimsNewer && b.silent <= in.timeout/2)
+		if b.silent <= in.timeout/2 {
+			allSilent = false
+		}
 	}
-	if behind {
-		return stallVerdict{ask: true, stalled: in.silent > 3*in.timeout/2}
-	}
-	return stallVerdict{ask: true, stalled: in.silent > hiccupFactor*in.timeout}
+	return stallVerdict{ask: true, stalled: allSilent || in.silent > 3*in.timeout/2}
 }
 
 // backupsToDrop returns the indices of the backups to drop, given our
