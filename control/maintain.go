@@ -156,10 +156,13 @@ func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) st
 		in.gone = true
 	default:
 	}
+	newest := m.o.newest()
 	for _, b := range backups {
+		mapNewest, at := b.lastHave()
 		in.backups = append(in.backups, backupView{
-			newSince: b.lastNew.Load() > last,
-			silent:   now.Sub(time.Unix(0, b.lastHeard.Load())),
+			newSince:     b.lastNew.Load() > last,
+			silent:       now.Sub(time.Unix(0, b.lastHeard.Load())),
+			nothingNewer: at.UnixNano() > last && mapNewest <= newest,
 		})
 	}
 	m.viewBuf = in.backups

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -112,6 +113,9 @@ type testSwarm struct {
 	wg      sync.WaitGroup
 	tracker *Tracker
 	chunks  sync.Map // seq -> *mux.Chunk, every chunk the station made
+	// lateUntil: the station makes no chunk before this (unix nanos): a
+	// source that is late, or a machine starved of CPU.
+	lateUntil atomic.Int64
 }
 
 // close stops every node and waits for their goroutines, before the fake
@@ -161,6 +165,9 @@ func newTestSwarm(t *testing.T, cfg MemConfig, rootKbps int) *testSwarm {
 	s.wg.Go(func() {
 		ch := mux.NewChunker(mux.ChunkerConfig{Key: key})
 		for i := 0; ctx.Err() == nil; i++ {
+			if late := time.Unix(0, s.lateUntil.Load()); time.Now().Before(late) {
+				time.Sleep(time.Until(late))
+			}
 			c, err := ch.Add(frames[i%len(frames)], time.Now())
 			if err != nil {
 				panic(err)
@@ -317,6 +324,31 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 	})
 }
 
+// TestAParentIsKeptWhileTheSourceIsLate: a source (or a whole machine)
+// that stops for 3 s makes no node leave its parent: none of the backups
+// has or says it has anything newer (see judgeStall).
+func TestAParentIsKeptWhileTheSourceIsLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
+		a, c := s.add(300), s.add(300)
+		time.Sleep(2 * time.Second)
+		b := s.add(300)
+		time.Sleep(6 * time.Second)
+		parents := map[*testNode]*testNode{}
+		for _, n := range []*testNode{a, b, c} {
+			parents[n] = s.parentOf(n)
+			require.GreaterOrEqual(t, len(n.ov.Stats().Parents), 2, "a parent and a backup at least")
+		}
+		s.lateUntil.Store(time.Now().Add(3 * time.Second).UnixNano())
+		time.Sleep(5 * time.Second)
+		for _, n := range []*testNode{a, b, c} {
+			require.Same(t, parents[n], s.parentOf(n), "the same parent after the source's silence")
+			require.Zero(t, n.ov.Stats().Recoveries, "no parent lost")
+		}
+		require.Empty(t, b.host.missing(uint64(s.newest())-30, uint64(s.newest())-3), "every chunk since")
+	})
+}
+
 // TestAnOrphanTakesItsDeadParentsPlace: the grandparent still counts the
 // dead relay among its children (for silentAfter), but gives its place to
 // the relay's orphan, which asks it first: the orphan keeps its depth.
@@ -444,6 +476,7 @@ func TestJudgeStall(t *testing.T) {
 	live := backupView{silent: 100 * time.Millisecond}
 	dead := backupView{silent: 2 * time.Second}
 	ahead := backupView{newSince: true}
+	nothing := backupView{silent: 100 * time.Millisecond, nothingNewer: true}
 	for _, tc := range []struct {
 		name string
 		in   stallInput
@@ -458,6 +491,10 @@ func TestJudgeStall(t *testing.T) {
 		{"the source is late: everyone silent but the backups answer", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true}},
 		{"every backup silent too", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{dead}}, stallVerdict{ask: true, stalled: true}},
 		{"half as long again", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{live}}, stallVerdict{ask: true, stalled: true}},
+		{"the source is late: every live backup said it has nothing newer", stallInput{silent: 3 * time.Second, timeout: to, backups: []backupView{nothing, dead}}, stallVerdict{ask: true}},
+		{"the source is late, but not for four times the timeout", stallInput{silent: 4100 * time.Millisecond, timeout: to, backups: []backupView{nothing}}, stallVerdict{ask: true, stalled: true}},
+		{"one live backup did not say: half as long again", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{nothing, live}}, stallVerdict{ask: true, stalled: true}},
+		{"a backup said nothing newer, another sent newer audio", stallInput{silent: 1100 * time.Millisecond, timeout: to, backups: []backupView{nothing, ahead}}, stallVerdict{ask: true, stalled: true}},
 		{"a starved node waits longer", stallInput{silent: 1600 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true}},
 		{"a starved node: past the timeout and twice the starvation", stallInput{silent: 1900 * time.Millisecond, timeout: to, backups: []backupView{ahead}, starved: 400 * time.Millisecond}, stallVerdict{ask: true, stalled: true}},
 		{"a starved node still drops a closed link at once", stallInput{gone: true, timeout: to, starved: time.Second}, stallVerdict{stalled: true}},

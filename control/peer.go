@@ -25,6 +25,7 @@ type peer struct {
 	upload    int        // its upload budget, kbit/s (Hello)
 	have      Have       // its last buffer map
 	mapNewest int64      // the newest chunk that map shows, -1 none
+	haveAt    time.Time  // when that map came
 	listen    string     // where it says it listens (Hello)
 	peerList  []PeerInfo // the last PeerList it sent
 	helloed   chan struct{}
@@ -51,6 +52,7 @@ type peer struct {
 	lastHeard atomic.Int64  // unix nanos of the last message of any kind
 	lastUse   atomic.Int64  // unix nanos of the last chunk either way or request
 	packets   atomic.Uint64 // its link's packets received at the last look (packetCounter)
+	haveSent  atomic.Int64  // unix nanos of the last buffer map sent to answer its Request
 
 	// What broadcastStatus sent it last, and when; its link's data
 	// messages sent at the last look, and when that count last moved.
@@ -235,10 +237,23 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 	case *Refuse:
 		p.answer(answer{reason: m.Reason})
 	case *Request:
-		p.lastUse.Store(time.Now().UnixNano())
+		now := time.Now()
+		p.lastUse.Store(now.UnixNano())
+		short := false
 		for _, seq := range m.Seqs {
-			if c := o.win.Get(seq); c != nil {
-				o.sendChunk(p, c) // within the budget, else not at all
+			c := o.win.Get(seq)
+			// Within the budget, else not at all.
+			short = short || c == nil || !o.sendChunk(p, c)
+		}
+		if short && now.Sub(time.Unix(0, p.haveSent.Load())) >= haveAnswerEvery {
+			// What we hold instead: a node asking because its parent
+			// went silent learns at once whether anyone has newer
+			// audio (see judgeStall).
+			if h := o.have(); h != nil {
+				p.haveSent.Store(now.UnixNano())
+				sctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				p.conn.Send(sctx, AppendMessage(nil, h))
+				cancel()
 			}
 		}
 	case *PeerList:
@@ -307,8 +322,16 @@ func (o *Overlay) unsubscribed(p *peer) {
 func (p *peer) setHave(m *Have) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.have, p.mapNewest = *m, m.Newest()
+	p.have, p.mapNewest, p.haveAt = *m, m.Newest(), time.Now()
 	p.newest = max(p.newest, p.mapNewest)
+}
+
+// lastHave returns the newest chunk p's last buffer map showed (-1 none)
+// and when that map came.
+func (p *peer) lastHave() (int64, time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mapNewest, p.haveAt
 }
 
 // holds estimates whether p holds chunk seq: 2 when its buffer map says

@@ -108,6 +108,10 @@ type stallInput struct {
 type backupView struct {
 	newSince bool          // it sent a chunk we did not have since the parent's last
 	silent   time.Duration // since its last message of any kind
+	// nothingNewer: its buffer map, sent since the parent's last chunk
+	// (a node answers a Request it cannot fill with one), showed nothing
+	// newer than our newest.
+	nothingNewer bool
 }
 
 // stallVerdict is the stall policy's answer.
@@ -123,8 +127,12 @@ type stallVerdict struct {
 // the timeout and a backup had audio it did not, or every backup is
 // silent too (none answered for half the timeout though asked every
 // tick), or it has been silent half as long again (the backups may be cut
-// off as well; a source late by that much is rarer). Without backups it is
-// stalled after the timeout. (Judging sooner, from a quarter of the
+// off as well). While every backup that answers has said since the
+// parent's last chunk that it holds nothing newer, the source is late:
+// the parent is kept for hiccupFactor times the timeout, since no other
+// parent could feed us sooner, and every node of the tree leaving its
+// parent at once would make a storm of rejoins that outlasts the silence.
+// Without backups it is stalled after the timeout. (Judging sooner, from a quarter of the
 // timeout, made parents switch in join storms on a loaded machine, where
 // a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
 // A node whose own loop ran late lately adds twice that lateness to the
@@ -143,17 +151,38 @@ func judgeStall(in stallInput) stallVerdict {
 	case in.silent < in.timeout:
 		return stallVerdict{ask: true}
 	}
-	allSilent := true
+	// nothingNewer: every live backup said since the parent's last chunk
+	// that it holds nothing newer than we do.
+	allSilent, nothingNewer := true, true
 	for _, b := range in.backups {
 		if b.newSince {
 			return stallVerdict{ask: true, stalled: true}
 		}
 		if b.silent <= in.timeout/2 {
 			allSilent = false
+			nothingNewer = nothingNewer && b.nothingNewer
 		}
 	}
-	return stallVerdict{ask: true, stalled: allSilent || in.silent > 3*in.timeout/2}
+	switch {
+	case allSilent:
+		return stallVerdict{ask: true, stalled: true}
+	case nothingNewer:
+		return stallVerdict{ask: true, stalled: in.silent > hiccupFactor*in.timeout}
+	}
+	return stallVerdict{ask: true, stalled: in.silent > 3*in.timeout/2}
 }
+
+// hiccupFactor times the stall timeout is how long a parent is kept while
+// every live backup says it holds nothing newer than we do: the source is
+// late (see judgeStall). Four: a source late by 3 s costs no node its
+// parent with the default timeout of 1 s
+// (TestAParentIsKeptWhileTheSourceIsLate).
+const hiccupFactor = 4
+
+// haveAnswerEvery bounds how often a node answers a peer's Request it
+// cannot fill with its buffer map (the asker polls every tick while its
+// parent is silent).
+const haveAnswerEvery = 50 * time.Millisecond
 
 // backupsToDrop returns the indices of the backups to drop, given our
 // ancestors (the broadcaster's child first, our parent last). A backup
