@@ -83,8 +83,10 @@ type Config struct {
 	// most of its lag.
 	Burst int
 	// StallTimeout is how long without a chunk from the parent before the
-	// node switches to a backup. Zero means 1 s, which finds a dead parent
-	// soon under churn. When many nodes of a tree are starved of CPU at
+	// node switches to a backup; a parent is kept four times as long while
+	// every backup that answers says it has nothing newer either (the
+	// source is late). Zero means 1 s, which finds a dead parent soon under
+	// churn. When many nodes of a tree are starved of CPU at
 	// once for seconds (examples/swarm/starve.sh: 300 or more listeners in
 	// one process, 3 s), 3 s rides the hiccup out where 1 s tears the tree
 	// apart, at the price of audio lost to each parent that dies.
