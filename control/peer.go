@@ -251,8 +251,8 @@ func (o *Overlay) handle(ctx context.Context, p *peer, m Message) error {
 			// audio (see judgeStall).
 			if h := o.have(); h != nil {
 				p.haveSent.Store(now.UnixNano())
-				sctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-				p.conn.Send(sctx, AppendMessage(nil, h))
+				sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				o.send(sctx, p, h)
 				cancel()
 			}
 		}

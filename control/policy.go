@@ -132,9 +132,10 @@ type stallVerdict struct {
 // the parent is kept for hiccupFactor times the timeout, since no other
 // parent could feed us sooner, and every node of the tree leaving its
 // parent at once would make a storm of rejoins that outlasts the silence.
-// Without backups it is stalled after the timeout. (Judging sooner, from a quarter of the
-// timeout, made parents switch in join storms on a loaded machine, where
-// a relay is held up for a few hundred milliseconds: TestEndToEndQUIC.)
+// Without backups it is stalled after the timeout. (Judging sooner, from
+// a quarter of the timeout, made parents switch in join storms on a
+// loaded machine, where a relay is held up for a few hundred
+// milliseconds: TestEndToEndQUIC.)
 // A node whose own loop ran late lately adds twice that lateness to the
 // timeout (at most twice the timeout): a starved process that switches
 // parents pays handshakes it cannot afford, and so does every orphan it
