@@ -290,13 +290,21 @@ func TestBackupsAreFedByNoneOfTheAncestorsOrOneAtMost(t *testing.T) {
 	})
 }
 
+// newRelaysSwarm starts a root with two child slots, two relays a and c
+// under it and, once they have joined, b, which joins below one of them
+// and keeps the other as a backup; it returns once b has settled.
+func newRelaysSwarm(t *testing.T) (s *testSwarm, a, c, b *testNode) {
+	s = newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
+	a, c = s.add(300), s.add(300)
+	time.Sleep(2 * time.Second)
+	b = s.add(300)
+	time.Sleep(6 * time.Second)
+	return s, a, c, b
+}
+
 func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
-		a, c := s.add(300), s.add(300)
-		time.Sleep(2 * time.Second)
-		b := s.add(300)
-		time.Sleep(6 * time.Second)
+		s, a, c, b := newRelaysSwarm(t)
 		parent := s.parentOf(b)
 		require.Contains(t, []*testNode{a, c}, parent)
 		other := a
@@ -329,11 +337,7 @@ func TestDeadParentIsReplacedWithinTheStallTimeout(t *testing.T) {
 // has or says it has anything newer (see judgeStall).
 func TestAParentIsKeptWhileTheSourceIsLate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := newTestSwarm(t, MemConfig{Link: LinkConfig{Delay: 10 * time.Millisecond}}, 300) // 2 slots
-		a, c := s.add(300), s.add(300)
-		time.Sleep(2 * time.Second)
-		b := s.add(300)
-		time.Sleep(6 * time.Second)
+		s, a, c, b := newRelaysSwarm(t)
 		parents := map[*testNode]*testNode{}
 		for _, n := range []*testNode{a, b, c} {
 			parents[n] = s.parentOf(n)
