@@ -353,6 +353,29 @@ func TestAParentIsKeptWhileTheSourceIsLate(t *testing.T) {
 	})
 }
 
+// TestAnUnfilledRequestIsAnsweredWithABufferMap: a node asked for chunks
+// it does not hold answers with its buffer map at once, so that the asker
+// (whose parent went silent) knows whether anyone has newer audio; the
+// periodic one comes only once a second.
+func TestAnUnfilledRequestIsAnsweredWithABufferMap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, _, _, b := newRelaysSwarm(t)
+		_, backups := b.ov.links()
+		require.NotEmpty(t, backups)
+		backup := backups[0]
+		for range 3 {
+			asked := time.Now()
+			future := uint64(s.newest() + 10)
+			require.NoError(t, b.ov.send(t.Context(), backup, &Request{Seqs: seqsFrom(int64(future), 4)}))
+			time.Sleep(50 * time.Millisecond)
+			newest, at := backup.lastHave()
+			require.True(t, at.After(asked), "a buffer map came in answer")
+			require.Less(t, newest, int64(future), "what it holds, not what we asked for")
+			time.Sleep(280 * time.Millisecond)
+		}
+	})
+}
+
 // TestAnOrphanTakesItsDeadParentsPlace: the grandparent still counts the
 // dead relay among its children (for silentAfter), but gives its place to
 // the relay's orphan, which asks it first: the orphan keeps its depth.
