@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -287,9 +288,16 @@ func (o *Overlay) loadLoop(ctx context.Context) {
 		case due = <-t.C:
 		}
 		// A tick carries the time it was due: how much later this
-		// goroutine runs is how long the node waits for a CPU.
+		// goroutine runs is how long the node waits for a CPU. That
+		// undercounts: a goroutine woken by its timer runs next, while
+		// one woken by the network (a chunk arriving) waits behind every
+		// goroutine ready to run. Yielding puts this one at the back of
+		// that queue: how long it waits there is what a chunk waits, at
+		// each hop.
 		now := time.Now()
-		sched = max(now.Sub(due), sched*4/5)
+		runtime.Gosched()
+		sched = max(now.Sub(due), time.Since(now), sched*4/5)
+		now = time.Now()
 		o.starved.Store(int64(sched))
 		fed := o.lastChunk.Load() > last.UnixNano()
 		last = now

@@ -98,9 +98,10 @@ type stallInput struct {
 	gone    bool          // the parent's link has closed
 	timeout time.Duration // the stall timeout
 	backups []backupView
-	// starved is how late our own loop has run lately: a silence we may
-	// have caused ourselves, the chunks waiting in our socket while our
-	// goroutines wait for a CPU.
+	// starved is how long our own goroutines waited for a CPU lately
+	// (the maintainer's tick, and the load loop's wait behind the
+	// goroutines ready to run): a silence we may have caused ourselves,
+	// the chunks waiting in our socket while our goroutines wait.
 	starved time.Duration
 }
 
