@@ -121,7 +121,7 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 				backupSilence = o.cfg.StallTimeout / 2
 			}
 			m.lostParent = parent.id
-			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())), "starved", max(m.starved, o.starvedFor()))
+			o.log.Info("parent stalled", "addr", parent.conn.RemoteAddr(), "backups", len(backups), "silent", now.Sub(time.Unix(0, parent.lastFed())), "starved", m.starvedFor())
 			parent.conn.Close(CodeGoodbye, "stalled")
 			o.dropPeer(parent)
 			parent = nil
@@ -145,12 +145,16 @@ func (m *maintainer) step(ctx context.Context, now time.Time) {
 	m.rv.maybeRegister(ctx)
 }
 
+// starvedFor is how long our goroutines waited for a CPU lately, as the
+// maintainer's tick and the overlay's load loop saw it (see loadLoop).
+func (m *maintainer) starvedFor() time.Duration { return max(m.starved, m.o.starvedFor()) }
+
 // stallInput snapshots what judgeStall needs.
 func (m *maintainer) stallInput(parent *peer, backups []*peer, now time.Time) stallInput {
 	// Silent means no chunk we did not have: a parent that sends only
 	// stale or duplicate chunks feeds us nothing.
 	last := parent.lastFed()
-	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: max(m.starved, m.o.starvedFor()), backups: m.viewBuf[:0]}
+	in := stallInput{silent: now.Sub(time.Unix(0, last)), timeout: m.o.cfg.StallTimeout, starved: m.starvedFor(), backups: m.viewBuf[:0]}
 	select {
 	case <-parent.conn.Done():
 		in.gone = true

@@ -20,8 +20,10 @@ import (
 // the free slots it advertises (slotCap), which come back one at a time
 // while it stays healthy.
 //
-// The same loop measures how late its own timer fires: a node starved of
-// CPU judges no overload (see judgeLoad), is patient with dials (see
+// The same loop measures how long it waits for a CPU (how late its timer
+// fires, and how long it waits behind the goroutines ready to run after
+// yielding): a node starved of CPU judges no overload (see judgeLoad), is
+// patient with dials (see
 // patience), and its stall policy waits longer (judgeStall).
 
 // CodeOverloaded is the close code of a child shed by a parent that cannot
@@ -175,7 +177,7 @@ type loadVerdict struct {
 // fed is a busy machine that copes; a draining buffer with a prompt
 // hand-over is the parent's lateness (the stall policy's business).
 //
-// While the node's own timers fire schedLimit late, it judges nothing:
+// While the node waits schedLimit for a CPU (see loadLoop), it judges nothing:
 // its goroutines wait for a CPU, which makes every send look late and
 // every round trip long. A child costs its parent little CPU (about
 // 1.5 ms per second over QUIC), and where many nodes share a starved
