@@ -267,6 +267,25 @@ func checkAgainstRef(t *testing.T, run liveRun, ref []byte) (silent, jump, off i
 	return silent, jump, off
 }
 
+// afterSilence is the index of the first frame handed to the sink after
+// the first run of silent frames that follows audio (-1 if none).
+func afterSilence(t *testing.T, run liveRun) int {
+	t.Helper()
+	n := frameSamples * 4
+	audio, silence := false, false
+	for j := 0; j < len(run.pcm)/n; j++ {
+		switch z := isZero(run.pcm[j*n : (j+1)*n]); {
+		case !z && silence:
+			return j
+		case !z:
+			audio = true
+		case audio:
+			silence = true
+		}
+	}
+	return -1
+}
+
 // lagAfter is the largest lag of the frames handed to the sink after t0,
 // from their place in the stream.
 func lagAfter(run liveRun, start time.Time, t0 time.Time) time.Duration {
@@ -316,7 +335,16 @@ func TestPlayerResumesAtLiveEdge(t *testing.T) {
 			run := playLive(t, frames, c, Config{})
 			st := run.st
 			silent, jump, off := checkAgainstRef(t, run, ref)
-			require.Positive(t, jump, "playback jumped")
+			if jump < 0 {
+				// No jump: the outage's time was all concealed or muted,
+				// so the playhead, put Target behind the live edge, is
+				// where the sink's timeline already stood. (It depends on
+				// how the goroutines of one instant are scheduled; seen in
+				// about 3 runs of 100 with the backlog at once.) The
+				// first audio after the silence is then where it resumed.
+				jump = afterSilence(t, run)
+			}
+			require.Positive(t, jump, "audio after the outage")
 			run.resumed, run.off = run.writes[jump].At, off
 			t.Logf("stats %+v", st)
 			t.Logf("reassembler %+v", run.rst)
