@@ -285,6 +285,15 @@ func (m *maintainer) startSearches(ctx context.Context, now time.Time, parent *p
 	}
 	m.depth = depth
 	_, backups := o.links()
+	// Put off (the wait starts again) what a node starved of CPU can do
+	// without; nodes do not all look at once when the starvation ends.
+	climb, backup := putOff(m.starvedFor(), len(backups))
+	if climb {
+		m.lastClimb = now
+	}
+	if backup {
+		m.lastBackupTry = now
+	}
 	if !m.backupSearching && o.needBackups() > 0 && backupSearchDue(now.Sub(m.lastBackupTry), now.Sub(m.parentAt), len(backups)) {
 		m.lastBackupTry, m.backupSearching = now, true
 		o.goFunc(func() {

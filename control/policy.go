@@ -345,6 +345,20 @@ func climbDue(sinceLook, sinceParent, sinceDeeper time.Duration) bool {
 	return sinceLook > wait && sinceParent > wait
 }
 
+// putOff reports which optional searches a node that waited starved for
+// a CPU lately puts off: a climb (it has a parent), and a search for more
+// backups while it has one. Each dials and handshakes, which a starved
+// process can least afford: in a starved swarm (starve.sh) handshakes were
+// a fifth of the CPU, and the run queue they fed made more parents look
+// silent, which meant more joins. A node with no backup still looks for
+// one: its parent's death would cost it a rejoin.
+func putOff(starved time.Duration, backups int) (climb, backup bool) {
+	if starved < schedLimit {
+		return false, false
+	}
+	return true, backups > 0
+}
+
 // climbPlan is where a node at depth may move to keep the tree shallow.
 type climbPlan struct {
 	targets  []PeerInfo

@@ -149,6 +149,25 @@ func TestClimbDue(t *testing.T) {
 	}
 }
 
+func TestPutOff(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		starved       time.Duration
+		backups       int
+		climb, backup bool
+	}{
+		{"not starved: nothing", schedLimit - time.Millisecond, 1, false, false},
+		{"starved, with a backup: both", schedLimit, 1, true, true},
+		{"starved, no backup: still looks for one", time.Second, 0, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			climb, backup := putOff(tc.starved, tc.backups)
+			require.Equal(t, tc.climb, climb, "climb")
+			require.Equal(t, tc.backup, backup, "backup search")
+		})
+	}
+}
+
 func TestBackupsToDrop(t *testing.T) {
 	self, a1, a2, parent, x := testID(1), testID(2), testID(3), testID(4), testID(9)
 	ancestors := []NodeID{a1, a2, parent} // the broadcaster's child first
