@@ -39,12 +39,14 @@ type maintainer struct {
 	// backupSearching: a backup search runs (beside a climb).
 	backupSearching bool
 	backupsSearched chan struct{}
-	lastBackupTry   time.Time
-	lastClimb       time.Time
-	depth           int       // the depth at the last tick
-	deeperAt        time.Time // when the node last came to sit deeper
-	bridging        bool
-	bridged         chan struct{}
+	// lastBackupTry and lastClimb: when the node last looked for backups
+	// and for a shallower parent, or last put the look off (putOff).
+	lastBackupTry time.Time
+	lastClimb     time.Time
+	depth         int       // the depth at the last tick
+	deeperAt      time.Time // when the node last came to sit deeper
+	bridging      bool
+	bridged       chan struct{}
 
 	// Buffers step reuses every tick: the backups, repair's sources and
 	// the stall policy's view of the backups, and backupsToDrop's.

@@ -23,8 +23,8 @@ import (
 // The same loop measures how long it waits for a CPU (how late its timer
 // fires, and how long it waits behind the goroutines ready to run after
 // yielding): a node starved of CPU judges no overload (see judgeLoad), is
-// patient with dials (see
-// patience), and its stall policy waits longer (judgeStall).
+// patient with dials (see patience), its stall policy waits longer
+// (judgeStall), and it puts off optional searches (putOff).
 
 // CodeOverloaded is the close code of a child shed by a parent that cannot
 // keep up: it moves to another parent.
@@ -177,9 +177,9 @@ type loadVerdict struct {
 // fed is a busy machine that copes; a draining buffer with a prompt
 // hand-over is the parent's lateness (the stall policy's business).
 //
-// While the node waits schedLimit for a CPU (see loadLoop), it judges nothing:
-// its goroutines wait for a CPU, which makes every send look late and
-// every round trip long. A child costs its parent little CPU (about
+// While the node waits schedLimit for a CPU (see loadLoop), it judges
+// nothing: its goroutines wait for a CPU, which makes every send look late
+// and every round trip long. A child costs its parent little CPU (about
 // 1.5 ms per second over QUIC), and where many nodes share a starved
 // process (a simulation, a test), shedding would only move children from
 // one starved node to another, and capping slots would block every

@@ -234,19 +234,26 @@ func sameFrame(a, b []byte) bool {
 // reference decode (within 1 LSB) of the frame of the stream it stands for: frame j of
 // the sink is frame j+off of the stream, where off, the frames jumped over
 // so far, grows at each jump. It returns how many frames were silent, the
-// index of the first frame after the first jump (-1 if none) and the
-// frames jumped over in all.
-func checkAgainstRef(t *testing.T, run liveRun, ref []byte) (silent, jump, off int) {
+// index of the first frame after the first jump (-1 if none), the index
+// of the first audio after the first silence that follows audio (-1 if
+// none) and the frames jumped over in all.
+func checkAgainstRef(t *testing.T, run liveRun, ref []byte) (silent, jump, back, off int) {
 	t.Helper()
 	n := frameSamples * 4
 	require.Zero(t, len(run.pcm)%n)
-	jump = -1
+	jump, back = -1, -1
+	audio, gap := false, false // audio written so far; a silence after it
 	frames := len(ref) / n
 	for j := 0; j < len(run.pcm)/n; j++ {
 		got := run.pcm[j*n : (j+1)*n]
 		if isZero(got) {
 			silent++
+			gap = gap || audio
 			continue
+		}
+		audio = true
+		if gap && back < 0 {
+			back = j
 		}
 		if k := j + off; k < frames && sameFrame(ref[k*n:(k+1)*n], got) {
 			continue
@@ -264,26 +271,7 @@ func checkAgainstRef(t *testing.T, run liveRun, ref []byte) (silent, jump, off i
 			jump = j
 		}
 	}
-	return silent, jump, off
-}
-
-// afterSilence is the index of the first frame handed to the sink after
-// the first run of silent frames that follows audio (-1 if none).
-func afterSilence(t *testing.T, run liveRun) int {
-	t.Helper()
-	n := frameSamples * 4
-	audio, silence := false, false
-	for j := 0; j < len(run.pcm)/n; j++ {
-		switch z := isZero(run.pcm[j*n : (j+1)*n]); {
-		case !z && silence:
-			return j
-		case !z:
-			audio = true
-		case audio:
-			silence = true
-		}
-	}
-	return -1
+	return silent, jump, back, off
 }
 
 // lagAfter is the largest lag of the frames handed to the sink after t0,
@@ -334,7 +322,7 @@ func TestPlayerResumesAtLiveEdge(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			run := playLive(t, frames, c, Config{})
 			st := run.st
-			silent, jump, off := checkAgainstRef(t, run, ref)
+			silent, jump, back, off := checkAgainstRef(t, run, ref)
 			if jump < 0 {
 				// No jump: the outage's time was all concealed or muted,
 				// so the playhead, put Target behind the live edge, is
@@ -342,7 +330,7 @@ func TestPlayerResumesAtLiveEdge(t *testing.T) {
 				// how the goroutines of one instant are scheduled; seen in
 				// about 3 runs of 100 with the backlog at once.) The
 				// first audio after the silence is then where it resumed.
-				jump = afterSilence(t, run)
+				jump = back
 			}
 			require.Positive(t, jump, "audio after the outage")
 			run.resumed, run.off = run.writes[jump].At, off
